@@ -1,0 +1,170 @@
+"""Typed experiment configuration, validated on load.
+
+A YAML file maps onto :class:`PipelineConfig`; unknown keys and wrong types are rejected with a
+one-line message naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasksim_ray.errors import TasksimError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the tasks come from. ``targets`` order is the priority order of the target filter."""
+
+    source: Literal["qm9pack", "moleculenet", "table"] = "qm9pack"
+    path: str | None = None
+    smiles_column: str = "smiles"
+    id_column: str | None = None
+    targets: list[str] | None = None
+    units: dict[str, str] = Field(default_factory=dict)
+    max_molecules: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.source != "qm9pack" and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        return self
+
+
+class PreprocessConfig(_Strict):
+    corr_threshold: float = Field(default=0.8, gt=0, le=1)
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    n_folds: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> PreprocessConfig:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
+            raise ValueError("preprocess.split must be three positive fractions summing to 1")
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: Literal["dmpnn"] = "dmpnn"
+    hidden_dim: int = Field(default=300, gt=0)
+    depth: int = Field(default=3, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    aggregation: Literal["mean", "sum"] = "mean"
+    ffn_hidden_dim: int = Field(default=300, gt=0)
+    ffn_layers: int = Field(default=2, ge=1)
+
+
+class TrainConfig(_Strict):
+    """Per-task pretraining. ``n_train``/``n_val`` cap the molecules used (None: the whole split)."""
+
+    n_train: int | None = Field(default=None, gt=0)
+    n_val: int | None = Field(default=None, gt=0)
+    fold: int = Field(default=0, ge=0)
+    max_epochs: int = Field(default=50, ge=1)
+    patience: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+
+
+class ProbeConfig(_Strict):
+    """``holdout`` samples QM9-style molecules outside every training split; ``file`` reads SMILES."""
+
+    source: Literal["holdout", "file"] = "holdout"
+    path: str | None = None
+    size: int = Field(default=500, ge=3)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> ProbeConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("probe.path is required when probe.source is 'file'")
+        return self
+
+
+class EmbedConfig(_Strict):
+    batch_size: int = Field(default=128, gt=0)
+    actors_per_task: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.5, gt=0)
+    gpu_fraction: float = Field(default=0.25, gt=0, le=1)
+
+
+class SimilarityConfig(_Strict):
+    metric: Literal["rsa"] = "rsa"
+
+
+class SelectionConfig(_Strict):
+    threshold: float = Field(default=0.5, ge=-1, le=1)
+
+
+class RayConfig(_Strict):
+    """Resources of the embedded local Ray; ignored when connecting to a cluster (RAY_ADDRESS)."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, gt=0)
+    num_gpus: int | None = Field(default=None, ge=0)
+    include_dashboard: bool = False
+
+
+class PipelineConfig(_Strict):
+    name: str = "tasksim"
+    workdir: str = "runs/tasksim"
+    seed: int = 0
+    tasks: list[str] | None = None
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+    embed: EmbedConfig = EmbedConfig()
+    similarity: SimilarityConfig = SimilarityConfig()
+    selection: SelectionConfig = SelectionConfig()
+    ray: RayConfig = RayConfig()
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {msg}" if err["loc"] else msg
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise TasksimError(f"{source}: {_first_error(exc)}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read and validate a YAML config; ``overrides`` are merged over it (dotted keys allowed)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TasksimError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise TasksimError(f"{p}: malformed YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise TasksimError(f"{p}: top level must be a mapping of keys to values")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_config(raw, str(p))
