@@ -1,0 +1,190 @@
+"""Tasks and their loaders.
+
+A :class:`Task` is one regression target. Tasks that share inputs live in one
+:class:`TaskTable`: rows are molecules, one column per target, and a missing label (NaN) means
+the molecule is simply not part of that task. Tables are stored as Parquet with the task
+metadata in the schema, so the artifact is self-describing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasksim_ray.config import DataConfig
+from tasksim_ray.errors import TasksimError
+
+ID, SMILES = "mol_id", "smiles"
+_META_KEY = b"tasksim.tasks"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    units: str = ""
+    input_kind: str = "molecule"
+
+
+@dataclass
+class TaskTable:
+    frame: pd.DataFrame  # columns: mol_id, smiles, then one column per task
+    tasks: list[Task]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def labels(self, name: str) -> np.ndarray:
+        return self.frame[name].to_numpy(dtype=np.float64)
+
+    def subset(self, names: list[str]) -> TaskTable:
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise TasksimError(f"unknown task name(s) {unknown}; available: {self.names}")
+        by_name = {t.name: t for t in self.tasks}
+        return TaskTable(self.frame[[ID, SMILES, *names]], [by_name[n] for n in names])
+
+    def save(self, path: Path) -> None:
+        table = pa.Table.from_pandas(self.frame, preserve_index=False)
+        meta = {**(table.schema.metadata or {}), _META_KEY: json.dumps([asdict(t) for t in self.tasks])}
+        pq.write_table(table.replace_schema_metadata(meta), path)
+
+    @classmethod
+    def load(cls, path: Path) -> TaskTable:
+        table = pq.read_table(path)
+        tasks = [Task(**t) for t in json.loads(table.schema.metadata[_META_KEY])]
+        return cls(table.to_pandas(), tasks)
+
+
+# QM9 as shipped by qm9pack: our name -> (qm9pack column, units). Order = the filter's priority.
+QM9_TARGETS: dict[str, tuple[str, str]] = {
+    "mu": ("Dipole_debye", "D"),
+    "alpha": ("Polarizability_bohr3", "a0^3"),
+    "homo": ("HOMO_au", "Ha"),
+    "lumo": ("LUMO_au", "Ha"),
+    "gap": ("HOMO_LUMO_gap_au", "Ha"),
+    "r2": ("R2_bohr2", "a0^2"),
+    "zpve": ("ZPVE_au", "Ha"),
+    "cv": ("Heatcapacity_Cv_cal_mol_K", "cal/mol/K"),
+    "u0": ("InternalEnergy_0K_au", "Ha"),
+    "u298": ("InternalEnergy_298K_au", "Ha"),
+    "h298": ("Enthalphy_298K_au", "Ha"),
+    "g298": ("GibbsFreeEnergy_298K_au", "Ha"),
+    "A": ("RotA_GHz", "GHz"),
+    "B": ("RotB_GHz", "GHz"),
+    "C": ("RotC_GHz", "GHz"),
+}
+# Units of the MoleculeNet QM9 columns (also used by the MoTSE subsets).
+MOLECULENET_UNITS = {name: units for name, (_, units) in QM9_TARGETS.items()} | {
+    f"{e}_atom": "kcal/mol" for e in ("u0", "u298", "h298", "g298")
+}
+
+
+def qm9pack_dir() -> Path:
+    """Locate qm9pack's data without importing it (its __init__ needs the retired pkg_resources)."""
+    spec = importlib.util.find_spec("qm9pack")
+    if spec is None or not spec.submodule_search_locations:
+        raise TasksimError("data.source 'qm9pack' needs the qm9pack package: pip install qm9pack")
+    return Path(spec.submodule_search_locations[0]) / "data"
+
+
+def _pick_targets(frame: pd.DataFrame, cfg: DataConfig, default: list[str], where: str) -> list[str]:
+    targets = cfg.targets or default
+    missing = [t for t in targets if t not in frame.columns]
+    if missing:
+        raise TasksimError(f"{where}: target column(s) {missing} not found; columns: {list(frame.columns)}")
+    for t in targets:
+        if not pd.api.types.is_numeric_dtype(frame[t]):
+            raise TasksimError(f"{where}: target column '{t}' is not numeric")
+    return targets
+
+
+def _finish(frame: pd.DataFrame, ids: pd.Series, smiles: pd.Series, targets: list[str],
+            units: dict[str, str], cfg: DataConfig) -> TaskTable:
+    out = pd.DataFrame({ID: ids.astype(str).to_numpy(), SMILES: smiles.astype(str).to_numpy()})
+    for t in targets:
+        out[t] = frame[t].to_numpy(dtype=np.float64)
+    if cfg.max_molecules is not None and len(out) > cfg.max_molecules:
+        out = out.sample(n=cfg.max_molecules, random_state=0).sort_index()
+    tasks = [Task(t, cfg.units.get(t, units.get(t, ""))) for t in targets]
+    return TaskTable(out.reset_index(drop=True), tasks)
+
+
+def load_qm9pack(cfg: DataConfig) -> TaskTable:
+    """Full QM9 (130,831 molecules) from the qm9pack package."""
+    names = cfg.targets or list(QM9_TARGETS)
+    unknown = [n for n in names if n not in QM9_TARGETS]
+    if unknown:
+        raise TasksimError(f"data.targets: unknown QM9 target(s) {unknown}; known: {list(QM9_TARGETS)}")
+    cols = ["Index", "SMILES", *(QM9_TARGETS[n][0] for n in names)]
+    d = qm9pack_dir()
+    raw = pd.concat([pd.read_csv(d / f"qm9_part{i}.csv", usecols=cols) for i in (1, 2, 3)],
+                    ignore_index=True)
+    raw = raw.rename(columns={QM9_TARGETS[n][0]: n for n in names})
+    ids = "gdb_" + raw["Index"].astype(str)
+    return _finish(raw, ids, raw["SMILES"], names, {n: QM9_TARGETS[n][1] for n in names}, cfg)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise TasksimError(f"{path}: data file not found")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+        raise TasksimError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
+
+
+def _numeric_columns(frame: pd.DataFrame, exclude: set[str]) -> list[str]:
+    return [c for c in frame.columns if c not in exclude and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def load_table(cfg: DataConfig) -> TaskTable:
+    """Any CSV or Parquet file with a SMILES column; targets default to every numeric column."""
+    path = Path(cfg.path or "")
+    frame = _read_table(path)
+    if cfg.smiles_column not in frame.columns:
+        raise TasksimError(f"{path}: SMILES column '{cfg.smiles_column}' not found; "
+                           f"columns: {list(frame.columns)}")
+    skip = {cfg.smiles_column, cfg.id_column or ""}
+    targets = _pick_targets(frame, cfg, _numeric_columns(frame, skip), str(path))
+    if not targets:
+        raise TasksimError(f"{path}: no numeric target columns")
+    ids = frame[cfg.id_column] if cfg.id_column else pd.Series(np.arange(len(frame)))
+    return _finish(frame, ids, frame[cfg.smiles_column], targets, {}, cfg)
+
+
+def load_moleculenet(cfg: DataConfig) -> TaskTable:
+    """MoleculeNet-format CSV (``mol_id, smiles, <targets>``), or a folder of them (concatenated)."""
+    path = Path(cfg.path or "")
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    if not files:
+        raise TasksimError(f"{path}: no CSV files in folder")
+    frame = pd.concat([_read_table(f) for f in files], ignore_index=True)
+    smiles_col = cfg.smiles_column if cfg.smiles_column in frame.columns else "smiles"
+    if smiles_col not in frame.columns:
+        raise TasksimError(f"{path}: no 'smiles' column; columns: {list(frame.columns)}")
+    id_col = cfg.id_column or ("mol_id" if "mol_id" in frame.columns else None)
+    targets = _pick_targets(frame, cfg, _numeric_columns(frame, {smiles_col, id_col or ""}), str(path))
+    ids = frame[id_col] if id_col else pd.Series(np.arange(len(frame)))
+    return _finish(frame, ids, frame[smiles_col], targets, MOLECULENET_UNITS, cfg)
+
+
+LOADERS: dict[str, Callable[[DataConfig], TaskTable]] = {
+    "qm9pack": load_qm9pack,
+    "moleculenet": load_moleculenet,
+    "table": load_table,
+}
+
+
+def load_tasks(cfg: DataConfig) -> TaskTable:
+    return LOADERS[cfg.source](cfg)
