@@ -1,0 +1,52 @@
+"""Backbone registry and the checkpoint format: a folder with ``config.json`` + ``state_dict.pt``.
+
+A new backbone is one module and one line in ``BACKBONES``; everything downstream (training,
+the embedding service) only needs ``embed(batch)`` and ``forward(batch)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tasksim_ray.models.dmpnn import DMPNN
+
+BACKBONES: dict[str, type[nn.Module]] = {"dmpnn": DMPNN}
+
+
+@dataclass
+class TaskModelInfo:
+    """What a checkpoint knows about itself: enough to rebuild it and undo target scaling."""
+
+    backbone: str
+    hparams: dict[str, Any]
+    task: str
+    units: str
+    target_mean: float
+    target_std: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def build_model(backbone: str, hparams: dict[str, Any]) -> nn.Module:
+    if backbone not in BACKBONES:
+        raise KeyError(f"unknown backbone '{backbone}'; registered: {sorted(BACKBONES)}")
+    return BACKBONES[backbone](**hparams)
+
+
+def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(asdict(info), indent=2))
+    torch.save(model.state_dict(), directory / "state_dict.pt")
+
+
+def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TaskModelInfo]:
+    info = TaskModelInfo(**json.loads((directory / "config.json").read_text()))
+    model = build_model(info.backbone, info.hparams)
+    state = torch.load(directory / "state_dict.pt", map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), info
