@@ -28,7 +28,7 @@ def _reference_embed(model: DMPNN, smiles: str) -> torch.Tensor:
 
 def test_dmpnn_matches_loop_reference_and_batches_independently() -> None:
     torch.manual_seed(0)
-    model = DMPNN(hidden_dim=16, depth=3, ffn_hidden_dim=8).eval()
+    model = DMPNN(hidden_dim=16, depth=3, ffn_hidden_dim=8, aggregation="mean").eval()
     smiles = ["CC(=O)O", "c1ccccc1N", "C", "OCC#N"]
     batch = Batch.from_data_list([smiles_to_graph(s) for s in smiles])
     with torch.no_grad():
@@ -37,6 +37,8 @@ def test_dmpnn_matches_loop_reference_and_batches_independently() -> None:
         for i, s in enumerate(smiles):
             assert torch.allclose(emb[i], _reference_embed(model, s), atol=1e-5)
         assert model(batch).shape == (4, 1)
+        model.aggregation = "norm"  # sum over atoms / 100
+        assert torch.allclose(model.embed(batch)[1], emb[1] * 7 / 100, atol=1e-6)  # aniline: 7 atoms
 
 
 def test_checkpoint_folder_round_trip(tmp_path: Path) -> None:

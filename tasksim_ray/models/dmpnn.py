@@ -2,8 +2,10 @@
 
 Messages live on directed bonds: h0_vw = ReLU(W_i [x_v, e_vw]); each step sums the messages
 arriving at v except the one coming back from w, h_vw <- ReLU(h0_vw + W_h m_vw); atoms then
-read out m_v = sum of incoming messages, h_v = ReLU(W_o [x_v, m_v]), and the molecule vector is
-their mean (or sum). ``embed`` returns that molecule vector: the representation RSA compares.
+read out m_v = sum of incoming messages, h_v = ReLU(W_o [x_v, m_v]), and the molecule vector
+aggregates the atoms: ``mean``, ``sum``, or ``norm`` (sum / 100, Chemprop v2's default, which keeps
+size information for extensive targets such as energies). ``embed`` returns that molecule vector:
+the representation RSA compares.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from torch_geometric.utils import scatter
 
 from tasksim_ray.featurize import ATOM_FDIM, BOND_FDIM
 
+NORM_DIVISOR = 100.0
+
 
 class DMPNN(nn.Module):
     def __init__(self, hidden_dim: int = 300, depth: int = 3, dropout: float = 0.0,
-                 aggregation: str = "mean", ffn_hidden_dim: int = 300, ffn_layers: int = 2,
+                 aggregation: str = "norm", ffn_hidden_dim: int = 300, ffn_layers: int = 2,
                  n_tasks: int = 1, atom_dim: int = ATOM_FDIM, bond_dim: int = BOND_FDIM) -> None:
         super().__init__()
         self.depth, self.aggregation = depth, aggregation
@@ -51,7 +55,9 @@ class DMPNN(nn.Module):
             h = self.dropout(torch.relu(h0 + self.W_h(m)))
         m_atom = scatter(h, dst, dim=0, dim_size=n_atoms, reduce="sum")
         h_atom = self.dropout(torch.relu(self.W_o(torch.cat([x, m_atom], dim=1))))
-        return scatter(h_atom, batch.batch, dim=0, dim_size=batch.num_graphs, reduce=self.aggregation)
+        reduce = "mean" if self.aggregation == "mean" else "sum"
+        pooled = scatter(h_atom, batch.batch, dim=0, dim_size=batch.num_graphs, reduce=reduce)
+        return pooled / NORM_DIVISOR if self.aggregation == "norm" else pooled
 
     def forward(self, batch: Batch) -> Tensor:
         return self.ffn(self.embed(batch))
