@@ -54,7 +54,7 @@ class ModelConfig(_Strict):
     hidden_dim: int = Field(default=300, gt=0)
     depth: int = Field(default=3, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    aggregation: Literal["mean", "sum"] = "mean"
+    aggregation: Literal["norm", "mean", "sum"] = "norm"
     ffn_hidden_dim: int = Field(default=300, gt=0)
     ffn_layers: int = Field(default=2, ge=1)
 

@@ -1,0 +1,115 @@
+"""The ``tasksim`` command: one subcommand per verb.
+
+``tasksim run CONFIG`` runs the whole pipeline; each stage verb (``tasksim pretrain CONFIG`` ...)
+runs the pipeline up to that stage, reusing whatever is cached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+import yaml
+from rich.table import Table
+
+from tasksim_ray.config import PipelineConfig, load_config
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.progress import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Which tasks to pretrain on: task similarity from per-task models, on Ray.")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set train.max_epochs=5")]
+DEMO_CONFIG = "demo.yaml"
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TasksimError(f"--set expects KEY=VALUE, got '{pair}'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def similarity_table(names: list[str], sim: np.ndarray, subset: list[str]) -> Table:
+    table = Table(title="RSA task similarity (selected tasks in bold)")
+    table.add_column("")
+    for n in names:
+        table.add_column(f"[bold]{n}[/bold]" if n in subset else n, justify="right")
+    for i, n in enumerate(names):
+        table.add_row(f"[bold]{n}[/bold]" if n in subset else n, *(f"{v:.2f}" for v in sim[i]))
+    return table
+
+
+def _execute(cfg: PipelineConfig, until: str) -> dict[str, Any]:
+    from tasksim_ray.pipeline import run_pipeline  # heavy imports (torch, ray) only when running
+
+    return run_pipeline(cfg, console, until=until)
+
+
+def _run_verb(config: Path, sets: list[str] | None, until: str) -> None:
+    try:
+        cfg = load_config(config, _overrides(sets))
+        result = _execute(cfg, until)
+    except TasksimError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if "similarity" in result:
+        sim = result["similarity"]
+        names = sim["names"] if isinstance(sim, dict) else result["names"]
+        matrix = np.array(sim["matrix"]) if isinstance(sim, dict) else sim
+        console.print(similarity_table(names, matrix, result["selection"]["subset"]))
+        sel = result["selection"]
+        console.print(f"Selected pretraining subset (similarity >= {sel['threshold']}): "
+                      f"[bold green]{', '.join(sel['subset']) or '(none)'}[/bold green]")
+        if sel["uncoverable"]:
+            console.print(f"No other task reaches the threshold for: {', '.join(sel['uncoverable'])}")
+    if "paths" in result:
+        console.print(f"Report: {result['paths']['json']}, {result['paths']['heatmap']}, {result['paths']['summary']}")
+    elif "artifact" in result:
+        console.print(f"\\[{until}] artifact: {result['artifact']}")
+
+
+@app.command()
+def run(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Run the whole pipeline: tasks -> ... -> similarity -> subset -> report."""
+    _run_verb(config, set_, "report")
+
+
+@app.command()
+def demo(set_: SetOpt = None) -> None:
+    """Run the default demo config (configs/demo.yaml: full QM9, about 7 minutes on 2 cores)."""
+    candidates = [Path("configs") / DEMO_CONFIG, Path(__file__).resolve().parents[1] / "configs" / DEMO_CONFIG]
+    path = next((p for p in candidates if p.is_file()), candidates[0])
+    _run_verb(path, set_, "report")
+
+
+def _stage_command(stage: str, doc: str) -> None:
+    def command(config: ConfigArg, set_: SetOpt = None) -> None:
+        _run_verb(config, set_, stage)
+
+    command.__doc__ = doc
+    app.command(name=stage)(command)
+
+
+for _stage, _doc in [
+    ("tasks", "Load the tasks and store them as Parquet."),
+    ("preprocess", "Drop correlated targets; split 80/10/10 and permute the training set into folds."),
+    ("featurize", "Featurise the training and validation molecules into graphs."),
+    ("pretrain", "Train one model per task, in parallel as Ray tasks."),
+    ("probe", "Build the probe set."),
+    ("embed", "Stream the probe set through every task model (Ray Data + actors)."),
+    ("similarity", "Compute the task-similarity matrix and select the pretraining subset."),
+]:
+    _stage_command(_stage, _doc)
+
+
+def main() -> None:
+    app()

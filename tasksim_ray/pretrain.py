@@ -1,0 +1,98 @@
+"""Per-task pretraining: one model per task, trained in parallel as Ray tasks.
+
+Each task's checkpoint is cached on its own (keyed by the task, its data and the model and
+training settings), so adding a task to a study trains only that task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
+from tasksim_ray.config import ModelConfig, TrainConfig
+from tasksim_ray.featurize import unpack_graphs
+from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
+from tasksim_ray.train import fit
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Rows (positions in the graph store) and labels of one task's train and validation sets."""
+
+    task: str
+    units: str
+    train_pos: np.ndarray
+    y_train: np.ndarray
+    val_pos: np.ndarray
+    y_val: np.ndarray
+
+
+@dataclass
+class PretrainedModel:
+    task: str
+    directory: Path
+    metrics: dict[str, Any]
+
+
+def model_hparams(cfg: ModelConfig) -> dict[str, Any]:
+    hp = cfg.model_dump()
+    hp.pop("backbone")
+    return hp
+
+
+def train_one(store: dict[str, torch.Tensor], data: TaskData, model_cfg: ModelConfig,
+              train_cfg: TrainConfig, seed: int, out_dir: str) -> dict[str, Any]:
+    """Train one task's model and write its checkpoint folder atomically (runs in a Ray worker)."""
+    torch.set_num_threads(max(1, int(train_cfg.num_cpus)))
+    device = torch.device("cuda" if train_cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+    graphs = unpack_graphs(store)
+    train_graphs = [graphs[i] for i in data.train_pos]
+    val_graphs = [graphs[i] for i in data.val_pos]
+    mean, std = float(np.mean(data.y_train)), float(np.std(data.y_train)) or 1.0
+    torch.manual_seed(seed)
+    hp = model_hparams(model_cfg)
+    model = build_model(model_cfg.backbone, hp)
+    result = fit(model, train_graphs, data.y_train, val_graphs, data.y_val, train_cfg, seed, mean, std, device)
+    metrics = {k: v for k, v in asdict(result).items() if k != "history"}
+    info = TaskModelInfo(model_cfg.backbone, hp, data.task, data.units, mean, std, metrics)
+    with atomic_dir(Path(out_dir)) as tmp:
+        save_checkpoint(tmp, model.cpu(), info)
+        write_manifest(tmp, "model", Path(out_dir).name, task=data.task, metrics=metrics,
+                       history=result.history)
+    return metrics
+
+
+def pretrain_all(store: dict[str, torch.Tensor], tasks: list[TaskData], model_cfg: ModelConfig,
+                 train_cfg: TrainConfig, seed: int, models_root: Path, upstream_key: str,
+                 on_done: Callable[[str, bool], None] | None = None) -> dict[str, PretrainedModel]:
+    """Train every task whose checkpoint is not cached, in parallel, and return all checkpoints."""
+    out: dict[str, PretrainedModel] = {}
+    pending: dict[ray.ObjectRef, tuple[str, Path]] = {}
+    remote = ray.remote(train_one).options(num_cpus=train_cfg.num_cpus, num_gpus=train_cfg.num_gpus,
+                                           max_retries=1)
+    store_ref = None
+    for data in tasks:
+        key = stable_hash("model", data.task, upstream_key, model_cfg.model_dump(),
+                          train_cfg.model_dump(exclude={"num_cpus", "num_gpus"}), seed)
+        directory = models_root / f"{data.task}-{key}"
+        if is_complete(directory):
+            out[data.task] = PretrainedModel(data.task, directory, read_manifest(directory)["metrics"])
+            if on_done:
+                on_done(data.task, True)
+            continue
+        store_ref = store_ref or ray.put(store)
+        pending[remote.remote(store_ref, data, model_cfg, train_cfg, seed, str(directory))] = (data.task, directory)
+    while pending:
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        task, directory = pending.pop(ready)
+        out[task] = PretrainedModel(task, directory, ray.get(ready))
+        if on_done:
+            on_done(task, False)
+    return {d.task: out[d.task] for d in tasks}

@@ -1,0 +1,47 @@
+"""Starting or joining Ray: join the cluster named by RAY_ADDRESS (or config), else start locally.
+
+Resources are passed only to a local start: ``ray.init(num_cpus=...)`` is an error when
+connecting to an existing cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from tasksim_ray.config import RayConfig
+
+
+def ensure_ray(cfg: RayConfig) -> None:
+    if not ray.is_initialized():
+        _start(cfg)
+    quiet_ray_data()
+
+
+def _start(cfg: RayConfig) -> None:
+    address = os.environ.get("RAY_ADDRESS") or cfg.address
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.include_dashboard,
+                 logging_level=logging.WARNING, configure_logging=True)
+
+
+def quiet_ray_data() -> None:
+    """Keep Ray Data's per-operator progress logging out of our terminal; our bars are enough."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def cluster_gpus() -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 0.0))

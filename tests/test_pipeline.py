@@ -1,0 +1,114 @@
+"""End to end on a real local Ray (2 CPUs): the tiny config, caching, and bad input via the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tasksim_ray.cli import app
+from tasksim_ray.config import load_config
+from tasksim_ray.pipeline import run_pipeline
+
+from .conftest import TINY_CONFIG
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="module")
+def first_run(workdir: Path, ray_local: None) -> dict[str, Any]:
+    return run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir)}))
+
+
+def _no_partial_artifacts(workdir: Path) -> None:
+    leftovers = [p for p in (workdir / "artifacts").rglob(".tmp-*")]
+    assert leftovers == []
+    for stage_dir in (workdir / "artifacts").iterdir():
+        for artifact in stage_dir.iterdir():
+            assert (artifact / "manifest.json").is_file(), f"incomplete artifact {artifact}"
+
+
+def test_tiny_run_matrix_and_subset(first_run: dict[str, Any], workdir: Path) -> None:
+    names = first_run["tasks"]
+    sim = np.array(first_run["similarity"]["matrix"])
+    assert len(names) >= 3 and sim.shape == (len(names), len(names))
+    assert np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1.0)
+    assert np.all(sim <= 1.0) and np.all(sim >= -1.0)
+    sel = first_run["selection"]
+    thr = sel["threshold"]
+    for i, task in enumerate(names):
+        if task in sel["uncoverable"]:
+            assert all(sim[i, j] < thr for j in range(len(names)) if j != i)
+        else:
+            assert any(sim[i, names.index(s)] >= thr for s in sel["subset"] if s != task)
+    report = json.loads((workdir / "report" / "report.json").read_text())
+    assert report["selection"]["subset"] == sel["subset"]
+    assert set(report["models"]) == set(names)
+    assert all(np.isfinite(m["best_val_mae"]) for m in report["models"].values())
+    assert {d["name"] for d in report["dropped_tasks"]}.isdisjoint(names)
+    assert (workdir / "report" / "similarity_heatmap.png").stat().st_size > 1000
+    assert "Selected pretraining subset" in (workdir / "report" / "summary.md").read_text()
+    _no_partial_artifacts(workdir)
+
+
+def test_rerun_reuses_every_stage(first_run: dict[str, Any], workdir: Path) -> None:
+    again = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir)}))
+    for stage in ("tasks", "preprocess", "featurize", "probe", "embed", "similarity"):
+        assert again["timings"][stage]["cached"], stage
+    assert again["similarity"]["matrix"] == first_run["similarity"]["matrix"]
+
+
+def test_changed_training_reruns_pretraining_onwards_only(first_run: dict[str, Any], workdir: Path) -> None:
+    changed = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir), "train.max_epochs": 2}))
+    for stage in ("tasks", "preprocess", "featurize", "probe"):
+        assert changed["timings"][stage]["cached"], stage
+    for stage in ("embed", "similarity"):
+        assert not changed["timings"][stage]["cached"], stage
+    assert all(m["epochs_run"] <= 2 for m in changed["models"].values())
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.output
+
+
+def test_cli_empty_probe_file_is_a_clear_error(first_run: dict[str, Any], workdir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "probes.txt"
+    empty.write_text("\n\n")
+    code, out = _cli(["run", str(TINY_CONFIG), "--set", f"workdir={workdir}",
+                      "--set", "probe.source=file", "--set", f"probe.path={empty}"])
+    assert code == 2
+    assert f"error: {empty}: probe file has no SMILES" in " ".join(out.split())
+    _no_partial_artifacts(workdir)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["data.targets=[mu, nope]"], "target column(s) ['nope'] not found"),
+    (["tasks=[mu, lumo, cv]"], "unknown task name(s) ['cv']"),
+    (["train.epochs=3"], "unknown key 'train.epochs'"),
+])
+def test_cli_bad_input_exits_nonzero_without_artifacts(tmp_path: Path, sets: list[str], message: str) -> None:
+    args = ["run", str(TINY_CONFIG), "--set", f"workdir={tmp_path / 'w'}"]
+    for s in sets:
+        args += ["--set", s]
+    code, out = _cli(args)
+    assert code == 2
+    assert message in " ".join(out.split())
+    assert not (tmp_path / "w" / "artifacts" / "tasks").exists() or not any(
+        (tmp_path / "w" / "artifacts" / "tasks").iterdir())
+
+
+def test_cli_malformed_config_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {max_epochs: 3\n")
+    code, out = _cli(["run", str(bad)])
+    assert code == 2 and f"error: {bad}: malformed YAML" in " ".join(out.split())
