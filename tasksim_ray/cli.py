@@ -38,8 +38,8 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def similarity_table(names: list[str], sim: np.ndarray, subset: list[str]) -> Table:
-    table = Table(title="RSA task similarity (selected tasks in bold)")
+def similarity_table(names: list[str], sim: np.ndarray, subset: list[str], metric: str) -> Table:
+    table = Table(title=f"{metric.upper()} task similarity (selected tasks in bold)")
     table.add_column("")
     for n in names:
         table.add_column(f"[bold]{n}[/bold]" if n in subset else n, justify="right")
@@ -63,16 +63,16 @@ def _run_verb(config: Path, sets: list[str] | None, until: str) -> None:
         raise typer.Exit(2) from None
     if "similarity" in result:
         sim = result["similarity"]
-        names = sim["names"] if isinstance(sim, dict) else result["names"]
-        matrix = np.array(sim["matrix"]) if isinstance(sim, dict) else sim
-        console.print(similarity_table(names, matrix, result["selection"]["subset"]))
+        console.print(similarity_table(sim["names"], np.array(sim["matrix"]), result["selection"]["subset"],
+                                       sim["metric"]))
         sel = result["selection"]
-        console.print(f"Selected pretraining subset (similarity >= {sel['threshold']}): "
+        console.print(f"Selected pretraining subset ({sim['metric']} >= {sel['threshold']}): "
                       f"[bold green]{', '.join(sel['subset']) or '(none)'}[/bold green]")
         if sel["uncoverable"]:
             console.print(f"No other task reaches the threshold for: {', '.join(sel['uncoverable'])}")
     if "paths" in result:
-        console.print(f"Report: {result['paths']['json']}, {result['paths']['heatmap']}, {result['paths']['summary']}")
+        console.print(f"Report: {Path(result['paths']['json']).parent}/ (report.json, summary.md, "
+                      f"{len(result['paths']) - 2} figures)")
     elif "artifact" in result:
         console.print(f"\\[{until}] artifact: {result['artifact']}")
 
@@ -106,9 +106,19 @@ for _stage, _doc in [
     ("pretrain", "Train one model per task, in parallel as Ray tasks."),
     ("probe", "Build the probe set."),
     ("embed", "Stream the probe set through every task model (Ray Data + actors)."),
-    ("similarity", "Compute the task-similarity matrix and select the pretraining subset."),
 ]:
     _stage_command(_stage, _doc)
+
+
+@app.command()
+def similarity(config: ConfigArg, set_: SetOpt = None,
+               metric: Annotated[list[str] | None, typer.Option(help="metric(s): rsa, cka, cmd, csi, logme")] = None,
+               ) -> None:
+    """Compute similarity metrics from the cached embeddings, select the subset, write the report."""
+    sets = list(set_ or [])
+    if metric:
+        sets.append(f"similarity.metrics={yaml.safe_dump(metric, default_flow_style=True).strip()}")
+    _run_verb(config, sets, "similarity")
 
 
 def main() -> None:

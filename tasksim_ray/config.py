@@ -93,13 +93,40 @@ class EmbedConfig(_Strict):
     actors_per_task: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, gt=0)
     gpu_fraction: float = Field(default=0.25, gt=0, le=1)
+    layer: Literal["graph", "ffn"] = "graph"
+
+
+class BootstrapConfig(_Strict):
+    """Percentile CIs of RSA over probe resamples; ``n_boot: 0`` turns them off."""
+
+    n_boot: int = Field(default=200, ge=0)
+    level: float = Field(default=0.95, gt=0, lt=1)
+    max_probes: int = Field(default=1000, ge=3)
+
+
+class CSIConfig(_Strict):
+    """Dataset similarity: every task's own training inputs embedded by one shared model."""
+
+    model: str | None = None  # task whose model embeds all datasets (default: the first task)
+    per_task: int = Field(default=500, ge=2)
+    level: Literal["graph", "node"] = "graph"
+    per_structure: int = Field(default=8, ge=1)  # node level: atoms drawn per molecule at most
+
+
+MetricName = Literal["rsa", "csi", "cka", "cmd", "logme"]
 
 
 class SimilarityConfig(_Strict):
-    metric: Literal["rsa"] = "rsa"
+    metrics: list[MetricName] = Field(default_factory=lambda: ["rsa"], min_length=1)
+    comparison: Literal["spearman", "pearson", "kendall"] = "spearman"
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    csi: CSIConfig = CSIConfig()
+    cmd_order: int = Field(default=5, ge=1)
+    memory_budget_gb: float = Field(default=8.0, gt=0)
 
 
 class SelectionConfig(_Strict):
+    metric: Literal["rsa", "cka"] = "rsa"
     threshold: float = Field(default=0.5, ge=-1, le=1)
 
 
@@ -126,6 +153,13 @@ class PipelineConfig(_Strict):
     similarity: SimilarityConfig = SimilarityConfig()
     selection: SelectionConfig = SelectionConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _selection_metric_computed(self) -> PipelineConfig:
+        if self.selection.metric not in self.similarity.metrics:
+            raise ValueError(f"selection.metric '{self.selection.metric}' must be one of similarity.metrics "
+                             f"{self.similarity.metrics}")
+        return self
 
     @property
     def workdir_path(self) -> Path:

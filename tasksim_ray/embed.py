@@ -1,9 +1,10 @@
-"""The embedding service: per-task models held by Ray actors, the probe set streamed by Ray Data.
+"""The embedding service: per-task models held by Ray actors, inputs streamed by Ray Data.
 
-The probe set is featurised once into a binary graph column; Ray Data then streams its blocks
-through one actor pool per task model (``map_batches`` with ``ActorPoolStrategy``), each actor
-adding that task's embedding column, and writes the result to Parquet. With GPUs in the cluster
-each actor asks for a fraction of one, so several task models share a device.
+Molecules are featurised once into a binary graph column; Ray Data then streams blocks through
+one actor pool per model (``map_batches`` with ``ActorPoolStrategy``), each actor adding that
+model's embedding column, and writes Parquet. With GPUs in the cluster each actor asks for a
+fraction of one, so several task models share a device. Graph-level layers give one vector per
+molecule; ``node`` gives each molecule's per-atom vectors (stored as float32 bytes + atom count).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -24,38 +26,41 @@ from tasksim_ray.featurize import FeaturizeReport, featurize_many, graph_from_by
 from tasksim_ray.models import load_checkpoint
 from tasksim_ray.runtime import cluster_cpus, cluster_gpus
 
-PROBE_ID, GRAPH = "probe_id", "graph"
+ID, GRAPH = "id", "graph"
 
 
-def emb_column(task: str) -> str:
-    return f"emb__{task}"
+def emb_column(name: str) -> str:
+    return f"emb__{name}"
 
 
-def probe_table(smiles: list[str], ids: list[str]) -> tuple[pd.DataFrame, FeaturizeReport]:
-    """Featurise probe SMILES once; invalid ones are reported and skipped."""
+def graph_table(smiles: list[str], ids: list[str]) -> tuple[pd.DataFrame, FeaturizeReport]:
+    """Featurise SMILES once into an (id, smiles, graph) table; invalid ones are reported and skipped."""
     graphs, report = featurize_many(smiles)
     keep = [i for i, g in enumerate(graphs) if g is not None]
-    frame = pd.DataFrame({
-        PROBE_ID: [ids[i] for i in keep],
-        "smiles": [smiles[i] for i in keep],
-        GRAPH: [graph_to_bytes(graphs[i]) for i in keep],
-    })
-    return frame, report
+    return pd.DataFrame({ID: [ids[i] for i in keep], "smiles": [smiles[i] for i in keep],
+                         GRAPH: [graph_to_bytes(graphs[i]) for i in keep]}), report
 
 
 class TaskEmbedder:
-    """Holds one task's model; called by Ray Data on batches of serialised probe graphs."""
+    """Holds one model; called by Ray Data on batches of serialised graphs."""
 
-    def __init__(self, model_dir: str, column: str, num_threads: int = 1) -> None:
+    def __init__(self, model_dir: str, column: str, layer: str = "graph", num_threads: int = 1) -> None:
         torch.set_num_threads(num_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, _ = load_checkpoint(Path(model_dir), self.device)
-        self.column = column
+        self.column, self.layer = column, layer
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         graphs = Batch.from_data_list([graph_from_bytes(b) for b in batch[GRAPH]]).to(self.device)
-        batch[self.column] = self.model.embed(graphs).float().cpu().numpy()
+        if self.layer != "node":
+            batch[self.column] = self.model.embed(graphs, self.layer).float().cpu().numpy()
+            return batch
+        nodes = self.model.embed_nodes(graphs).float().cpu().numpy()
+        counts = torch.bincount(graphs.batch, minlength=graphs.num_graphs).cpu().numpy()
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        batch[self.column] = np.array([nodes[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object)
+        batch[f"{self.column}__n"] = counts
         return batch
 
 
@@ -65,35 +70,57 @@ class ActorResources:
     num_gpus: float
 
 
-def actor_resources(cfg: EmbedConfig, n_tasks: int) -> ActorResources:
-    """Fractional GPUs when the cluster has any; the CPU share is capped so that every task's
+def actor_resources(cfg: EmbedConfig, n_models: int) -> ActorResources:
+    """Fractional GPUs when the cluster has any; the CPU share is capped so that every model's
     actor pool starts at once (a chained pipeline needs all of them alive) and one CPU stays
     free for Ray Data's read and write tasks."""
-    n_actors = n_tasks * cfg.actors_per_task
+    n_actors = n_models * cfg.actors_per_task
     share = min(cfg.num_cpus, max(cluster_cpus() - 1.0, 0.5) / n_actors)
     return ActorResources(num_cpus=share, num_gpus=cfg.gpu_fraction if cluster_gpus() > 0 else 0.0)
 
 
-def embed_probes(probe_parquet: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_dir: Path) -> None:
-    """Stream the probe set through every task model and write ``probe_id`` + embeddings."""
+def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_dir: Path, layer: str = "graph") -> None:
+    """Stream an (id, graph) Parquet table through every model and write ``id`` + embeddings."""
     res = actor_resources(cfg, len(model_dirs))
-    ds = ray.data.read_parquet(str(probe_parquet))
-    for task, directory in model_dirs.items():
+    ds = ray.data.read_parquet(str(table))
+    columns = [ID]
+    for name, directory in model_dirs.items():
         ds = ds.map_batches(
             TaskEmbedder,
-            fn_constructor_kwargs={"model_dir": str(directory), "column": emb_column(task)},
+            fn_constructor_kwargs={"model_dir": str(directory), "column": emb_column(name), "layer": layer},
             batch_size=cfg.batch_size,
             batch_format="numpy",
             compute=ActorPoolStrategy(size=cfg.actors_per_task),
             num_cpus=res.num_cpus,
             num_gpus=res.num_gpus,
         )
-    ds.select_columns([PROBE_ID, *(emb_column(t) for t in model_dirs)]).write_parquet(str(out_dir))
+        columns += [emb_column(name)] + ([f"{emb_column(name)}__n"] if layer == "node" else [])
+    ds.select_columns(columns).write_parquet(str(out_dir))
 
 
-def read_embeddings(directory: Path, tasks: list[str]) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Probe ids (sorted) and one (n_probes, dim) matrix per task, from the Parquet written above."""
-    table = pq.read_table(directory).to_pandas()
-    table = table.sort_values(PROBE_ID, kind="stable").reset_index(drop=True)
-    embs = {t: np.stack(table[emb_column(t)].to_numpy()).astype(np.float64) for t in tasks}
-    return table[PROBE_ID].astype(str).tolist(), embs
+def read_embedded(directory: Path, names: list[str], layer: str = "graph") -> tuple[list[str], dict[str, np.ndarray | list[np.ndarray]]]:
+    """Ids (sorted) and, per model, an (n, dim) matrix, or per-molecule (n_atoms, dim) arrays for ``node``."""
+    frame = pq.read_table(directory).to_pandas().sort_values(ID, kind="stable").reset_index(drop=True)
+    out: dict[str, np.ndarray | list[np.ndarray]] = {}
+    for name in names:
+        col = frame[emb_column(name)]
+        if layer == "node":
+            counts = frame[f"{emb_column(name)}__n"].to_numpy()
+            out[name] = [np.frombuffer(b, np.float32).reshape(n, -1) for b, n in zip(col, counts)]
+        else:
+            out[name] = np.stack(col.to_numpy()).astype(np.float32)
+    return frame[ID].astype(str).tolist(), out
+
+
+def save_embedding(path: Path, ids: list[str], emb: np.ndarray) -> None:
+    """One task's embeddings as Parquet: ``id`` and a fixed-size float32 ``embedding`` list."""
+    flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1))
+    table = pa.table({ID: pa.array(ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
+    pq.write_table(table, path)
+
+
+def load_embedding(path: Path) -> tuple[list[str], np.ndarray]:
+    table = pq.read_table(path)
+    col = table.column("embedding").combine_chunks()
+    emb = col.values.to_numpy().reshape(len(table), col.type.list_size)
+    return table.column(ID).to_pylist(), emb

@@ -32,6 +32,7 @@ class TaskData:
     y_train: np.ndarray
     val_pos: np.ndarray
     y_val: np.ndarray
+    content_key: str  # hash of this task's own molecules and labels: what its model depends on
 
 
 @dataclass
@@ -70,16 +71,19 @@ def train_one(store: dict[str, torch.Tensor], data: TaskData, model_cfg: ModelCo
 
 
 def pretrain_all(store: dict[str, torch.Tensor], tasks: list[TaskData], model_cfg: ModelConfig,
-                 train_cfg: TrainConfig, seed: int, models_root: Path, upstream_key: str,
+                 train_cfg: TrainConfig, seed: int, models_root: Path,
                  on_done: Callable[[str, bool], None] | None = None) -> dict[str, PretrainedModel]:
-    """Train every task whose checkpoint is not cached, in parallel, and return all checkpoints."""
+    """Train every task whose checkpoint is not cached, in parallel, and return all checkpoints.
+
+    A checkpoint is keyed by its task's own data, not by the study, so adding a task to a study
+    (or dropping one) reuses every other task's model."""
     out: dict[str, PretrainedModel] = {}
     pending: dict[ray.ObjectRef, tuple[str, Path]] = {}
     remote = ray.remote(train_one).options(num_cpus=train_cfg.num_cpus, num_gpus=train_cfg.num_gpus,
                                            max_retries=1)
     store_ref = None
     for data in tasks:
-        key = stable_hash("model", data.task, upstream_key, model_cfg.model_dump(),
+        key = stable_hash("model", data.task, data.content_key, model_cfg.model_dump(),
                           train_cfg.model_dump(exclude={"num_cpus", "num_gpus"}), seed)
         directory = models_root / f"{data.task}-{key}"
         if is_complete(directory):

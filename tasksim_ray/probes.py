@@ -42,6 +42,7 @@ def read_probe_file(path: Path) -> tuple[list[str], list[str]]:
 
 
 def holdout_probes(table: TaskTable, test_rows: np.ndarray, size: int, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded sample of test-split molecules: outside every task's training data."""
     rng = np.random.default_rng(seed + 1)  # independent of the split's stream
     rows = np.sort(rng.choice(test_rows, size=min(size, len(test_rows)), replace=False))
     frame = table.frame.iloc[rows]

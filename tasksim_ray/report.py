@@ -1,10 +1,9 @@
-"""The run's report: ``report.json``, a heatmap PNG with the selected subset marked, and a summary."""
+"""The run's report: ``report.json``, per metric a heatmap and a dendrogram, and ``summary.md``."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +12,34 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.cluster.hierarchy import dendrogram, linkage  # noqa: E402
+from scipy.spatial.distance import pdist, squareform  # noqa: E402
 
 from tasksim_ray.cache import write_json_atomic  # noqa: E402
 from tasksim_ray.select import Selection  # noqa: E402
+from tasksim_ray.similarity import METRICS  # noqa: E402
+from tasksim_ray.stages.similarity import SimilarityResult  # noqa: E402
 
 
-def plot_heatmap(names: list[str], sim: np.ndarray, subset: list[str], path: Path, title: str) -> None:
+def _save(fig: plt.Figure, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_heatmap(names: list[str], m: np.ndarray, subset: list[str], path: Path, title: str) -> None:
     n = len(names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.6 + 0.5 * n))
-    im = ax.imshow(sim, cmap="viridis", vmin=min(0.0, float(sim.min())), vmax=1.0)
+    im = ax.imshow(m, cmap="viridis")
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
+    mid = (np.nanmax(m) + np.nanmin(m)) / 2
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if sim[i, j] < 0.6 else "black")
+            ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                    color="white" if m[i, j] < mid else "black")
     for k, name in enumerate(names):
         if name in subset:  # selected tasks: red frame around their column and bold labels
             ax.add_patch(plt.Rectangle((k - 0.5, -0.5), 1, n, fill=False, edgecolor="red", lw=2))
@@ -36,11 +48,29 @@ def plot_heatmap(names: list[str], sim: np.ndarray, subset: list[str], path: Pat
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path)
+
+
+def task_distances(m: np.ndarray, kind: str) -> np.ndarray:
+    """Condensed task distances for clustering: 1 - similarity, the distance itself, or (for
+    asymmetric scores) the Euclidean distance between standardised rows."""
+    if kind == "similarity":
+        d = np.clip(1.0 - (m + m.T) / 2, 0.0, None)
+    elif kind == "distance":
+        d = np.clip((m + m.T) / 2, 0.0, None)
+    else:
+        z = (m - m.mean(axis=1, keepdims=True)) / (m.std(axis=1, keepdims=True) + 1e-12)
+        return pdist(z)
+    np.fill_diagonal(d, 0.0)
+    return squareform(d, checks=False)
+
+
+def plot_dendrogram(names: list[str], m: np.ndarray, kind: str, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(names), 4))
+    dendrogram(linkage(task_distances(m, kind), method="average"), labels=names, ax=ax, leaf_rotation=45)
+    ax.set_title(f"{title}: average-linkage clustering")
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
@@ -51,9 +81,20 @@ def markdown_summary(report: dict[str, Any]) -> str:
         lines += ["Dropped as redundant (|Pearson r| above the threshold with a kept target):", ""]
         lines += [f"- {d['name']}: r = {d['pearson_r']:+.3f} with {d['because_of']}" for d in report["dropped_tasks"]]
         lines.append("")
-    lines += [f"Selected pretraining subset (RSA >= {sel['threshold']}): **{', '.join(sel['subset']) or '(none)'}**"]
+    lines.append(f"Selected pretraining subset ({report['similarity']['metric']} >= {sel['threshold']}): "
+                 f"**{', '.join(sel['subset']) or '(none)'}**")
     if sel["uncoverable"]:
         lines.append(f"No other task reaches the threshold for: {', '.join(sel['uncoverable'])}")
+    boot = report.get("rsa_bootstrap")
+    if boot:
+        names = report["tasks"]
+        rsa = np.array(report["metrics"]["rsa"]["matrix"])
+        lines += ["", f"RSA with {boot['level']:.0%} bootstrap intervals ({boot['n_boot']} probe resamples):", "",
+                  "| pair | RSA | interval |", "|---|---|---|"]
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                lines.append(f"| {names[i]} / {names[j]} | {rsa[i, j]:.3f} | "
+                             f"[{boot['lower'][i][j]:.3f}, {boot['upper'][i][j]:.3f}] |")
     lines += ["", "| task | units | val MAE | epochs | train n |", "|---|---|---|---|---|"]
     for task, m in report["models"].items():
         lines.append(f"| {task} | {m['units']} | {m['best_val_mae']:.4g} | {m['epochs_run']} | {m['n_train']} |")
@@ -62,14 +103,17 @@ def markdown_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, report: dict[str, Any], names: list[str], sim: np.ndarray,
-                 selection: Selection) -> dict[str, Path]:
+def write_report(out_dir: Path, report: dict[str, Any], sim: SimilarityResult, selection: Selection) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {**report, "selection": asdict(selection)}
-    paths = {"json": out_dir / "report.json", "heatmap": out_dir / "similarity_heatmap.png",
-             "summary": out_dir / "summary.md"}
-    plot_heatmap(names, sim, selection.subset, paths["heatmap"], f"RSA task similarity ({report['name']})")
-    write_json_atomic(paths["json"], report)
+    paths = {"json": out_dir / "report.json", "summary": out_dir / "summary.md"}
+    for metric, m in sim.matrices.items():
+        spec = METRICS[metric]
+        subset = selection.subset if metric == report["similarity"]["metric"] else []
+        paths[f"{metric}_heatmap"] = out_dir / f"{metric}_heatmap.png"
+        paths[f"{metric}_dendrogram"] = out_dir / f"{metric}_dendrogram.png"
+        plot_heatmap(sim.names, m, subset, paths[f"{metric}_heatmap"], f"{spec.title} ({report['name']})")
+        plot_dendrogram(sim.names, m, spec.kind, paths[f"{metric}_dendrogram"], spec.title)
+    write_json_atomic(paths["json"], {**report, "paths": {k: str(v) for k, v in paths.items()}})
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".md")
     with os.fdopen(fd, "w") as fh:
         fh.write(markdown_summary(report))

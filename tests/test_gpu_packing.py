@@ -17,7 +17,7 @@ import json, os, sys, threading, time
 from pathlib import Path
 import ray, torch
 from tasksim_ray.config import EmbedConfig, RayConfig
-from tasksim_ray.embed import embed_probes, probe_table, read_embeddings
+from tasksim_ray.embed import embed_table, graph_table, read_embedded
 from tasksim_ray.models import TaskModelInfo, save_checkpoint
 from tasksim_ray.models.dmpnn import DMPNN
 from tasksim_ray.runtime import ensure_ray
@@ -31,7 +31,7 @@ for i in range(4):
     save_checkpoint(dirs[f"t{i}"], DMPNN(hidden_dim=8, ffn_hidden_dim=4, depth=2),
                     TaskModelInfo("dmpnn", {"hidden_dim": 8, "ffn_hidden_dim": 4, "depth": 2}, f"t{i}", "", 0.0, 1.0))
 smiles = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "C1CCCCC1", "OCCO"]
-frame, _ = probe_table(smiles, [f"p{i}" for i in range(len(smiles))])
+frame, _ = graph_table(smiles, [f"p{i}" for i in range(len(smiles))])
 frame.to_parquet(work / "probe.parquet")
 free = []
 stop = threading.Event()
@@ -41,9 +41,9 @@ def watch():
         time.sleep(0.05)
 watcher = threading.Thread(target=watch)
 watcher.start()
-embed_probes(work / "probe.parquet", dirs, EmbedConfig(gpu_fraction=0.25, batch_size=3), work / "out")
+embed_table(work / "probe.parquet", dirs, EmbedConfig(gpu_fraction=0.25, batch_size=3), work / "out")
 stop.set(); watcher.join()
-ids, embs = read_embeddings(work / "out", list(dirs))
+ids, embs = read_embedded(work / "out", list(dirs))
 print(json.dumps({"n": len(ids), "shapes": [list(e.shape) for e in embs.values()],
                   "min_free_gpu": min(free), "total_gpu": ray.cluster_resources()["GPU"]}))
 ray.shutdown()

@@ -30,9 +30,11 @@ def first_run(workdir: Path, ray_local: None) -> dict[str, Any]:
 
 
 def _no_partial_artifacts(workdir: Path) -> None:
-    leftovers = [p for p in (workdir / "artifacts").rglob(".tmp-*")]
+    leftovers = [p for p in (workdir / "artifacts").rglob("*") if p.name.startswith(".tmp-") or ".tmp" in p.suffixes]
     assert leftovers == []
     for stage_dir in (workdir / "artifacts").iterdir():
+        if stage_dir.name == "rsa_vectors":  # a store of atomically written files, not stage folders
+            continue
         for artifact in stage_dir.iterdir():
             assert (artifact / "manifest.json").is_file(), f"incomplete artifact {artifact}"
 
@@ -55,14 +57,21 @@ def test_tiny_run_matrix_and_subset(first_run: dict[str, Any], workdir: Path) ->
     assert set(report["models"]) == set(names)
     assert all(np.isfinite(m["best_val_mae"]) for m in report["models"].values())
     assert {d["name"] for d in report["dropped_tasks"]}.isdisjoint(names)
-    assert (workdir / "report" / "similarity_heatmap.png").stat().st_size > 1000
-    assert "Selected pretraining subset" in (workdir / "report" / "summary.md").read_text()
+    assert (workdir / "report" / "rsa_heatmap.png").stat().st_size > 1000
+    summary = (workdir / "report" / "summary.md").read_text()
+    assert "Selected pretraining subset" in summary and "bootstrap intervals" in summary
+    for metric in ("rsa", "cka", "cmd", "csi", "logme"):  # every configured metric, with its figures
+        m = np.array(report["metrics"][metric]["matrix"])
+        assert m.shape == sim.shape and np.all(np.isfinite(m))
+        assert (workdir / "report" / f"{metric}_dendrogram.png").is_file()
+    lower, upper = np.array(report["rsa_bootstrap"]["lower"]), np.array(report["rsa_bootstrap"]["upper"])
+    assert np.all(lower <= upper + 1e-12)
     _no_partial_artifacts(workdir)
 
 
 def test_rerun_reuses_every_stage(first_run: dict[str, Any], workdir: Path) -> None:
     again = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir)}))
-    for stage in ("tasks", "preprocess", "featurize", "probe", "embed", "similarity"):
+    for stage in ("tasks", "preprocess", "featurize", "pretrain", "probe", "embed", "similarity"):
         assert again["timings"][stage]["cached"], stage
     assert again["similarity"]["matrix"] == first_run["similarity"]["matrix"]
 
@@ -112,3 +121,23 @@ def test_cli_malformed_config_file(tmp_path: Path) -> None:
     bad.write_text("train: {max_epochs: 3\n")
     code, out = _cli(["run", str(bad)])
     assert code == 2 and f"error: {bad}: malformed YAML" in " ".join(out.split())
+
+
+def test_adding_a_task_trains_and_embeds_only_that_task(first_run: dict[str, Any], workdir: Path) -> None:
+    """A study grown by one task reuses every other task's model, embedding and RSA vector."""
+    def listing(kind: str) -> set[str]:
+        return {p.name for p in (workdir / "artifacts" / kind).iterdir()}
+
+    before = {kind: listing(kind) for kind in ("models", "embeddings")}
+    run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir)}))  # the original study, cached
+    assert {kind: listing(kind) for kind in before} == before
+    grown = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir),
+                                                   "data.targets": ["mu", "alpha", "homo", "lumo", "gap", "cv"]}))
+    assert "cv" in grown["tasks"]
+    for kind in before:
+        added = listing(kind) - before[kind]
+        assert [name.split("-")[0] for name in added] == ["cv"], (kind, added)
+    old = np.array(first_run["similarity"]["matrix"])
+    new = np.array(grown["similarity"]["matrix"])
+    idx = [grown["tasks"].index(t) for t in first_run["tasks"]]
+    assert np.allclose(new[np.ix_(idx, idx)], old, atol=1e-12)

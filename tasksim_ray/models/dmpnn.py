@@ -21,6 +21,8 @@ NORM_DIVISOR = 100.0
 
 
 class DMPNN(nn.Module):
+    LAYERS = ("graph", "ffn")
+
     def __init__(self, hidden_dim: int = 300, depth: int = 3, dropout: float = 0.0,
                  aggregation: str = "norm", ffn_hidden_dim: int = 300, ffn_layers: int = 2,
                  n_tasks: int = 1, atom_dim: int = ATOM_FDIM, bond_dim: int = BOND_FDIM) -> None:
@@ -42,8 +44,8 @@ class DMPNN(nn.Module):
     def embedding_dim(self) -> int:
         return self.W_o.out_features
 
-    def embed(self, batch: Batch) -> Tensor:
-        """Graph-level latent vector of each molecule in the batch, shape (n_graphs, hidden_dim)."""
+    def embed_nodes(self, batch: Batch) -> Tensor:
+        """Per-atom hidden states after message passing, shape (n_atoms, hidden_dim)."""
         x, (src, dst) = batch.x, batch.edge_index
         n_atoms = x.shape[0]
         h0 = torch.relu(self.W_i(torch.cat([x[src], batch.edge_attr], dim=1)))
@@ -54,10 +56,19 @@ class DMPNN(nn.Module):
             m = incoming[src] - h[rev]
             h = self.dropout(torch.relu(h0 + self.W_h(m)))
         m_atom = scatter(h, dst, dim=0, dim_size=n_atoms, reduce="sum")
-        h_atom = self.dropout(torch.relu(self.W_o(torch.cat([x, m_atom], dim=1))))
+        return self.dropout(torch.relu(self.W_o(torch.cat([x, m_atom], dim=1))))
+
+    def embed(self, batch: Batch, layer: str = "graph") -> Tensor:
+        """Graph-level latent vectors, shape (n_graphs, dim): ``graph`` is the aggregated molecule
+        vector (hidden_dim), ``ffn`` the last hidden layer of the prediction head."""
+        if layer not in self.LAYERS:
+            raise ValueError(f"unknown layer '{layer}'; layers: {self.LAYERS}")
+        h_atom = self.embed_nodes(batch)
         reduce = "mean" if self.aggregation == "mean" else "sum"
         pooled = scatter(h_atom, batch.batch, dim=0, dim_size=batch.num_graphs, reduce=reduce)
-        return pooled / NORM_DIVISOR if self.aggregation == "norm" else pooled
+        if self.aggregation == "norm":
+            pooled = pooled / NORM_DIVISOR
+        return self.ffn[:-1](pooled) if layer == "ffn" else pooled
 
     def forward(self, batch: Batch) -> Tensor:
         return self.ffn(self.embed(batch))

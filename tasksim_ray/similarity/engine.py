@@ -1,0 +1,131 @@
+"""Out-of-core, incremental, Ray-parallel RSA.
+
+Each task's RDM triangle becomes a comparison vector (exact doubled centred ranks for Spearman,
+centred values for Pearson) stored once as ``<key>.npy``, keyed by what produced the embedding
+(model, probe set, layer) and the comparison. Pairs are inner products of those vectors, summed
+over blocks of the triangle by Ray tasks, and kept in a pair store: adding a task to a finished
+study computes only its vector and its new row and column. Memory stays bounded: the full M x M
+RDM never exists, a block holds ``block_bytes`` of vectors, and ranking jobs run only as many at
+once as ``memory_budget_gb`` allows (20,000 probes means 2e8 entries per task).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from tasksim_ray.cache import write_json_atomic
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.similarity.inputs import check_embeddings
+from tasksim_ray.similarity.rsa import Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper
+
+RANK_BYTES_PER_ENTRY = 40  # triangle (8) + packed keys (8) + a sort temporary (8) + ranks (4-8) + slack
+
+
+def _build_vector(emb: np.ndarray, comparison: Comparison, path: str, threads: int = 1) -> float:
+    """Write one task's comparison vector to ``path`` (atomically); returns its squared norm."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(threads):
+        upper = rdm_upper(emb)
+        vec = doubled_centred_ranks(upper) if comparison == "spearman" else comparison_vector(upper, comparison)
+        del upper
+        norm2 = float(np.dot(vec.astype(np.float64), vec.astype(np.float64)))
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp.npy"
+    np.save(tmp, vec)
+    os.replace(tmp, path)
+    return norm2
+
+
+def _gram_block(row_paths: list[str], col_paths: list[str], lo: int, hi: int) -> np.ndarray:
+    """Partial inner products of vector rows x cols over entries [lo, hi)."""
+    def load(paths: list[str]) -> np.ndarray:
+        return np.stack([np.load(p, mmap_mode="r")[lo:hi].astype(np.float64) for p in paths])
+
+    rows = load(row_paths)
+    cols = rows if row_paths == col_paths else load(col_paths)
+    return rows @ cols.T
+
+
+class RSAEngine:
+    """Spearman/Pearson RSA over cached comparison vectors. Needs a running Ray."""
+
+    def __init__(self, cache_dir: Path, comparison: Comparison = "spearman", block_bytes: int = 256 << 20,
+                 memory_budget_gb: float = 8.0) -> None:
+        if comparison not in ("spearman", "pearson"):
+            raise TasksimError(f"the blocked RSA engine supports spearman and pearson, not '{comparison}'")
+        self.dir = cache_dir / comparison
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.comparison = comparison
+        self.block_bytes = block_bytes
+        self.memory_budget = memory_budget_gb * 2**30
+        self._pairs_path = self.dir / "pairs.json"
+        self._pairs: dict[str, float] = json.loads(self._pairs_path.read_text()) if self._pairs_path.exists() else {}
+
+    def _vec_path(self, key: str) -> Path:
+        return self.dir / f"{key}.npy"
+
+    @staticmethod
+    def _pair(a: str, b: str) -> str:
+        return "|".join(sorted((a, b)))
+
+    def ensure_vectors(self, embs: dict[str, np.ndarray], on_done: Callable[[str, bool], None] | None = None) -> None:
+        """Build the comparison vector of every key not yet cached, as memory-bounded Ray tasks."""
+        check_embeddings(embs)
+        m = next(iter(embs.values())).shape[0]
+        need = RANK_BYTES_PER_ENTRY * n_pairs(m) + 64 * m * m // 8
+        parallel = max(1, min(int(self.memory_budget // max(need, 1)), int(ray.cluster_resources().get("CPU", 1))))
+        reservable = int(ray.cluster_resources().get("memory", need))  # never ask for more than exists
+        build = ray.remote(_build_vector).options(num_cpus=1, memory=min(need, int(self.memory_budget), reservable))
+        todo = [k for k in embs if not self._vec_path(k).exists()]
+        for k in embs:
+            if k not in todo and on_done:
+                on_done(k, True)
+        running: dict[ray.ObjectRef, str] = {}
+        while todo or running:
+            while todo and len(running) < parallel:
+                key = todo.pop(0)
+                running[build.remote(embs[key], self.comparison, str(self._vec_path(key)))] = key
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            key = running.pop(ready)
+            self._pairs[self._pair(key, key)] = ray.get(ready)
+            if on_done:
+                on_done(key, False)
+        write_json_atomic(self._pairs_path, self._pairs)
+
+    def matrix(self, keys: list[str]) -> np.ndarray:
+        """Correlation matrix over ``keys``; computes only pairs missing from the pair store."""
+        missing_rows = sorted({a for a in keys for b in keys if self._pair(a, b) not in self._pairs})
+        if missing_rows:
+            self._compute_rows(missing_rows, keys)
+        t = len(keys)
+        gram = np.array([[self._pairs[self._pair(a, b)] for b in keys] for a in keys])
+        norms = np.sqrt(np.diag(gram))
+        if np.any(norms == 0):
+            bad = [keys[i] for i in np.flatnonzero(norms == 0)]
+            raise TasksimError(f"constant RDM (all dissimilarities equal) for {bad}; RSA is undefined")
+        sim = gram / np.outer(norms, norms)
+        sim[np.diag_indices(t)] = 1.0
+        return np.clip((sim + sim.T) / 2, -1.0, 1.0)
+
+    def _compute_rows(self, rows: list[str], cols: list[str]) -> None:
+        size = np.load(self._vec_path(rows[0]), mmap_mode="r").shape[0]
+        step = max(1, self.block_bytes // (8 * (len(rows) + len(cols))))
+        row_paths = [str(self._vec_path(k)) for k in rows]
+        col_paths = [str(self._vec_path(k)) for k in cols]
+        block = ray.remote(_gram_block).options(num_cpus=1)
+        parts = [block.remote(row_paths, col_paths, lo, min(lo + step, size)) for lo in range(0, size, step)]
+        gram = np.zeros((len(rows), len(cols)))
+        while parts:
+            done, parts = ray.wait(parts, num_returns=1)
+            gram += ray.get(done[0])
+        for i, a in enumerate(rows):
+            for j, b in enumerate(cols):
+                self._pairs[self._pair(a, b)] = float(gram[i, j])
+        write_json_atomic(self._pairs_path, self._pairs)

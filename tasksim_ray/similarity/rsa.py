@@ -1,0 +1,164 @@
+"""Representational similarity analysis (RSA) between task models.
+
+RDM_k = 1 - Pearson correlation between the probe embeddings of task k's model; RSA(a, b)
+compares the upper triangles of RDM_a and RDM_b with Spearman (default), Pearson or Kendall's
+tau-b. For Spearman and Pearson each task's triangle is turned once into a centred comparison
+vector (exact average ranks for Spearman), and every pair follows from inner products of those
+vectors: no per-pair re-ranking. ``blocked.py`` runs the same computation out of core for large
+probe sets.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from scipy.stats import kendalltau
+
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.similarity.inputs import SimilarityInputs, check_embeddings
+
+Comparison = Literal["spearman", "pearson", "kendall"]
+_ROW_BLOCK_BYTES = 64 << 20
+
+
+def n_pairs(m: int) -> int:
+    return m * (m - 1) // 2
+
+
+def _row_standardise(emb: np.ndarray, task: str = "") -> np.ndarray:
+    """Rows centred to mean 0 and scaled to norm 1, so Pearson(i, j) is a dot product."""
+    flat = int((np.ptp(emb, axis=1) == 0).sum())  # exact: centring leaves rounding noise
+    if flat:
+        raise TasksimError(f"task '{task}': {flat} probe embedding row(s) are constant (zero variance), "
+                           "so their Pearson RDM entries are undefined")
+    z = emb.astype(np.float64) - emb.mean(axis=1, keepdims=True)
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def rdm_upper(emb: np.ndarray, task: str = "", out: np.ndarray | None = None) -> np.ndarray:
+    """Upper triangle (row-major, i < j) of 1 - Pearson(probe_i, probe_j), built in row blocks so
+    the full M x M matrix never exists; ``out`` may be a memory-mapped array."""
+    z = _row_standardise(emb, task)
+    m = z.shape[0]
+    v = np.empty(n_pairs(m)) if out is None else out
+    rows = max(1, _ROW_BLOCK_BYTES // (8 * m))
+    pos = 0
+    for i0 in range(0, m - 1, rows):
+        corr = z[i0:i0 + rows] @ z.T
+        for r in range(corr.shape[0]):
+            i = i0 + r
+            if i >= m - 1:
+                break
+            seg = corr[r, i + 1:]
+            np.subtract(1.0, seg, out=v[pos:pos + seg.size])
+            pos += seg.size
+    return v
+
+
+def rdm(emb: np.ndarray) -> np.ndarray:
+    """The full RDM (for small probe sets and plots)."""
+    z = _row_standardise(emb)
+    d = 1.0 - z @ z.T
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def _sortable_keys(v: np.ndarray) -> np.ndarray:
+    """uint64 keys whose integer order is the float64 order (sign-aware IEEE-754 trick);
+    adding 0.0 turns -0.0 into 0.0, which compare equal as floats."""
+    bits = (v + 0.0).view(np.uint64)
+    flip = np.where(bits >> np.uint64(63), np.uint64(0xFFFFFFFFFFFFFFFF), np.uint64(1 << 63))
+    return bits ^ flip
+
+
+def _repair_runs(order: np.ndarray, high: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Within runs of equal ``high`` key bits, order by the full value; returns the boolean
+    mask of positions (in sorted order) whose value equals the previous one (exact ties)."""
+    same = high[1:] == high[:-1]
+    in_run = np.zeros(order.size, dtype=bool)
+    in_run[:-1] |= same
+    in_run[1:] |= same
+    pos = np.flatnonzero(in_run)
+    tie = np.zeros(order.size, dtype=bool)
+    if pos.size == 0:
+        return tie
+    run_id = np.cumsum(np.r_[True, ~same[pos[:-1]]])  # pos[i] starts a new run unless same as previous
+    sub = order[pos]
+    vals = v[sub]
+    fix = np.lexsort((vals, run_id))
+    order[pos] = sub[fix]
+    vals = vals[fix]
+    tie[pos[1:]] = (vals[1:] == vals[:-1]) & (run_id[fix][1:] == run_id[fix][:-1])
+    return tie
+
+
+def sorted_order_and_ties(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ascending order of ``v`` and the mask of tied positions (value equal to the previous).
+
+    Packs the top bits of each value with its index into one uint64 and sorts that (vectorised
+    integer sorting is several times faster than argsort); values can only be misordered or tied
+    where the packed top bits agree, and those short runs are repaired with the full values."""
+    n = v.size
+    idx_bits = max(1, (n - 1).bit_length())
+    keys = _sortable_keys(v)
+    keys >>= np.uint64(idx_bits)
+    keys <<= np.uint64(idx_bits)
+    keys |= np.arange(n, dtype=np.uint64)
+    keys.sort()
+    high = keys >> np.uint64(idx_bits)
+    keys &= np.uint64((1 << idx_bits) - 1)
+    order = keys.view(np.int64)
+    tie = _repair_runs(order, high, v)
+    return order, tie
+
+
+def doubled_centred_ranks(v: np.ndarray) -> np.ndarray:
+    """2 * (average rank - mean rank) as exact integers; ties share their average rank.
+
+    int32 while 2n fits (probe sets up to ~46,000), int64 beyond."""
+    n = v.size
+    dtype = np.int32 if 2 * n < 2**31 else np.int64
+    order, tie = sorted_order_and_ties(v)
+    out = np.empty(n, dtype=dtype)
+    if not tie.any():
+        out[order] = np.arange(1 - n, n, 2, dtype=dtype)
+        return out
+    starts = np.flatnonzero(~tie)
+    ends = np.append(starts[1:], n)
+    out[order] = np.repeat((starts + ends + 1 - (n + 1)).astype(dtype), ends - starts)
+    return out
+
+
+def comparison_vector(v: np.ndarray, comparison: Comparison) -> np.ndarray:
+    """Centred vector whose normalised inner products give the RDM comparison."""
+    if comparison == "spearman":
+        return doubled_centred_ranks(v).astype(np.float64)
+    if comparison == "pearson":
+        return v - v.mean()
+    raise ValueError(f"no comparison vector for '{comparison}'")
+
+
+def correlations_from_vectors(vecs: np.ndarray) -> np.ndarray:
+    """Pearson correlation of centred row vectors, as one matrix product."""
+    gram = vecs @ vecs.T
+    norms = np.sqrt(np.diag(gram))
+    if np.any(norms == 0):
+        raise TasksimError("an RDM is constant (all dissimilarities equal); its correlation is undefined")
+    sim = gram / np.outer(norms, norms)
+    np.fill_diagonal(sim, 1.0)
+    return np.clip((sim + sim.T) / 2, -1.0, 1.0)
+
+
+def rsa_matrix(inputs: SimilarityInputs, comparison: Comparison = "spearman") -> np.ndarray:
+    """T x T RSA matrix over ``inputs.embeddings`` (in memory; see ``blocked`` for large M)."""
+    check_embeddings(inputs.embeddings)
+    uppers = [rdm_upper(e, t) for t, e in inputs.embeddings.items()]
+    if comparison == "kendall":
+        t = len(uppers)
+        sim = np.eye(t)
+        for a in range(t):
+            for b in range(a + 1, t):
+                sim[a, b] = sim[b, a] = kendalltau(uppers[a], uppers[b], variant="b").statistic
+        return sim
+    return correlations_from_vectors(np.stack([comparison_vector(u, comparison) for u in uppers]))

@@ -1,0 +1,71 @@
+"""Pipeline stages. Each takes the typed artifacts of the stages before it and returns its own.
+
+A stage's key hashes its settings and its inputs' keys: a rerun reuses every finished stage, and a
+changed setting reruns that stage and those after it only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasksim_ray.cache import atomic_dir, is_complete, stable_hash, write_manifest
+from tasksim_ray.config import PipelineConfig
+from tasksim_ray.progress import Console
+
+
+@dataclass
+class Stage:
+    """A finished stage: where its artifact lives and the key that names it."""
+
+    name: str
+    key: str
+    path: Path
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / "manifest.json").read_text())
+
+
+@dataclass
+class Run:
+    cfg: PipelineConfig
+    console: Console
+    timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def artifacts(self) -> Path:
+        return self.cfg.workdir_path / "artifacts"
+
+    def log(self, stage: str, message: str) -> None:
+        self.console.print(f"\\[{stage}] {message}", highlight=False)
+
+    def stage(self, name: str, key_parts: Any, build: Callable[[Path], dict[str, Any]]) -> Stage:
+        """Return the cached artifact for these inputs, building it (atomically) if missing."""
+        key = stable_hash(name, key_parts)
+        path = self.artifacts / name / key
+        start = time.perf_counter()
+        if is_complete(path):
+            self.console.print(f"[dim]\\[{name}] reusing cached artifact {key}[/dim]")
+            self.timings[name] = {"seconds": 0.0, "cached": True}
+        else:
+            self.console.print(f"[bold]\\[{name}][/bold] running ({key})")
+            with atomic_dir(path) as tmp:
+                info = build(tmp)
+                write_manifest(tmp, name, key, **info)
+            self.timings[name] = {"seconds": round(time.perf_counter() - start, 2), "cached": False}
+        return Stage(name, key, path)
+
+    @contextmanager
+    def timed(self, name: str, cached: bool = False) -> Iterator[dict[str, Any]]:
+        """Time work that caches itself at a finer grain (per task, per pair)."""
+        entry: dict[str, Any] = {"cached": cached}
+        start = time.perf_counter()
+        yield entry
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        self.timings[name] = entry

@@ -1,0 +1,95 @@
+"""Data stages: load tasks, preprocess (target filter, split, folds), featurise training molecules."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasksim_ray import probes
+from tasksim_ray.cache import file_fingerprint
+from tasksim_ray.featurize import featurize_many, pack_graphs
+from tasksim_ray.preprocess import filter_correlated, split_molecules
+from tasksim_ray.stages import Run, Stage
+from tasksim_ray.tasks import TaskTable, load_tasks
+
+
+def _data_fingerprint(run: Run) -> Any:
+    data = run.cfg.data
+    if data.source == "qm9pack":
+        return {"qm9pack": probes.qm9pack_version()}
+    p = Path(data.path or "")
+    files = sorted(p.glob("*.csv")) if p.is_dir() else [p]
+    return [file_fingerprint(f) for f in files if f.exists()]
+
+
+def stage_tasks(run: Run) -> Stage:
+    cfg = run.cfg
+
+    def build(out: Path) -> dict[str, Any]:
+        table = load_tasks(cfg.data)
+        if cfg.tasks:
+            table = table.subset(cfg.tasks)
+        table.save(out / "tasks.parquet")
+        return {"n_molecules": len(table.frame), "tasks": table.names}
+
+    return run.stage("tasks", [cfg.data.model_dump(), cfg.tasks, _data_fingerprint(run)], build)
+
+
+def load_table(tasks: Stage) -> TaskTable:
+    return TaskTable.load(tasks.path / "tasks.parquet")
+
+
+def stage_preprocess(run: Run, tasks: Stage) -> Stage:
+    cfg = run.cfg
+
+    def build(out: Path) -> dict[str, Any]:
+        table = load_table(tasks)
+        split = split_molecules(len(table.frame), cfg.preprocess.split, cfg.preprocess.n_folds, cfg.seed)
+        kept, dropped = filter_correlated(table.frame.iloc[split.train][table.names], cfg.preprocess.corr_threshold)
+        np.savez(out / "split.npz", train=split.train, val=split.val, test=split.test, folds=split.folds)
+        return {"kept": kept, "dropped": [asdict(d) for d in dropped],
+                "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
+
+    return run.stage("preprocess", [tasks.key, cfg.preprocess.model_dump(), cfg.seed], build)
+
+
+def _task_rows(labels: np.ndarray, order: np.ndarray, limit: int | None) -> np.ndarray:
+    labelled = order[~np.isnan(labels[order])]
+    return labelled[:limit] if limit else labelled
+
+
+def stage_featurize(run: Run, tasks: Stage, prep: Stage) -> Stage:
+    """Graphs of every molecule some task trains or validates on (once, shared by all tasks)."""
+    cfg = run.cfg
+
+    def build(out: Path) -> dict[str, Any]:
+        table = load_table(tasks)
+        split = np.load(prep.path / "split.npz")
+        val_order = np.random.default_rng(cfg.seed).permutation(split["val"])
+        rows_by_task = {t: {"train": _task_rows(table.labels(t), split["folds"][cfg.train.fold], cfg.train.n_train),
+                            "val": _task_rows(table.labels(t), val_order, cfg.train.n_val)}
+                        for t in prep.manifest["kept"]}
+        rows = np.unique(np.concatenate([r for d in rows_by_task.values() for r in d.values()]))
+        graphs, report = featurize_many(table.frame["smiles"].to_numpy()[rows].tolist())
+        run.log("featurize", report.summary("training molecules"))
+        valid = {int(rows[i]): pos for pos, i in enumerate(i for i, g in enumerate(graphs) if g is not None)}
+        torch.save(pack_graphs([g for g in graphs if g is not None]), out / "graphs.pt")
+        positions = {t: {part: [valid[int(r)] for r in rs if int(r) in valid] for part, rs in d.items()}
+                     for t, d in rows_by_task.items()}
+        rows_kept = {t: {part: [int(r) for r in rs if int(r) in valid] for part, rs in d.items()}
+                     for t, d in rows_by_task.items()}
+        (out / "task_rows.json").write_text(json.dumps({"positions": positions, "rows": rows_kept}))
+        return {"n_graphs": len(valid), "invalid": len(report.invalid_rows),
+                "invalid_examples": report.invalid_examples}
+
+    parts = [tasks.key, prep.key, cfg.train.n_train, cfg.train.n_val, cfg.train.fold, cfg.seed]
+    return run.stage("featurize", parts, build)
+
+
+def task_rows(feats: Stage) -> dict[str, Any]:
+    return json.loads((feats.path / "task_rows.json").read_text())

@@ -1,0 +1,129 @@
+"""Embedding stages: the probe set, per-task probe embeddings, and per-task dataset features.
+
+Probe embeddings are cached per task by (model, probe set, layer), so adding a task to a study
+embeds only that task. Dataset features (for CSI) embed each task's own training inputs with one
+shared model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasksim_ray import probes
+from tasksim_ray.cache import atomic_dir, is_complete, stable_hash, write_manifest
+from tasksim_ray.embed import GRAPH, ID, embed_table, graph_table, load_embedding, read_embedded, save_embedding
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.featurize import graph_to_bytes, unpack_graphs
+from tasksim_ray.pretrain import PretrainedModel
+from tasksim_ray.stages import Run, Stage
+from tasksim_ray.stages.data import load_table, task_rows
+from tasksim_ray.tasks import ID as TABLE_ID
+
+
+@dataclass(frozen=True)
+class TaskEmbedding:
+    task: str
+    key: str
+    path: Path
+
+    def load(self) -> tuple[list[str], np.ndarray]:
+        return load_embedding(self.path / "embeddings.parquet")
+
+
+def stage_probe(run: Run, tasks: Stage, prep: Stage) -> Stage:
+    """The probe set, keyed by its molecules, so a study that adds a task keeps its probes."""
+    cfg = run.cfg
+    if cfg.probe.source == "file":
+        smiles, ids = probes.read_probe_file(Path(cfg.probe.path or ""))
+    else:
+        test_rows = np.load(prep.path / "split.npz")["test"]
+        smiles, ids = probes.holdout_probes(load_table(tasks), test_rows, cfg.probe.size, cfg.seed)
+
+    def build(out: Path) -> dict[str, Any]:
+        frame, report = graph_table(smiles, ids)
+        run.log("probe", report.summary("probe set"))
+        probes.require_enough(frame, report)
+        frame.to_parquet(out / "probe.parquet", index=False)
+        return {"n_probes": len(frame), "invalid": len(report.invalid_rows)}
+
+    return run.stage("probe", [cfg.probe.source, stable_hash(ids, smiles, length=32)], build)
+
+
+def probe_labels(probe: Stage, tasks: Stage, names: list[str]) -> dict[str, np.ndarray]:
+    """Task labels of the probe molecules, joined by molecule id (holdout probes come from the
+    task table; a probe file has none)."""
+    ids = pd.read_parquet(probe.path / "probe.parquet", columns=[ID])[ID].sort_values(kind="stable")
+    frame = load_table(tasks).frame.set_index(TABLE_ID)
+    if not ids.isin(frame.index).all():
+        return {}
+    return {t: frame.loc[ids, t].to_numpy(dtype=np.float64) for t in names}
+
+
+def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> dict[str, TaskEmbedding]:
+    cfg = run.cfg
+    layer = cfg.embed.layer
+    out = {t: TaskEmbedding(t, k := stable_hash("embedding", m.directory.name, probe.key, layer),
+                            run.artifacts / "embeddings" / f"{t}-{k}") for t, m in models.items()}
+    missing = [t for t, e in out.items() if not is_complete(e.path)]
+    with run.timed("embed", cached=not missing):
+        if missing:
+            run.log("embed", f"embedding {len(missing)} of {len(out)} tasks (the rest are cached)")
+            with run.console.status(f"Ray Data: probe set through {len(missing)} task models"), \
+                    tempfile.TemporaryDirectory(dir=run.artifacts) as scratch:
+                embed_table(probe.path / "probe.parquet", {t: models[t].directory for t in missing},
+                            cfg.embed, Path(scratch) / "raw", layer)
+                ids, embs = read_embedded(Path(scratch) / "raw", missing, layer)
+                for t in missing:
+                    with atomic_dir(out[t].path) as tmp:
+                        save_embedding(tmp / "embeddings.parquet", ids, embs[t])
+                        write_manifest(tmp, "embedding", out[t].key, task=t, layer=layer, probe=probe.key)
+        else:
+            run.log("embed", "all task embeddings cached")
+    return out
+
+
+def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedModel]) -> Stage:
+    """Each task's own training molecules (a seeded sample) embedded by one shared model."""
+    csi = run.cfg.similarity.csi
+    shared = csi.model or next(iter(models))
+    if shared not in models:
+        raise TasksimError(f"similarity.csi.model: unknown task '{shared}'; tasks: {list(models)}")
+
+    def build(out: Path) -> dict[str, Any]:
+        rows = task_rows(feats)["positions"]
+        graphs = unpack_graphs(torch.load(feats.path / "graphs.pt", weights_only=True))
+        rng = np.random.default_rng(run.cfg.seed)
+        ids, blobs = [], []
+        for task in models:
+            pos = np.array(rows[task]["train"], dtype=int)
+            pick = np.sort(rng.choice(pos, size=min(csi.per_task, pos.size), replace=False))
+            ids += [f"{task}|{p:09d}" for p in pick]
+            blobs += [graph_to_bytes(graphs[p]) for p in pick]
+        pd.DataFrame({ID: ids, GRAPH: blobs}).to_parquet(out / "inputs.parquet", index=False)
+        with run.console.status(f"Ray Data: every task's inputs through the '{shared}' model"):
+            embed_table(out / "inputs.parquet", {"shared": models[shared].directory}, run.cfg.embed,
+                        out / "raw", csi.level)
+        got_ids, embs = read_embedded(out / "raw", ["shared"], csi.level)
+        arrays: dict[str, np.ndarray] = {}
+        owner = np.array([i.split("|")[0] for i in got_ids])
+        for task in models:
+            mine = np.flatnonzero(owner == task)
+            if csi.level == "node":
+                per_mol = [embs["shared"][i] for i in mine]
+                arrays[task] = np.concatenate(per_mol)
+                arrays[f"{task}__groups"] = np.repeat(np.arange(len(per_mol)), [len(a) for a in per_mol])
+            else:
+                arrays[task] = np.asarray(embs["shared"])[mine]
+        np.savez(out / "features.npz", **arrays)
+        (out / "inputs.parquet").unlink()
+        return {"shared_model": shared, "level": csi.level}
+
+    return run.stage("dataset_features", [models[shared].directory.name, feats.key, csi.model_dump(),
+                                          run.cfg.embed.batch_size, run.cfg.seed], build)

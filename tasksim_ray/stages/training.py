@@ -1,0 +1,42 @@
+"""Per-task pretraining stage: one model per task, cached per task."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tasksim_ray.cache import stable_hash
+from tasksim_ray.pretrain import PretrainedModel, TaskData, pretrain_all
+from tasksim_ray.progress import task_progress
+from tasksim_ray.stages import Run, Stage
+from tasksim_ray.stages.data import load_table, task_rows
+
+
+def stage_pretrain(run: Run, tasks: Stage, feats: Stage) -> dict[str, PretrainedModel]:
+    cfg = run.cfg
+    table = load_table(tasks)
+    units = {t.name: t.units for t in table.tasks}
+    rows = task_rows(feats)
+    data = []
+    smiles = table.frame["smiles"].to_numpy()
+    for task, pos in rows["positions"].items():
+        labels = table.labels(task)
+        r = rows["rows"][task]
+        content = stable_hash(task, labels[r["train"]].tobytes().hex(), labels[r["val"]].tobytes().hex(),
+                              smiles[r["train"]].tolist(), smiles[r["val"]].tolist(), length=32)
+        data.append(TaskData(task, units[task], np.array(pos["train"], dtype=int), labels[r["train"]],
+                             np.array(pos["val"], dtype=int), labels[r["val"]], content))
+    store = torch.load(feats.path / "graphs.pt", weights_only=True)
+    cached: list[bool] = []
+    with run.timed("pretrain") as timing, task_progress(run.console, "pretrain", len(data)) as advance:
+        def on_done(task: str, was_cached: bool) -> None:
+            cached.append(was_cached)
+            advance(task, was_cached)
+
+        models = pretrain_all(store, data, cfg.model, cfg.train, cfg.seed, run.artifacts / "models",
+                              on_done=on_done)
+        timing["cached"] = all(cached)
+    for task, m in models.items():
+        run.log("pretrain", f"{task}: val MAE {m.metrics['best_val_mae']:.4g} {units[task]} "
+                            f"({m.metrics['epochs_run']} epochs, n_train {m.metrics['n_train']})")
+    return models
