@@ -36,6 +36,7 @@ def quiet_ray_data() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 

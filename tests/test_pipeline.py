@@ -141,3 +141,14 @@ def test_adding_a_task_trains_and_embeds_only_that_task(first_run: dict[str, Any
     new = np.array(grown["similarity"]["matrix"])
     idx = [grown["tasks"].index(t) for t in first_run["tasks"]]
     assert np.allclose(new[np.ix_(idx, idx)], old, atol=1e-12)
+
+
+def test_cli_similarity_computes_chosen_metrics_from_cache(first_run: dict[str, Any], workdir: Path) -> None:
+    code, out = _cli(["similarity", str(TINY_CONFIG), "--set", f"workdir={workdir}",
+                      "--metric", "rsa", "--metric", "cka"])
+    assert code == 0, out
+    assert "RSA task similarity" in out and "Selected pretraining subset" in out
+    report = json.loads((workdir / "report" / "report.json").read_text())
+    assert set(report["metrics"]) == {"rsa", "cka"}
+    for stage in ("pretrain", "embed"):
+        assert report["timings"][stage]["cached"], stage

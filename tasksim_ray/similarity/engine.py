@@ -28,15 +28,15 @@ from tasksim_ray.similarity.rsa import Comparison, comparison_vector, doubled_ce
 RANK_BYTES_PER_ENTRY = 40  # triangle (8) + packed keys (8) + a sort temporary (8) + ranks (4-8) + slack
 
 
-def _build_vector(emb: np.ndarray, comparison: Comparison, path: str, threads: int = 1) -> float:
-    """Write one task's comparison vector to ``path`` (atomically); returns its squared norm."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(threads):
-        upper = rdm_upper(emb)
-        vec = doubled_centred_ranks(upper) if comparison == "spearman" else comparison_vector(upper, comparison)
-        del upper
-        norm2 = float(np.dot(vec.astype(np.float64), vec.astype(np.float64)))
+def _build_vector(emb: np.ndarray, comparison: Comparison, path: str) -> float:
+    """Write one task's comparison vector to ``path`` (atomically); returns its squared norm.
+    Runs as a 1-CPU Ray task: Ray sets OMP_NUM_THREADS to match, which BLAS honours."""
+    upper = rdm_upper(emb)
+    vec = doubled_centred_ranks(upper) if comparison == "spearman" else comparison_vector(upper, comparison)
+    del upper
+    as_float = vec.astype(np.float64)
+    norm2 = float(np.dot(as_float, as_float))
+    del as_float
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp.npy"
     np.save(tmp, vec)
     os.replace(tmp, path)
