@@ -60,14 +60,20 @@ def test_bad_embeddings_are_clear_errors(embs: dict[str, np.ndarray], message: s
         rsa_matrix(SimilarityInputs(embeddings=embs))
 
 
-def test_exact_ranks_match_scipy_including_ties_and_signed_zero() -> None:
+@pytest.mark.parametrize("packed_max", [1 << 24, 2])  # the packed-key sort and the argsort path
+def test_exact_ranks_match_scipy_including_ties_and_signed_zero(monkeypatch: pytest.MonkeyPatch,
+                                                                 packed_max: int) -> None:
     from scipy.stats import rankdata
 
+    from tasksim_ray.similarity import rsa
     from tasksim_ray.similarity.rsa import doubled_centred_ranks
 
+    monkeypatch.setattr(rsa, "PACKED_MAX", packed_max)
+    monkeypatch.setattr(rsa, "CHUNK", 7)  # many chunks, and tied runs across chunk borders
     rng = np.random.default_rng(5)
     cases = [rng.random(3000), np.repeat(rng.random(200), 4), np.array([0.0, -0.0, 1.0, 1.0, -1e-17, 3.0]),
-             np.full(9, 2.5), rng.integers(0, 4, 500).astype(float), 1 + rng.random(20000) * 1e-9]
+             np.full(9, 2.5), rng.integers(0, 4, 500).astype(float), 1 + rng.random(20000) * 1e-9,
+             np.array([1.0, 1.0, 2.0, 2.0, 2.0, 0.5])]
     for v in cases:
         expected = 2 * rankdata(v) - (v.size + 1)
         assert np.array_equal(doubled_centred_ranks(v).astype(np.int64), expected.astype(np.int64))

@@ -23,9 +23,9 @@ import ray
 from tasksim_ray.cache import write_json_atomic
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.similarity.inputs import check_embeddings
-from tasksim_ray.similarity.rsa import Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper
+from tasksim_ray.similarity.rsa import CHUNK, Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper
 
-RANK_BYTES_PER_ENTRY = 40  # triangle (8) + packed keys (8) + a sort temporary (8) + ranks (4-8) + slack
+RANK_BYTES_PER_ENTRY = 24  # triangle (8) + sort order (8) + ranks (4) + tie mask (1) + chunk slack
 
 
 def _build_vector(emb: np.ndarray, comparison: Comparison, path: str) -> float:
@@ -34,9 +34,10 @@ def _build_vector(emb: np.ndarray, comparison: Comparison, path: str) -> float:
     upper = rdm_upper(emb)
     vec = doubled_centred_ranks(upper) if comparison == "spearman" else comparison_vector(upper, comparison)
     del upper
-    as_float = vec.astype(np.float64)
-    norm2 = float(np.dot(as_float, as_float))
-    del as_float
+    norm2 = 0.0
+    for lo in range(0, vec.size, CHUNK):  # chunked: a float64 copy of 2e8 entries would be 1.6 GB
+        part = vec[lo:lo + CHUNK].astype(np.float64)
+        norm2 += float(np.dot(part, part))
     tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp.npy"
     np.save(tmp, vec)
     os.replace(tmp, path)
@@ -79,7 +80,7 @@ class RSAEngine:
         """Build the comparison vector of every key not yet cached, as memory-bounded Ray tasks."""
         check_embeddings(embs)
         m = next(iter(embs.values())).shape[0]
-        need = RANK_BYTES_PER_ENTRY * n_pairs(m) + 64 * m * m // 8
+        need = RANK_BYTES_PER_ENTRY * n_pairs(m) + (64 << 20)
         parallel = max(1, min(int(self.memory_budget // max(need, 1)), int(ray.cluster_resources().get("CPU", 1))))
         reservable = int(ray.cluster_resources().get("memory", need))  # never ask for more than exists
         build = ray.remote(_build_vector).options(num_cpus=1, memory=min(need, int(self.memory_budget), reservable))

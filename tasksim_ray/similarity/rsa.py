@@ -93,12 +93,14 @@ def _repair_runs(order: np.ndarray, high: np.ndarray, v: np.ndarray) -> np.ndarr
     return tie
 
 
-def sorted_order_and_ties(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ascending order of ``v`` and the mask of tied positions (value equal to the previous).
+PACKED_MAX = 1 << 24  # above this, too few value bits fit beside the index for the packed sort
+CHUNK = 1 << 22
 
-    Packs the top bits of each value with its index into one uint64 and sorts that (vectorised
-    integer sorting is several times faster than argsort); values can only be misordered or tied
-    where the packed top bits agree, and those short runs are repaired with the full values."""
+
+def _packed_order_and_ties(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Packs the top bits of each value with its index into one uint64 and sorts that
+    (vectorised integer sorting is several times faster than argsort); values can only be
+    misordered or tied where the packed top bits agree, and those short runs are repaired."""
     n = v.size
     idx_bits = max(1, (n - 1).bit_length())
     keys = _sortable_keys(v)
@@ -113,20 +115,42 @@ def sorted_order_and_ties(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, tie
 
 
+def _argsort_order_and_ties(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In-place argsort and a chunked tie scan: about 13 bytes per entry beyond ``v``."""
+    n = v.size
+    order = np.argsort(v)
+    tie = np.zeros(n, dtype=bool)
+    for lo in range(1, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        tie[lo:hi] = v[order[lo:hi]] == v[order[lo - 1:hi - 1]]
+    return order, tie
+
+
+def sorted_order_and_ties(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ascending order of ``v`` and the mask of positions whose value equals the previous."""
+    return _packed_order_and_ties(v) if v.size <= PACKED_MAX else _argsort_order_and_ties(v)
+
+
 def doubled_centred_ranks(v: np.ndarray) -> np.ndarray:
     """2 * (average rank - mean rank) as exact integers; ties share their average rank.
 
-    int32 while 2n fits (probe sets up to ~46,000), int64 beyond."""
+    int32 while 2n fits (probe sets up to ~46,000), int64 beyond. Position i of the sorted
+    order gets 2i + 1 - n; a tied run [s, e) gets the mean over the run, s + e - n."""
     n = v.size
     dtype = np.int32 if 2 * n < 2**31 else np.int64
     order, tie = sorted_order_and_ties(v)
     out = np.empty(n, dtype=dtype)
-    if not tie.any():
-        out[order] = np.arange(1 - n, n, 2, dtype=dtype)
-        return out
-    starts = np.flatnonzero(~tie)
-    ends = np.append(starts[1:], n)
-    out[order] = np.repeat((starts + ends + 1 - (n + 1)).astype(dtype), ends - starts)
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        out[order[lo:hi]] = np.arange(2 * lo + 1 - n, 2 * hi + 1 - n, 2, dtype=dtype)
+    tied = np.flatnonzero(tie)
+    if tied.size:
+        first = np.r_[True, np.diff(tied) > 1]
+        last = np.r_[first[1:], True]
+        starts, ends = tied[first] - 1, tied[last] + 1
+        lengths = ends - starts
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[order[np.repeat(starts, lengths) + offsets]] = np.repeat(starts + ends - n, lengths).astype(dtype)
     return out
 
 
