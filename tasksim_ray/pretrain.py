@@ -15,6 +15,7 @@ import numpy as np
 import ray
 import torch
 
+from tasksim_ray import __version__
 from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.config import ModelConfig, TrainConfig
 from tasksim_ray.featurize import unpack_graphs
@@ -83,7 +84,7 @@ def pretrain_all(store: dict[str, torch.Tensor], tasks: list[TaskData], model_cf
                                            max_retries=1)
     store_ref = None
     for data in tasks:
-        key = stable_hash("model", data.task, data.content_key, model_cfg.model_dump(),
+        key = stable_hash("model", __version__, data.task, data.content_key, model_cfg.model_dump(),
                           train_cfg.model_dump(exclude={"num_cpus", "num_gpus"}), seed)
         directory = models_root / f"{data.task}-{key}"
         if is_complete(directory):

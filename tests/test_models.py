@@ -13,8 +13,8 @@ def _reference_embed(model: DMPNN, smiles: str) -> torch.Tensor:
     g = smiles_to_graph(smiles)
     src, dst = g.edge_index.tolist()
     edges = list(zip(src, dst))
-    h0 = {e: torch.relu(model.W_i(torch.cat([g.x[e[0]], g.edge_attr[k]]))) for k, e in enumerate(edges)}
-    h = dict(h0)
+    h0 = {e: model.W_i(torch.cat([g.x[e[0]], g.edge_attr[k]])) for k, e in enumerate(edges)}
+    h = {e: torch.relu(v) for e, v in h0.items()}
     for _ in range(model.depth - 1):
         h = {(v, w): torch.relu(h0[(v, w)] + model.W_h(
             sum((h[(k, u)] for (k, u) in edges if u == v and k != w), torch.zeros_like(h0[(v, w)]))))

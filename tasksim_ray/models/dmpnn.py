@@ -1,7 +1,7 @@
 """Chemprop-style directed message-passing network (D-MPNN), written with PyG.
 
-Messages live on directed bonds: h0_vw = ReLU(W_i [x_v, e_vw]); each step sums the messages
-arriving at v except the one coming back from w, h_vw <- ReLU(h0_vw + W_h m_vw); atoms then
+Messages live on directed bonds: h0_vw = W_i [x_v, e_vw], h_vw = ReLU(h0_vw); each step sums the
+messages arriving at v except the one coming back from w, h_vw <- ReLU(h0_vw + W_h m_vw); atoms then
 read out m_v = sum of incoming messages, h_v = ReLU(W_o [x_v, m_v]), and the molecule vector
 aggregates the atoms: ``mean``, ``sum``, or ``norm`` (sum / 100, Chemprop v2's default, which keeps
 size information for extensive targets such as energies). ``embed`` returns that molecule vector:
@@ -48,8 +48,8 @@ class DMPNN(nn.Module):
         """Per-atom hidden states after message passing, shape (n_atoms, hidden_dim)."""
         x, (src, dst) = batch.x, batch.edge_index
         n_atoms = x.shape[0]
-        h0 = torch.relu(self.W_i(torch.cat([x[src], batch.edge_attr], dim=1)))
-        h = h0
+        h0 = self.W_i(torch.cat([x[src], batch.edge_attr], dim=1))  # pre-activation, as in Chemprop
+        h = torch.relu(h0)
         rev = torch.arange(h.shape[0], device=h.device) ^ 1  # reverse edge of e is e ^ 1
         for _ in range(self.depth - 1):
             incoming = scatter(h, dst, dim=0, dim_size=n_atoms, reduce="sum")
