@@ -26,9 +26,9 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
-import shutil
 import tempfile
 import threading
 import time
@@ -44,7 +44,8 @@ import torch
 from torch_geometric.data import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+IMPORT_PATHS = [str(ROOT), str(ROOT / "benchmarks")]  # tasksim_ray, embed_variants
+sys.path[:0] = IMPORT_PATHS
 
 from tasksim_ray.config import EmbedConfig, ModelConfig  # noqa: E402
 from tasksim_ray.embed import GRAPH, ID, embed_table, graph_table, read_embedded  # noqa: E402
@@ -52,7 +53,7 @@ from tasksim_ray.featurize import graph_from_bytes  # noqa: E402
 from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from tasksim_ray.probes import read_probe_file  # noqa: E402
 
-from embed_variants import VARIANTS, run_variant  # noqa: E402  (this folder, see sys.path above)
+from embed_variants import VARIANTS, run_variant  # noqa: E402
 
 SHARED = Path("/work/shared/data/molecules/qm9_motse")
 DEFAULT_PROBES = SHARED / "10000" / "train.csv"
@@ -153,8 +154,8 @@ def versions() -> dict[str, str]:
 
 
 def summary(clocks: list[Clock]) -> dict[str, Any]:
-    wall, cpu = [c.wall for c in clocks], [c.cpu for c in clocks]
     """Best run (the least disturbed by other processes) as wall_s / cpu_s, plus every run."""
+    wall, cpu = [c.wall for c in clocks], [c.cpu for c in clocks]
     return {"wall_s": min(wall), "cpu_s": min(cpu), "wall_median_s": statistics.median(wall),
             "cpu_median_s": statistics.median(cpu), "wall_runs_s": wall, "cpu_runs_s": cpu}
 
@@ -197,7 +198,7 @@ def main() -> None:
         clock, ref = run_loop(blobs, dirs, B, threads)
         loops[threads].append(clock)
     # workers inherit the driver's environment: let them import tasksim_ray and embed_variants
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*sys.path[:2], os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*IMPORT_PATHS, os.environ.get("PYTHONPATH")]))
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines off
     ray_runs: dict[str, list[Clock]] = {"cold (1st call)": [], "repeat": [], "one-batch call": []}
