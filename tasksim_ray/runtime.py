@@ -25,7 +25,8 @@ def _start(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.include_dashboard,
+        # address="local": always a fresh instance, never another user's `ray start` cluster
+        ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.include_dashboard,
                  logging_level=logging.WARNING, configure_logging=True)
 
 

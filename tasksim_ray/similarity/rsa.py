@@ -4,7 +4,7 @@ RDM_k = 1 - Pearson correlation between the probe embeddings of task k's model; 
 compares the upper triangles of RDM_a and RDM_b with Spearman (default), Pearson or Kendall's
 tau-b. For Spearman and Pearson each task's triangle is turned once into a centred comparison
 vector (exact average ranks for Spearman), and every pair follows from inner products of those
-vectors: no per-pair re-ranking. ``blocked.py`` runs the same computation out of core for large
+vectors: no per-pair re-ranking. ``engine.py`` runs the same computation out of core for large
 probe sets.
 """
 
@@ -175,7 +175,7 @@ def correlations_from_vectors(vecs: np.ndarray) -> np.ndarray:
 
 
 def rsa_matrix(inputs: SimilarityInputs, comparison: Comparison = "spearman") -> np.ndarray:
-    """T x T RSA matrix over ``inputs.embeddings`` (in memory; see ``blocked`` for large M)."""
+    """T x T RSA matrix over ``inputs.embeddings`` (in memory; see ``engine`` for large M)."""
     check_embeddings(inputs.embeddings)
     uppers = [rdm_upper(e, t) for t, e in inputs.embeddings.items()]
     if comparison == "kendall":
