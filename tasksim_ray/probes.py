@@ -15,7 +15,7 @@ import pandas as pd
 
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize import FeaturizeReport
-from tasksim_ray.tasks import ID, SMILES, TaskTable
+from tasksim_ray.tasks import ID, SMILES, TaskTable, read_table
 
 
 def qm9pack_version() -> str:
@@ -29,7 +29,7 @@ def read_probe_file(path: Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise TasksimError(f"{path}: probe file not found")
     if path.suffix in {".csv", ".parquet"}:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        frame = read_table(path)
         col = next((c for c in frame.columns if c.lower() == "smiles"), None)
         if col is None:
             raise TasksimError(f"{path}: probe table has no 'smiles' column")

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram, linkage  # noqa: E402
 from scipy.spatial.distance import pdist, squareform  # noqa: E402
 
-from tasksim_ray.cache import write_json_atomic  # noqa: E402
+from tasksim_ray.cache import write_json_atomic, write_text_atomic  # noqa: E402
 from tasksim_ray.select import Selection  # noqa: E402
 from tasksim_ray.similarity import METRICS  # noqa: E402
 from tasksim_ray.stages.similarity import SimilarityResult  # noqa: E402
@@ -114,8 +114,5 @@ def write_report(out_dir: Path, report: dict[str, Any], sim: SimilarityResult, s
         plot_heatmap(sim.names, m, subset, paths[f"{metric}_heatmap"], f"{spec.title} ({report['name']})")
         plot_dendrogram(sim.names, m, spec.kind, paths[f"{metric}_dendrogram"], spec.title)
     write_json_atomic(paths["json"], {**report, "paths": {k: str(v) for k, v in paths.items()}})
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".md")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(markdown_summary(report))
-    os.replace(tmp, paths["summary"])
+    write_text_atomic(paths["summary"], markdown_summary(report))
     return paths

@@ -133,7 +133,7 @@ def load_qm9pack(cfg: DataConfig) -> TaskTable:
     return _finish(raw, ids, raw["SMILES"], names, {n: QM9_TARGETS[n][1] for n in names}, cfg)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise TasksimError(f"{path}: data file not found")
     try:
@@ -151,7 +151,7 @@ def _numeric_columns(frame: pd.DataFrame, exclude: set[str]) -> list[str]:
 def load_table(cfg: DataConfig) -> TaskTable:
     """Any CSV or Parquet file with a SMILES column; targets default to every numeric column."""
     path = Path(cfg.path or "")
-    frame = _read_table(path)
+    frame = read_table(path)
     if cfg.smiles_column not in frame.columns:
         raise TasksimError(f"{path}: SMILES column '{cfg.smiles_column}' not found; "
                            f"columns: {list(frame.columns)}")
@@ -169,7 +169,7 @@ def load_moleculenet(cfg: DataConfig) -> TaskTable:
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     if not files:
         raise TasksimError(f"{path}: no CSV files in folder")
-    frame = pd.concat([_read_table(f) for f in files], ignore_index=True)
+    frame = pd.concat([read_table(f) for f in files], ignore_index=True)
     smiles_col = cfg.smiles_column if cfg.smiles_column in frame.columns else "smiles"
     if smiles_col not in frame.columns:
         raise TasksimError(f"{path}: no 'smiles' column; columns: {list(frame.columns)}")

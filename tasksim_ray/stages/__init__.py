@@ -6,7 +6,6 @@ changed setting reruns that stage and those after it only.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasksim_ray.cache import atomic_dir, is_complete, stable_hash, write_manifest
+from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.progress import Console
 
@@ -29,7 +28,7 @@ class Stage:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return json.loads((self.path / "manifest.json").read_text())
+        return read_manifest(self.path)
 
 
 @dataclass
