@@ -1,0 +1,1 @@
+"""Transfer from pretraining tasks: fine-tuning objectives and pretraining-budget sampling."""
