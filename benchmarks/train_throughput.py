@@ -132,7 +132,7 @@ def run_ours(train_g: list, y_train: np.ndarray, val_g: list, y_val: np.ndarray,
     val_log: list[np.ndarray] = []
     t0 = clock()
     with timed_validation(val_log):
-        res = ts_train.fit(model, train_g, y_train, val_g, y_val, cfg, seed, mean, std)
+        res = ts_train.fit(model, train_g, y_train, val_g, y_val, ts_train.FitOptions.from_train(cfg), seed, mean, std)
     fit_cpu = (clock() - t0)[1]  # also counts fit's small set-up before its own timer starts
     if len(val_log) != res.epochs_run:
         raise RuntimeError("fit no longer validates through train.predict once per epoch; fix timing")

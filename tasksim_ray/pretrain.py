@@ -20,7 +20,7 @@ from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_has
 from tasksim_ray.config import ModelConfig, TrainConfig
 from tasksim_ray.featurize import unpack_graphs
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
-from tasksim_ray.train import fit
+from tasksim_ray.train import FitOptions, fit
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ def train_one(store: dict[str, torch.Tensor], data: TaskData, model_cfg: ModelCo
     torch.manual_seed(seed)
     hp = model_hparams(model_cfg)
     model = build_model(model_cfg.backbone, hp)
-    result = fit(model, train_graphs, data.y_train, val_graphs, data.y_val, train_cfg, seed, mean, std, device)
+    result = fit(model, train_graphs, data.y_train, val_graphs, data.y_val, FitOptions.from_train(train_cfg), seed,
+                 mean, std, device)
     metrics = {k: v for k, v in asdict(result).items() if k != "history"}
     info = TaskModelInfo(model_cfg.backbone, hp, data.task, data.units, mean, std, metrics)
     with atomic_dir(Path(out_dir)) as tmp:

@@ -1,7 +1,9 @@
 """Backbone registry and the checkpoint format: a folder with ``config.json`` + ``state_dict.pt``.
 
-A new backbone is one module and one line in ``BACKBONES``; everything downstream (training,
-the embedding service) only needs ``embed(batch)`` and ``forward(batch)``.
+A new backbone is one module and one line in ``BACKBONES``. The interface everything downstream
+uses: ``embed(batch, layer)`` (graph-level features), ``head`` (features -> predictions),
+``reset_head(n_outputs)`` (a new head for a new target), ``ENCODER_LAYERS`` (the encoder's layer
+groups, input to output, for fine-tuning strategies) and ``embedding_dim``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class TaskModelInfo:
     hparams: dict[str, Any]
     task: str
     units: str
-    target_mean: float
-    target_std: float
+    target_mean: float | list[float]  # a list for a multi-task model, one entry per task
+    target_std: float | list[float]
     metrics: dict[str, Any] = field(default_factory=dict)
 
 

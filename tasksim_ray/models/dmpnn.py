@@ -16,12 +16,16 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from tasksim_ray.featurize import ATOM_FDIM, BOND_FDIM
+from tasksim_ray.models.heads import mlp_head
 
 NORM_DIVISOR = 100.0
 
 
 class DMPNN(nn.Module):
     LAYERS = ("graph", "ffn")
+    # encoder layer groups, input to output: what fine-tuning strategies freeze and unfreeze
+    # (W_h is one weight shared by every message-passing step; W_o is the last encoder layer)
+    ENCODER_LAYERS = ("W_i", "W_h", "W_o")
 
     def __init__(self, hidden_dim: int = 300, depth: int = 3, dropout: float = 0.0,
                  aggregation: str = "norm", ffn_hidden_dim: int = 300, ffn_layers: int = 2,
@@ -32,17 +36,25 @@ class DMPNN(nn.Module):
         self.W_h = nn.Linear(hidden_dim, hidden_dim, bias=False)
         self.W_o = nn.Linear(atom_dim + hidden_dim, hidden_dim)
         self.dropout = nn.Dropout(dropout)
-        layers: list[nn.Module] = []
-        width = hidden_dim
-        for _ in range(ffn_layers - 1):
-            layers += [nn.Linear(width, ffn_hidden_dim), nn.ReLU(), nn.Dropout(dropout)]
-            width = ffn_hidden_dim
-        layers.append(nn.Linear(width, n_tasks))
-        self.ffn = nn.Sequential(*layers)
+        self._ffn_shape = (ffn_hidden_dim, ffn_layers, dropout)
+        self.ffn = self._new_ffn(n_tasks)
+
+    def _new_ffn(self, n_outputs: int) -> nn.Sequential:
+        hidden, n_layers, dropout = self._ffn_shape
+        return mlp_head(self.embedding_dim, hidden, n_layers, dropout, n_outputs)
 
     @property
     def embedding_dim(self) -> int:
         return self.W_o.out_features
+
+    @property
+    def head(self) -> nn.Module:
+        """The prediction head on top of ``embed``: the feed-forward network."""
+        return self.ffn
+
+    def reset_head(self, n_outputs: int = 1) -> None:
+        """A freshly initialised head for a new target (fine-tuning keeps only the encoder)."""
+        self.ffn = self._new_ffn(n_outputs).to(self.W_o.weight.device)
 
     def embed_nodes(self, batch: Batch) -> Tensor:
         """Per-atom hidden states after message passing, shape (n_atoms, hidden_dim)."""
