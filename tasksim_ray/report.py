@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from scipy.cluster.hierarchy import dendrogram, linkage
+from scipy.spatial.distance import pdist, squareform
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.cluster.hierarchy import dendrogram, linkage  # noqa: E402
-from scipy.spatial.distance import pdist, squareform  # noqa: E402
-
-from tasksim_ray.cache import write_json_atomic, write_text_atomic  # noqa: E402
-from tasksim_ray.select import Selection  # noqa: E402
-from tasksim_ray.similarity import METRICS  # noqa: E402
-from tasksim_ray.stages.similarity import SimilarityResult  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+from tasksim_ray.cache import write_json_atomic, write_text_atomic
+from tasksim_ray.figures import plt, save_figure
+from tasksim_ray.select import Selection
+from tasksim_ray.similarity import METRICS
+from tasksim_ray.stages.similarity import SimilarityResult
 
 
 def plot_heatmap(names: list[str], m: np.ndarray, subset: list[str], path: Path, title: str) -> None:
@@ -48,7 +35,7 @@ def plot_heatmap(names: list[str], m: np.ndarray, subset: list[str], path: Path,
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def task_distances(m: np.ndarray, kind: str) -> np.ndarray:
@@ -70,7 +57,7 @@ def plot_dendrogram(names: list[str], m: np.ndarray, kind: str, path: Path, titl
     dendrogram(linkage(task_distances(m, kind), method="average"), labels=names, ax=ax, leaf_rotation=45)
     ax.set_title(f"{title}: average-linkage clustering")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def markdown_summary(report: dict[str, Any]) -> str:

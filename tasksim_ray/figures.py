@@ -1,0 +1,23 @@
+"""Figures: matplotlib without a display, and PNGs written atomically (temp file + rename)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plt", "save_figure"]
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` so a crashed run never leaves half an image, then close it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,146 @@
+"""Figures for the transfer study: learning curves, gain heatmaps, similarity-vs-gain and MoE gates.
+
+Each function writes one PNG through ``figures.save_figure`` (temp file + rename), so a crashed run never
+leaves half a figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from tasksim_ray.figures import plt, save_figure
+from tasksim_ray.transfer.analysis import CurveSummary, SimGain
+
+MAX_POINT_LABELS = 30  # beyond this, per-point labels overlap into noise
+
+
+def plot_learning_curves(path: Path, title: str, units: str, curves: dict[str, CurveSummary]) -> None:
+    """MAE vs training-set size on log-log axes (power-law curves look straight), scratch first as the baseline."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    order = sorted(curves, key=lambda label: label != "scratch")  # stable: scratch first, others as given
+    for label in order:
+        c = curves[label]
+        ax.errorbar(c.sizes, c.mae_mean, yerr=c.mae_se, marker="o", ms=4, capsize=3,
+                    label=f"{label} (norm. AUC {c.auc_norm_mean:.3g} ± {c.auc_norm_se:.2g})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    sizes = sorted({s for c in curves.values() for s in c.sizes})
+    ax.set_xticks(sizes, [str(s) for s in sizes])  # the measured sizes, not powers of ten
+    ax.set_xticks([], minor=True)
+    ax.yaxis.set_major_formatter(ScalarFormatter())  # plain numbers: MAE ranges are often narrow
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training-set size")
+    ax.set_ylabel(f"test MAE ({units})")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_gain_heatmap(path: Path, names: list[str], gain: np.ndarray, title: str) -> None:
+    """Relative gain in percent, rows targets and columns sources, on a diverging map centred on 0 so helping
+    and hurting pairs read at a glance; unmeasured (NaN) cells stay blank."""
+    pct = 100.0 * np.asarray(gain, dtype=float)
+    n = len(names)
+    vmax = float(np.nanmax(np.abs(pct))) if np.isfinite(pct).any() else 0.0
+    vmax = vmax or 1.0
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.55 * n), max(3.5, 1.0 + 0.5 * n)))
+    im = ax.imshow(pct, cmap=plt.get_cmap("RdBu").with_extremes(bad="white"), vmin=-vmax, vmax=vmax)
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("source (pretrained on)")
+    ax.set_ylabel("target (fine-tuned on)")
+    for i, j in zip(*np.nonzero(np.isfinite(pct)), strict=True):  # NaN cells stay blank, no text
+        ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                color="white" if abs(pct[i, j]) > 0.6 * vmax else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="AUC gain over scratch (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_similarity_vs_gain(path: Path, result: SimGain) -> None:
+    """Each (target, source) pair as a point; the F1 threshold line shows how much of the helpful region it captures."""
+    x = np.array([p["similarity"] for p in result.pairs])
+    y = 100.0 * np.array([p["gain"] for p in result.pairs])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(x, y, c=np.where(y > 0, "tab:blue", "tab:red"), s=20)
+    if len(result.pairs) <= MAX_POINT_LABELS:
+        for p, xi, yi in zip(result.pairs, x, y, strict=True):
+            ax.annotate(f"{p['source']}→{p['target']}", (xi, yi), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.axhline(0.0, color="gray", lw=1)
+    ax.axvline(result.threshold, color="black", ls="--", lw=1, label=f"F1 threshold {result.threshold:.3g}")
+    ax.set_xlabel(result.metric)
+    ax.set_ylabel("AUC gain over scratch (%)")
+    ax.set_title(f"{result.metric}: r={result.pearson_r:.2f}, ρ={result.spearman_rho:.2f}, F1={result.f1:.2f} "
+                 f"(n={result.n_pairs})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_confusion(path: Path, result: SimGain) -> None:
+    """Counts at the F1 threshold: rows actual gain <= 0 / > 0, columns predicted not-similar / similar."""
+    cm = np.asarray(result.confusion)
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(cm, cmap="Blues", vmin=0)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=12,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["not similar", "similar"])
+    ax.set_yticks([0, 1], ["gain ≤ 0", "gain > 0"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"{result.metric}: threshold {result.threshold:.3g}\nF1={result.f1:.2f}, "
+                 f"P={result.precision:.2f}, R={result.recall:.2f}", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_subset_bars(path: Path, targets: list[str], bars: dict[str, tuple[list[float], list[float]]],
+                     ylabel: str, title: str) -> None:
+    """One group per target, one bar per label (mean with fold-SE error bars), to compare source sets side by side."""
+    for label, (means, ses) in bars.items():
+        if len(means) != len(targets) or len(ses) != len(targets):
+            raise ValueError(f"bar {label!r} needs {len(targets)} means and SEs, got {len(means)} and {len(ses)}")
+    width = 0.8 / max(len(bars), 1)
+    xs = np.arange(len(targets))
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(targets), 4))
+    for k, (label, (means, ses)) in enumerate(bars.items()):
+        ax.bar(xs + (k - (len(bars) - 1) / 2) * width, means, width, yerr=ses, capsize=3, label=label)
+    ax.set_xticks(xs, targets, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_gate_heatmap(path: Path, targets: list[str], experts: list[str], weights: np.ndarray, title: str) -> None:
+    """Mixture-of-experts gate weights per target; zero weights are blank with a '·' so unused experts stand out."""
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (len(targets), len(experts)):
+        raise ValueError(f"weights must be ({len(targets)}, {len(experts)}), got {w.shape}")
+    shown = np.where(w == 0, np.nan, w)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.55 * len(experts)), max(3.0, 1.0 + 0.5 * len(targets))))
+    im = ax.imshow(shown, cmap=plt.get_cmap("viridis").with_extremes(bad="white"), vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(experts)), experts, rotation=45, ha="right")
+    ax.set_yticks(range(len(targets)), targets)
+    ax.set_xlabel("expert (source task)")
+    ax.set_ylabel("target")
+    for i, j in zip(*np.nonzero(w == 0), strict=True):
+        ax.text(j, i, "·", ha="center", va="center", fontsize=14, color="black")
+    for i, j in zip(*np.nonzero(w != 0), strict=True):  # viridis is dark at the low end
+        ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if w[i, j] < 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="gate weight")
+    ax.set_title(title, fontsize=9, wrap=True)
+    fig.tight_layout()
+    save_figure(fig, path)
