@@ -1,0 +1,94 @@
+"""Fine-tuning strategies: which parameters train, at which learning rate, with which penalty.
+
+A backbone lists its encoder layer groups from input to output (``ENCODER_LAYERS``) and has a
+``head``. The strategies choose what trains: ``full`` (everything), ``head`` (the new head only),
+``last`` (the last encoder group and the head), ``layers`` (the head plus parameters whose names
+match glob patterns). Gradual unfreezing starts from the head and unfreezes the strategy's encoder
+groups top-down, one every ``gradual_unfreeze`` epochs; layer-wise learning-rate decay gives the
+group d levels below the head ``lr * llrd**d``. Regularisers: L2-SP on the transferred weights,
+or batch spectral shrinkage on the graph features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fnmatch import fnmatch
+
+import torch
+from torch import Tensor, nn
+
+from tasksim_ray.config import FinetuneConfig
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.train import FitOptions
+from tasksim_ray.transfer.objectives import bss_penalty, l2sp_penalty, reference_weights
+
+
+def encoder_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """(group, parameter names) for each encoder layer group, input to output."""
+    names = [n for n, _ in model.named_parameters()]
+    return [(layer, [n for n in names if n.split(".")[0] == layer]) for layer in model.ENCODER_LAYERS]
+
+
+def head_names(model: nn.Module) -> list[str]:
+    head = {id(p) for p in model.head.parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in head]
+
+
+def trainable_groups(model: nn.Module, cfg: FinetuneConfig) -> list[tuple[str, list[str]]]:
+    """The encoder groups this strategy trains (input to output; some may be partial)."""
+    groups = encoder_groups(model)
+    if cfg.strategy == "full":
+        return groups
+    if cfg.strategy == "head":
+        return []
+    if cfg.strategy == "last":
+        return groups[-1:]
+    chosen = [(g, [n for n in names if any(fnmatch(n, pat) for pat in cfg.layers)]) for g, names in groups]
+    unmatched = [pat for pat in cfg.layers
+                 if not any(fnmatch(n, pat) for _, names in groups for n in names)]
+    if unmatched:
+        encoder = [n for _, names in groups for n in names]
+        raise TasksimError(f"finetune.layers: pattern(s) {unmatched} match no encoder parameter; "
+                           f"encoder parameters: {encoder}")
+    return [(g, names) for g, names in chosen if names]
+
+
+def _set_trainable(model: nn.Module, names: set[str]) -> None:
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+
+
+def finetune_options(model: nn.Module, cfg: FinetuneConfig, pretrained: bool) -> FitOptions:
+    """Freeze what the strategy freezes and build the optimiser, schedule and penalty.
+
+    ``pretrained=False`` is the scratch baseline: everything trains, no regulariser."""
+    heads = head_names(model)
+    groups = trainable_groups(model, cfg) if pretrained else encoder_groups(model)
+    params = dict(model.named_parameters())
+    unfreeze_every = cfg.gradual_unfreeze if pretrained else 0
+    initially = set(heads) | ({n for _, names in groups for n in names} if not unfreeze_every else set())
+    _set_trainable(model, initially)
+
+    def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
+        decay = cfg.llrd if (pretrained and cfg.llrd) else 1.0
+        param_groups = [{"params": [params[n] for n in heads], "lr": cfg.lr}]
+        for depth, (_, names) in enumerate(reversed(groups), start=1):
+            param_groups.append({"params": [params[n] for n in names], "lr": cfg.lr * decay ** depth})
+        return torch.optim.Adam(param_groups)
+
+    on_epoch: Callable[[int], None] | None = None
+    if unfreeze_every:
+        def on_epoch(epoch: int) -> None:
+            n_open = min(epoch // unfreeze_every, len(groups))
+            opened = {n for _, names in groups[len(groups) - n_open:] for n in names}
+            _set_trainable(model, set(heads) | opened)
+
+    penalty: Callable[[Tensor], Tensor] | None = None
+    reg = cfg.regularizer
+    if pretrained and reg.kind == "l2sp" and reg.weight > 0:
+        ref = reference_weights(model, [n for _, names in encoder_groups(model) for n in names])
+        penalty = lambda z: reg.weight * l2sp_penalty(model, ref)  # noqa: E731
+    elif pretrained and reg.kind == "bss" and reg.weight > 0:
+        penalty = lambda z: reg.weight * bss_penalty(z, reg.bss_k)  # noqa: E731
+    return FitOptions(cfg.max_epochs, cfg.patience, cfg.batch_size, cfg.lr, make_optimizer=make_optimizer,
+                      penalty=penalty, on_epoch_start=on_epoch)

@@ -1,0 +1,135 @@
+"""Fine-tuning strategies, regularisers in training, and the MoE gate (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig, RegularizerConfig
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.featurize import smiles_to_graph
+from tasksim_ray.models.dmpnn import DMPNN
+from tasksim_ray.train import fit
+from tasksim_ray.transfer.finetune import finetune_options
+from tasksim_ray.transfer.moe import MixtureOfExperts, initial_theta, moe_options, top_k_gates
+
+SMILES = ["CCO", "CC(=O)O", "c1ccccc1", "CCN", "OCC#N", "CC(C)C", "C1CCCCC1", "CCOC", "NC=O", "CCCl",
+          "c1ccncc1", "CC=C"]
+
+
+def _graphs_and_y() -> tuple[list, np.ndarray]:
+    graphs = [smiles_to_graph(s) for s in SMILES]
+    y = np.array([g.num_nodes * 0.7 + 0.1 * i for i, g in enumerate(graphs)])
+    return graphs, y
+
+
+def _pretrained(seed: int = 0) -> DMPNN:
+    torch.manual_seed(seed)
+    model = DMPNN(hidden_dim=16, depth=2, ffn_hidden_dim=8)
+    model.reset_head(1)
+    return model
+
+
+def _train(model: torch.nn.Module, cfg: FinetuneConfig, pretrained: bool = True) -> dict[str, torch.Tensor]:
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    graphs, y = _graphs_and_y()
+    opts = finetune_options(model, cfg, pretrained)
+    fit(model, graphs, y, graphs[:4], y[:4], opts, seed=0, mean=float(y.mean()), std=float(y.std()))
+    return before
+
+
+def _changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> set[str]:
+    return {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+
+
+HEAD = {"ffn.0.weight", "ffn.0.bias", "ffn.3.weight", "ffn.3.bias"}
+
+
+@pytest.mark.parametrize(("strategy", "layers", "expected"), [
+    ("full", [], {"W_i.weight", "W_h.weight", "W_o.weight", "W_o.bias"} | HEAD),
+    ("head", [], HEAD),
+    ("last", [], {"W_o.weight", "W_o.bias"} | HEAD),
+    ("layers", ["W_h.*", "W_o.bias"], {"W_h.weight", "W_o.bias"} | HEAD),
+])
+def test_strategy_trains_exactly_its_parameters(strategy: str, layers: list[str], expected: set[str]) -> None:
+    model = _pretrained()
+    cfg = FinetuneConfig(strategy=strategy, layers=layers, max_epochs=3, patience=5, batch_size=4, lr=1e-2)
+    before = _train(model, cfg)
+    assert _changed(model, before) == expected
+
+
+def test_unknown_layer_pattern_is_a_clear_error() -> None:
+    with pytest.raises(TasksimError, match="match no encoder parameter"):
+        finetune_options(_pretrained(), FinetuneConfig(strategy="layers", layers=["W_x.*"]), True)
+
+
+def test_gradual_unfreezing_opens_groups_top_down() -> None:
+    model = _pretrained()
+    opts = finetune_options(model, FinetuneConfig(strategy="full", gradual_unfreeze=2), True)
+    trainable = []
+    for epoch in range(8):
+        opts.on_epoch_start(epoch)
+        trainable.append({n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad})
+    assert trainable[0] == trainable[1] == {"ffn"}
+    assert trainable[2] == {"ffn", "W_o"}
+    assert trainable[4] == {"ffn", "W_o", "W_h"}
+    assert trainable[6] == trainable[7] == {"ffn", "W_o", "W_h", "W_i"}
+
+
+def test_layerwise_lr_decay() -> None:
+    model = _pretrained()
+    opts = finetune_options(model, FinetuneConfig(strategy="full", lr=1e-2, llrd=0.5), True)
+    lrs = [g["lr"] for g in opts.make_optimizer(model).param_groups]
+    assert lrs == pytest.approx([1e-2, 5e-3, 2.5e-3, 1.25e-3])  # head, W_o, W_h, W_i
+
+
+def test_l2sp_keeps_weights_closer_to_the_pretrained_ones() -> None:
+    drift = {}
+    for weight in (0.0, 10.0):
+        model = _pretrained()
+        cfg = FinetuneConfig(strategy="full", max_epochs=5, patience=10, batch_size=4, lr=5e-2,
+                             regularizer=RegularizerConfig(kind="l2sp", weight=weight))
+        before = _train(model, cfg)
+        drift[weight] = sum(float((p.detach() - before[n]).pow(2).sum()) for n, p in model.named_parameters()
+                            if n.startswith("W_"))
+    assert drift[10.0] < drift[0.0]
+
+
+def test_bss_penalty_is_wired_to_the_features() -> None:
+    model = _pretrained()
+    cfg = FinetuneConfig(regularizer=RegularizerConfig(kind="bss", weight=1.0, bss_k=2))
+    opts = finetune_options(model, cfg, True)
+    z = torch.randn(6, 16, requires_grad=True)
+    expected = (torch.linalg.svdvals(z)[-2:] ** 2).sum()
+    assert torch.allclose(opts.penalty(z), expected)
+    assert finetune_options(_pretrained(), cfg, pretrained=False).penalty is None  # scratch: no regulariser
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_moe_gates_sum_to_one_with_exactly_k_nonzero(k: int) -> None:
+    theta = initial_theta(5, "uniform", None, seed=k)
+    g = top_k_gates(theta, k)
+    assert float(g.sum()) == pytest.approx(1.0)
+    assert int((g > 0).sum()) == k
+    assert set(torch.topk(theta, k).indices.tolist()) == set(torch.nonzero(g).flatten().tolist())
+
+
+def test_moe_trains_only_last_expert_layers_theta_and_head() -> None:
+    experts = [_pretrained(seed) for seed in range(3)]
+    sim_row = np.array([0.1, 0.9, 0.5])
+    theta = initial_theta(3, "similarity", sim_row, seed=0)
+    assert float(theta.norm()) == pytest.approx(1.0)
+    moe = MixtureOfExperts(experts, 2, theta, ModelConfig(ffn_hidden_dim=8, ffn_layers=2))
+    assert torch.nonzero(moe.gates()).flatten().tolist() == [1, 2]  # the two most similar experts
+    opts = moe_options(moe, MoEConfig(k=2), max_epochs=3, patience=5, batch_size=4)
+    before = {n: p.detach().clone() for n, p in moe.named_parameters()}
+    graphs, y = _graphs_and_y()
+    fit(moe, graphs, y, graphs[:4], y[:4], opts, seed=0, mean=float(y.mean()), std=float(y.std()))
+    changed = _changed(moe, before)
+    assert {"theta", "ffn.0.weight"} <= changed
+    assert {"experts.1.W_o.weight", "experts.2.W_o.weight"} <= changed
+    assert not any(n.startswith("experts.0.") for n in changed)  # outside the top k: no gradient
+    assert not any(".W_i." in n or ".W_h." in n for n in changed)  # frozen encoder layers
+    theta = moe.theta.detach()
+    assert float(opts.penalty(torch.zeros(1)).detach()) == pytest.approx(0.01 * (float(theta @ theta) - 1) ** 2)
