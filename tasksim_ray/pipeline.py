@@ -65,6 +65,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
         return result | {"artifact": str(feats.path)}
     ensure_ray(cfg.ray)
     models = stage_pretrain(run, tasks, feats)
+    result["model_dirs"] = {t: str(m.directory) for t, m in models.items()}
     if stop == 3:
         return result | {"artifact": str(run.artifacts / "models")}
     probe = stage_probe(run, tasks, prep)

@@ -1,8 +1,5 @@
-"""The ``tasksim`` command: one subcommand per verb.
-
-``tasksim run CONFIG`` runs the whole pipeline; each stage verb (``tasksim pretrain CONFIG`` ...)
-runs the pipeline up to that stage, reusing whatever is cached.
-"""
+"""Pipeline verbs: ``tasksim run CONFIG`` runs everything; each stage verb (``tasksim embed CONFIG``
+...) runs the pipeline up to that stage, reusing whatever is cached."""
 
 from __future__ import annotations
 
@@ -14,28 +11,11 @@ import typer
 import yaml
 from rich.table import Table
 
+from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
 from tasksim_ray.config import PipelineConfig, load_config
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.progress import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Which tasks to pretrain on: task similarity from per-task models, on Ray.")
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set train.max_epochs=5")]
 DEMO_CONFIG = "demo.yaml"
-
-
-def _overrides(pairs: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise TasksimError(f"--set expects KEY=VALUE, got '{pair}'")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def similarity_table(names: list[str], sim: np.ndarray, subset: list[str], metric: str) -> Table:
@@ -56,11 +36,10 @@ def _execute(cfg: PipelineConfig, until: str) -> dict[str, Any]:
 
 def _run_verb(config: Path, sets: list[str] | None, until: str) -> None:
     try:
-        cfg = load_config(config, _overrides(sets))
+        cfg = load_config(config, overrides(sets))
         result = _execute(cfg, until)
     except TasksimError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     if "similarity" in result:
         sim = result["similarity"]
         console.print(similarity_table(sim["names"], np.array(sim["matrix"]), result["selection"]["subset"],
@@ -103,7 +82,6 @@ for _stage, _doc in [
     ("tasks", "Load the tasks and store them as Parquet."),
     ("preprocess", "Drop correlated targets; split 80/10/10 and permute the training set into folds."),
     ("featurize", "Featurise the training and validation molecules into graphs."),
-    ("pretrain", "Train one model per task, in parallel as Ray tasks."),
     ("probe", "Build the probe set."),
     ("embed", "Stream the probe set through every task model (Ray Data + actors)."),
 ]:
@@ -120,6 +98,3 @@ def similarity(config: ConfigArg, set_: SetOpt = None,
         sets.append(f"similarity.metrics={yaml.safe_dump(metric, default_flow_style=True).strip()}")
     _run_verb(config, sets, "similarity")
 
-
-def main() -> None:
-    app()

@@ -1,0 +1,36 @@
+"""The ``tasksim`` Typer app and what every verb shares: config arguments, overrides, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.progress import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Which tasks to pretrain on: task similarity from per-task models, on Ray.")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set train.max_epochs=5")]
+
+
+def overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TasksimError(f"--set expects KEY=VALUE, got '{pair}'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def fail(exc: TasksimError) -> NoReturn:
+    """A user error: one red line on stderr and exit status 2."""
+    err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None

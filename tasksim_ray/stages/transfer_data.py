@@ -1,0 +1,142 @@
+"""The transfer experiments' data: which molecules every cell trains, validates and tests on.
+
+From the shared split: each target's learning-curve training rows are the first labelled
+molecules of each fold's permutation of the training split (so size n is a prefix of size 2n);
+validation and test rows are seeded samples of the validation and test splits; each task's
+pretraining pool is drawn from the training split only. A target's validation and test molecules
+therefore never enter any pretraining, and its own labels never enter its pretraining subset.
+All these molecules are featurised once into one graph store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tasksim_ray.cache import stable_hash
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.featurize import featurize_many, pack_graphs
+from tasksim_ray.stages import Run, Stage
+from tasksim_ray.stages.data import load_table
+from tasksim_ray.tasks import TaskTable
+from tasksim_ray.transfer.cells import CellData
+from tasksim_ray.transfer.multitask import SubsetData
+
+
+def _labelled(labels: np.ndarray, order: np.ndarray, limit: int) -> list[int]:
+    return [int(r) for r in order[~np.isnan(labels[order])][:limit]]
+
+
+def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
+    cfg, tc = run.cfg, run.cfg.transfer
+    kept = prep.manifest["kept"]
+    targets = study_targets(run, prep)
+    n_max = tc.sizes[-1]
+
+    def build(out: Path) -> dict[str, Any]:
+        table = load_table(tasks)
+        split = np.load(prep.path / "split.npz")
+        val_order = np.random.default_rng(cfg.seed).permutation(split["val"])
+        test_order = np.random.default_rng(cfg.seed + 1).permutation(split["test"])
+        n_pre_val = cfg.train.n_val or len(val_order)
+        pre_val = {t: _labelled(table.labels(t), val_order, n_pre_val) for t in kept}  # as the per-task models
+        used = {r for v in pre_val.values() for r in v}
+        rows: dict[str, dict[str, Any]] = {}
+        for t in kept:
+            lab = table.labels(t)
+            # targets validate on molecules from the other end of the validation split, none of which
+            # any pretraining (per-task or subset) validates on
+            val = [r for r in _labelled(lab, val_order[::-1], tc.n_val + len(used)) if r not in used][:tc.n_val]
+            rows[t] = {"pool": _labelled(lab, split["folds"][cfg.train.fold], tc.budget.pool_per_task),
+                       "pretrain_val": pre_val[t], "val": val, "test": _labelled(lab, test_order, tc.n_test),
+                       "folds": [_labelled(lab, split["folds"][f], n_max) for f in range(tc.folds)]
+                       if t in targets else []}
+        wanted = np.unique(np.concatenate([np.array(v, dtype=int) for d in rows.values()
+                                           for v in [d["pool"], d["pretrain_val"], d["val"], d["test"], *d["folds"]]]))
+        graphs, report = featurize_many(table.frame["smiles"].to_numpy()[wanted].tolist())
+        run.log("transfer-data", report.summary("transfer molecules"))
+        valid = wanted[[g is not None for g in graphs]]
+        ok = set(valid.tolist())
+        for t, d in rows.items():
+            for part in ("pool", "pretrain_val", "val", "test"):
+                d[part] = [r for r in d[part] if r in ok]
+            d["folds"] = [[r for r in f if r in ok] for f in d["folds"]]
+            short = [f for f, fold in enumerate(d["folds"]) if len(fold) < n_max]
+            if short:
+                raise TasksimError(f"task '{t}': fold {short[0]} has {len(d['folds'][short[0]])} labelled training "
+                                   f"molecules; transfer.sizes needs {n_max}")
+            if len(d["val"]) < 2 or len(d["test"]) < 2:
+                raise TasksimError(f"task '{t}': too few labelled validation/test molecules for transfer "
+                                   "(validation molecules of the pretraining models are excluded)")
+        torch.save(pack_graphs([g for g in graphs if g is not None]), out / "graphs.pt")
+        np.save(out / "rows.npy", valid)
+        (out / "task_rows.json").write_text(json.dumps(rows))
+        return {"n_graphs": int(len(valid)), "targets": targets, "sources": kept}
+
+    parts = [tasks.key, prep.key, cfg.seed, cfg.train.fold, cfg.train.n_val, targets, tc.sizes[-1], tc.folds, tc.n_val, tc.n_test,
+             tc.budget.pool_per_task]
+    return run.stage("transfer-data", parts, build)
+
+
+def study_targets(run: Run, prep: Stage) -> list[str]:
+    kept = prep.manifest["kept"]
+    targets = run.cfg.transfer.tasks or kept
+    unknown = [t for t in targets if t not in kept]
+    if unknown:
+        raise TasksimError(f"transfer.tasks: {unknown} not among the kept tasks {kept}")
+    return list(targets)
+
+
+@dataclass
+class TransferData:
+    """Typed access to the stage's rows and labels: cells and pretraining subsets."""
+
+    stage: Stage
+    tasks_key: str
+    table: TaskTable
+    rows: dict[str, dict[str, Any]]
+    store_rows: np.ndarray
+
+    @classmethod
+    def load(cls, stage: Stage, tasks: Stage) -> TransferData:
+        return cls(stage, tasks.key, load_table(tasks), json.loads((stage.path / "task_rows.json").read_text()),
+                   np.load(stage.path / "rows.npy"))
+
+    @property
+    def targets(self) -> list[str]:
+        return self.stage.manifest["targets"]
+
+    @property
+    def sources(self) -> list[str]:
+        return self.stage.manifest["sources"]
+
+    def store(self) -> dict[str, torch.Tensor]:
+        return torch.load(self.stage.path / "graphs.pt", weights_only=True)
+
+    def units(self, task: str) -> str:
+        return next(t.units for t in self.table.tasks if t.name == task)
+
+    def _pos(self, rows: list[int]) -> np.ndarray:
+        return np.searchsorted(self.store_rows, np.array(rows, dtype=int))
+
+    def cell(self, target: str, fold: int, size: int) -> CellData:
+        d, lab = self.rows[target], self.table.labels(target)
+        train = d["folds"][fold][:size]
+        key = stable_hash(self.tasks_key, target, train, d["val"], d["test"])
+        return CellData(target, fold, size, self._pos(train), lab[train], self._pos(d["val"]), lab[d["val"]],
+                        self._pos(d["test"]), lab[d["test"]], key)
+
+    def subset(self, tasks: list[str]) -> SubsetData:
+        """Pretraining data of ``tasks``, validated on the per-task models' validation molecules."""
+        pools = [self.rows[t]["pool"] for t in tasks]
+        val_rows = sorted({r for t in tasks for r in self.rows[t]["pretrain_val"]})
+        val_y = np.stack([self.table.labels(t)[val_rows] for t in tasks], axis=1)
+        key = stable_hash(self.tasks_key, tasks, pools, val_rows)
+        return SubsetData(tuple(tasks), tuple(self._pos(p) for p in pools),
+                          tuple(self.table.labels(t)[p] for t, p in zip(tasks, pools)),
+                          self._pos(val_rows), val_y, key)

@@ -1,0 +1,135 @@
+"""The transfer report: ``transfer.json``, ``transfer.md`` and the figures of each study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasksim_ray.cache import write_json_atomic, write_text_atomic
+from tasksim_ray.transfer import plots
+from tasksim_ray.transfer.analysis import CurveSummary, SimGain
+
+_SUMMARY_FIELDS = set(CurveSummary.__dataclass_fields__)
+
+
+def _summary(entry: dict[str, Any]) -> CurveSummary:
+    return CurveSummary(**{k: v for k, v in entry.items() if k in _SUMMARY_FIELDS})
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, SimGain):
+        return obj.to_dict()
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and np.isnan(obj):
+        return None
+    return obj
+
+
+def _fmt(mean: float | None, se: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean * scale:.{digits}g} ± {se * scale:.2g}" if se is not None else f"{mean * scale:.{digits}g}"
+
+
+def _curve_figures(out: Path, study: str, per_target: dict[str, dict[str, dict[str, Any]]],
+                   units: dict[str, str]) -> dict[str, Path]:
+    paths = {}
+    for target, curves in per_target.items():
+        path = out / f"curves_{study}_{target}.png"
+        entries = {label: _summary(e) for label, e in curves.items() if isinstance(e, dict) and "auc_mean" in e}
+        plots.plot_learning_curves(path, f"{target}: test MAE vs training-set size ({study})", units[target], entries)
+        paths[f"curves_{study}_{target}"] = path
+    return paths
+
+
+def _table(per_target: dict[str, dict[str, Any]], labels: list[str]) -> list[str]:
+    lines = ["| target | " + " | ".join(f"{lbl} (norm. AUC)" for lbl in labels) + " |",
+             "|---" * (len(labels) + 1) + "|"]
+    for t, entries in per_target.items():
+        cells = []
+        for lbl in labels:
+            e = entries.get(lbl)
+            cell = _fmt(e["auc_norm_mean"], e["auc_norm_se"]) if e else "-"
+            if e and "gain_mean" in e:
+                cell += f" (gain {_fmt(e['gain_mean'], e['gain_se'], 100, 2)}%)"
+            cells.append(cell)
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_transfer_report(out: Path, results: dict[str, Any], ctx: Any) -> dict[str, Path]:
+    """Figures and tables for whichever studies ran; returns the written paths by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    units = {t: ctx.data.units(t) for t in ctx.data.sources}
+    paths: dict[str, Path] = {}
+    intro = [f"# Transfer experiments: {ctx.run.cfg.name}", "",
+             f"Sizes {ctx.run.cfg.transfer.sizes}, {ctx.run.cfg.transfer.folds} fold(s); AUC = trapezoid of test MAE "
+             "over training-set size, normalised by the size range (task units); gain = relative AUC improvement "
+             "over scratch, mean ± SE over folds.", ""]
+    md: list[str] = []
+    if "curves" in results:
+        r = results["curves"]
+        paths |= _curve_figures(out, "curves", {r["target"]: r["curves"]}, units)
+        md += ["## Learning curves", "", *_table({r["target"]: r["curves"]}, list(r["curves"])), ""]
+    if "matrix" in results:
+        r = results["matrix"]
+        names, gain = r["targets"], np.array(r["gain"], dtype=float)
+        paths |= _curve_figures(out, "matrix", r["curves"], units)
+        paths["gain_matrix"] = out / "gain_matrix.png"
+        plots.plot_gain_heatmap(paths["gain_matrix"], names, gain, "Transfer gain (%): rows target, columns source")
+        md += ["## Gain matrix (relative AUC improvement over scratch, %)", "",
+               "| target \\ source | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        md += [f"| {t} | " + " | ".join("-" if np.isnan(v) else f"{100 * v:.1f}" for v in gain[i]) + " |"
+               for i, t in enumerate(names)]
+        md += ["", "## Similarity vs gain", "",
+               "| metric | pairs | Pearson r | Spearman rho | F1 threshold | F1 | confusion [[tn, fp], [fn, tp]] |",
+               "|---|---|---|---|---|---|---|"]
+        for metric, sg in r["similarity_vs_gain"].items():
+            paths[f"sim_vs_gain_{metric}"] = out / f"sim_vs_gain_{metric}.png"
+            paths[f"confusion_{metric}"] = out / f"confusion_{metric}.png"
+            plots.plot_similarity_vs_gain(paths[f"sim_vs_gain_{metric}"], sg)
+            plots.plot_confusion(paths[f"confusion_{metric}"], sg)
+            md.append(f"| {metric} | {sg.n_pairs} | {sg.pearson_r:.2f} | {sg.spearman_rho:.2f} | "
+                      f"{sg.threshold:.3g} | {sg.f1:.2f} | {sg.confusion} |")
+        md.append("")
+    if "subset" in results:
+        r = results["subset"]
+        targets = list(r["targets"])
+        labels = list(dict.fromkeys(lbl for e in r["targets"].values() for lbl in e))
+        bars = {lbl: ([r["targets"][t][lbl]["auc_norm_mean"] if lbl in r["targets"][t] else np.nan for t in targets],
+                      [r["targets"][t][lbl]["auc_norm_se"] if lbl in r["targets"][t] else 0.0 for t in targets])
+                for lbl in labels}
+        paths["subset_bars"] = out / "subset_study.png"
+        plots.plot_subset_bars(paths["subset_bars"], targets, bars, "normalised AUC of test MAE (lower is better)",
+                               f"Diverse subset {r['subset']} vs all other tasks vs scratch")
+        paths |= _curve_figures(out, "subset", r["targets"], units)
+        md += ["## Subset study", "", f"Diverse subset: {', '.join(r['subset']) or '(none)'}; budget splits "
+               f"(samples x epochs): {r['splits']}.", "", *_table(r["targets"], labels), "",
+               "| target | arm | pretraining tasks | labels used / available |", "|---|---|---|---|"]
+        md += [f"| {t} | {lbl} | {', '.join(e['pretrain_tasks'])} | {e['labels_used']} / {e['labels_available']} |"
+               for t, entries in r["targets"].items() for lbl, e in entries.items() if "pretrain_tasks" in e]
+        md.append("")
+    if "moe" in results:
+        r = results["moe"]
+        paths["moe_gates"] = out / "moe_gates.png"
+        plots.plot_gate_heatmap(paths["moe_gates"], list(r["targets"]), r["experts"], np.array(r["gate_matrix"]),
+                                f"MoE gate weights (top-{r['k']}, init {r['init']}, largest training size)")
+        paths |= _curve_figures(out, "moe", {t: {k: v for k, v in e.items() if k != "gates"}
+                                             for t, e in r["targets"].items()}, units)
+        md += ["## Mixture of experts", "", *_table(r["targets"], ["scratch", "moe"]), "",
+               "| target | gates (largest size, mean over folds) |", "|---|---|"]
+        md += [f"| {t} | " + ", ".join(f"{k} {v:.2f}" for k, v in e["gates"].items() if v > 0) + " |"
+               for t, e in r["targets"].items()]
+        md.append("")
+    # one JSON and one summary per run of studies, named by them, so `tasksim moe` does not erase the matrix
+    name = "_".join(results)
+    paths["json"] = out / f"{name}.json"
+    write_json_atomic(paths["json"], _jsonable(results))
+    paths["markdown"] = out / f"{name}.md"
+    write_text_atomic(paths["markdown"], "\n".join(intro + md))
+    return paths

@@ -1,0 +1,111 @@
+"""Entry point of the transfer experiments: build the context from the (cached) pipeline, plan
+the requested studies, run their cells on Ray and write the transfer report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from tasksim_ray.config import PipelineConfig
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.pipeline import run_pipeline
+from tasksim_ray.progress import Console
+from tasksim_ray.stages import Run
+from tasksim_ray.stages.data import stage_preprocess, stage_tasks
+from tasksim_ray.stages.transfer_data import TransferData, stage_transfer_data
+from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
+from tasksim_ray.transfer.multitask import SubsetModel, submit_subsets, subset_model
+from tasksim_ray.transfer.report import write_transfer_report
+from tasksim_ray.transfer.study import (SCRATCH, Context, Plan, plan_curves, plan_matrix, plan_moe, plan_subset,
+                                        run_studies)
+
+STUDIES = ("curves", "matrix", "subset", "moe")
+
+
+def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) -> Context:
+    """Per-task models (and similarity, when asked) from the pipeline, then the transfer data."""
+    res = run_pipeline(cfg, console, until="report" if need_similarity else "pretrain")
+    run = Run(cfg, console)
+    tasks = stage_tasks(run)
+    stage = stage_transfer_data(run, tasks, stage_preprocess(run, tasks))
+    data = TransferData.load(stage, tasks)
+    similarity: dict[str, Any] = {}
+    if need_similarity:
+        similarity = {"names": res["tasks"], "matrices": res["matrices"],
+                      "kinds": {m: v["kind"] for m, v in res["metrics"].items()},
+                      "selection_metric": cfg.selection.metric, "subset": res["selection"]["subset"]}
+    settings = CellSettings(cfg.model, cfg.transfer.finetune, cfg.transfer.moe, cfg.seed)
+    return Context(run, data, ray.put(data.store()), settings, res["model_dirs"], similarity)
+
+
+def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | None = None,
+                 target: str | None = None, sources: list[str] | None = None) -> dict[str, Any]:
+    """Run ``studies`` (any of STUDIES) and write ``<workdir>/report/transfer/``."""
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        raise TasksimError(f"unknown study {unknown}; studies: {list(STUDIES)}")
+    need_sim = bool({"matrix", "subset"} & set(studies)) or ("moe" in studies and cfg.transfer.moe.init == "similarity")
+    ctx = build_context(cfg, console or Console(), need_sim)
+    plans: list[Plan] = []
+    for study in studies:
+        if study == "curves":
+            chosen = sources if sources else [s for s in ctx.data.targets if s != target]
+            _check_sources(ctx, str(target), chosen)
+            plans.append(plan_curves(ctx, str(target), chosen))
+        else:
+            plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe}[study](ctx))
+    results = run_studies(ctx, plans)
+    paths = write_transfer_report(cfg.workdir_path / "report" / "transfer", results, ctx)
+    return {"studies": results, "paths": {k: str(v) for k, v in paths.items()}, "timings": ctx.run.timings}
+
+
+def _check_sources(ctx: Context, target: str, sources: list[str]) -> None:
+    if target not in ctx.data.targets:
+        raise TasksimError(f"--target '{target}' is not a transfer task; tasks: {ctx.data.targets}")
+    if target in sources:
+        raise TasksimError(f"target '{target}' cannot be in its own pretraining data")
+    unknown = [s for s in sources if s not in ctx.model_dirs]
+    if unknown:
+        raise TasksimError(f"unknown source task(s) {unknown}; tasks: {sorted(ctx.model_dirs)}")
+
+
+def pretrain_subset_models(cfg: PipelineConfig, tasks: list[str], console: Console | None = None) -> list[SubsetModel]:
+    """Multi-task pretraining of ``tasks`` under the config's budget, one model per budget split."""
+    ctx = build_context(cfg, console or Console(), need_similarity=False)
+    unknown = [t for t in tasks if t not in ctx.data.sources]
+    if unknown:
+        raise TasksimError(f"--subset: unknown task(s) {unknown}; tasks: {ctx.data.sources}")
+    data = ctx.data.subset(tasks)
+    dirs, pending = submit_subsets(ctx.store_ref, [(data, s) for s in cfg.transfer.budget.resolved()], cfg.model,
+                                   cfg.transfer.budget, cfg.seed, ctx.run.artifacts / "subset-models",
+                                   cfg.transfer.num_cpus, cfg.transfer.num_gpus)
+    ray.get(list(pending.values()))
+    return [subset_model(d) for d in dirs]
+
+
+def finetune_once(cfg: PipelineConfig, target: str, sources: list[str], size: int | None, fold: int,
+                  console: Console | None = None) -> dict[str, Any]:
+    """One cell: fine-tune ``target`` from one task's model (or a subset pretrained under the budget)
+    at one training size and fold, next to scratch on the same cell."""
+    ctx = build_context(cfg, console or Console(), need_similarity=False)
+    _check_sources(ctx, target, sources)
+    if fold >= cfg.transfer.folds:
+        raise TasksimError(f"--fold {fold}: the config has transfer.folds = {cfg.transfer.folds}")
+    size = size or cfg.transfer.sizes[-1]
+    if size > cfg.transfer.sizes[-1]:
+        raise TasksimError(f"--size {size} exceeds the largest transfer size {cfg.transfer.sizes[-1]}")
+    if len(sources) == 1:
+        recipe = ctx.from_task(sources[0])
+    else:
+        split = cfg.transfer.budget.resolved()[0]
+        dirs, ctx.pending = submit_subsets(ctx.store_ref, [(ctx.data.subset(sources), split)], cfg.model,
+                                           cfg.transfer.budget, cfg.seed, ctx.run.artifacts / "subset-models",
+                                           cfg.transfer.num_cpus, cfg.transfer.num_gpus)
+        recipe = Recipe("finetune", f"subset {'+'.join(sources)} {split[0]}x{split[1]}", (str(dirs[0]),))
+    cell = ctx.data.cell(target, fold, size)
+    tc = cfg.transfer
+    scratch, tuned = run_cells(ctx.store_ref, [(cell, SCRATCH), (cell, recipe)], ctx.settings,
+                               ctx.run.artifacts / "cells", tc.num_cpus, tc.num_gpus, after=ctx.pending)
+    return {"target": target, "units": ctx.data.units(target), "size": size, "fold": fold,
+            "scratch": scratch, "finetuned": tuned}

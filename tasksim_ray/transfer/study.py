@@ -1,0 +1,198 @@
+"""The transfer studies, planned as cells and run together on Ray.
+
+Each study turns into learning-curve cells (and, for the subset study, pretraining runs the cells
+wait on); :func:`run_studies` submits everything at once so pretraining and fine-tuning overlap,
+then each study summarises its cells:
+
+- ``curves``: one target, scratch and a list of sources;
+- ``matrix``: every target from every other single-task model: the gain matrix and how well each
+  similarity metric predicts it;
+- ``subset``: per target, pretrain on the selected diverse subset vs on all other tasks under the
+  same budget, then fine-tune;
+- ``moe``: per target, a mixture of the other tasks' frozen experts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+
+from tasksim_ray.progress import task_progress
+from tasksim_ray.stages import Run
+from tasksim_ray.stages.transfer_data import TransferData
+from tasksim_ray.transfer.analysis import auc, fold_gains, gain_matrix, mean_se, similarity_vs_gain, summarise_curve
+from tasksim_ray.transfer.cells import CellData, CellSettings, Recipe, cell_key, run_cells
+from tasksim_ray.transfer.multitask import submit_subsets, subset_model
+
+SCRATCH = Recipe("scratch", "scratch")
+Job = tuple[CellData, Recipe]
+
+
+@dataclass
+class Context:
+    """What every study needs: the run, its data, the per-task models and the similarity results."""
+
+    run: Run
+    data: TransferData
+    store_ref: ray.ObjectRef
+    settings: CellSettings
+    model_dirs: dict[str, str]
+    similarity: dict[str, Any] = field(default_factory=dict)  # names, matrices, kinds, selection subset
+    pending: dict[str, ray.ObjectRef] = field(default_factory=dict)  # pretraining runs in flight
+
+    def from_task(self, source: str) -> Recipe:
+        return Recipe("finetune", source, (self.model_dirs[source],))
+
+    def similarity_row(self, target: str, sources: list[str]) -> tuple[float, ...] | None:
+        sim = self.similarity
+        if not sim:
+            return None
+        metric = sim["selection_metric"]
+        m, names = np.asarray(sim["matrices"][metric]), sim["names"]
+        sign = -1.0 if sim["kinds"][metric] == "distance" else 1.0
+        return tuple(float(sign * m[names.index(target), names.index(s)]) for s in sources)
+
+
+@dataclass
+class Plan:
+    name: str
+    jobs: list[Job]
+    finish: Callable[[dict[tuple[str, str], dict[str, Any]]], dict[str, Any]]
+
+
+def curve_jobs(ctx: Context, target: str, recipes: list[Recipe]) -> list[Job]:
+    tc = ctx.run.cfg.transfer
+    return [(ctx.data.cell(target, f, n), r) for r in recipes for f in range(tc.folds) for n in tc.sizes]
+
+
+def _curves(results: list[dict[str, Any]], sizes: list[int], folds: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """Group cell results into per-(target, recipe) curves with per-fold AUCs."""
+    grid: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.full((folds, len(sizes)), np.nan))
+    extra: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        grid[(r["target"], r["recipe"])][r["fold"], sizes.index(r["size"])] = r["test_mae"]
+        extra[(r["target"], r["recipe"])].append(r)
+    return {k: {"summary": summarise_curve(sizes, m), "fold_auc": np.array([auc(sizes, row) for row in m]),
+                "cells": extra[k]} for k, m in grid.items()}
+
+
+def plan_curves(ctx: Context, target: str, sources: list[str]) -> Plan:
+    recipes = [SCRATCH, *[ctx.from_task(s) for s in sources]]
+
+    def finish(curves: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+        out = {r.label: _curve_entry(curves, target, r.label) for r in recipes}
+        return {"target": target, "units": ctx.data.units(target), "curves": out}
+
+    return Plan("curves", curve_jobs(ctx, target, recipes), finish)
+
+
+def _curve_entry(curves: dict[tuple[str, str], dict[str, Any]], target: str, label: str) -> dict[str, Any]:
+    c = curves[(target, label)]
+    entry = c["summary"].to_dict()
+    if label != "scratch":
+        g = fold_gains(curves[(target, "scratch")]["fold_auc"], c["fold_auc"])
+        entry["gain_mean"], entry["gain_se"] = mean_se(g)
+    return entry
+
+
+def plan_matrix(ctx: Context) -> Plan:
+    targets = ctx.data.targets
+    jobs = [j for t in targets for j in curve_jobs(ctx, t, [SCRATCH, *[ctx.from_task(s) for s in targets if s != t]])]
+
+    def finish(curves: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+        gains = {(t, s): _curve_entry(curves, t, s)["gain_mean"] for t in targets for s in targets if s != t}
+        gain = gain_matrix(targets, gains)
+        out: dict[str, Any] = {"targets": targets, "gain": gain.tolist(),
+                               "gain_se": gain_matrix(targets, {(t, s): _curve_entry(curves, t, s)["gain_se"]
+                                                                for t, s in gains}).tolist(),
+                               "curves": {t: {r: _curve_entry(curves, t, r) for r in ["scratch", *targets] if r != t}
+                                          for t in targets}, "similarity_vs_gain": {}}
+        sim = ctx.similarity
+        for metric, m in (sim.get("matrices") or {}).items():
+            idx = [sim["names"].index(t) for t in targets]
+            sub = np.asarray(m)[np.ix_(idx, idx)]
+            res = similarity_vs_gain(targets, sub, gain, metric, sim["kinds"][metric] != "distance")
+            out["similarity_vs_gain"][metric] = res
+        return out
+
+    return Plan("matrix", jobs, finish)
+
+
+def plan_subset(ctx: Context) -> Plan:
+    cfg = ctx.run.cfg
+    sources, subset = ctx.data.sources, ctx.similarity.get("subset", [])
+    splits = cfg.transfer.budget.resolved()
+    arms: list[tuple[str, str, list[str], tuple[int, int]]] = []  # (target, arm, tasks, split)
+    for t in ctx.data.targets:
+        diverse = [s for s in subset if s != t]
+        for split in splits:
+            if diverse:
+                arms.append((t, "diverse subset", diverse, split))
+            arms.append((t, "all others", [s for s in sources if s != t], split))
+    dirs, pending = submit_subsets(ctx.store_ref, [(ctx.data.subset(a[2]), a[3]) for a in arms], cfg.model,
+                                   cfg.transfer.budget, cfg.seed, ctx.run.artifacts / "subset-models",
+                                   cfg.transfer.num_cpus, cfg.transfer.num_gpus)
+    ctx.pending |= pending
+    label = {i: f"{arm} {split[0]}x{split[1]}" for i, (_, arm, _, split) in enumerate(arms)}
+    recipes = {i: Recipe("finetune", label[i], (str(d),)) for i, d in enumerate(dirs)}
+    jobs = [j for t in ctx.data.targets for j in curve_jobs(ctx, t, [SCRATCH])]
+    jobs += [j for i, (t, *_) in enumerate(arms) for j in curve_jobs(ctx, t, [recipes[i]])]
+
+    def finish(curves: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+        per_target: dict[str, dict[str, Any]] = {t: {"scratch": _curve_entry(curves, t, "scratch")}
+                                                 for t in ctx.data.targets}
+        for i, (t, arm, tasks, split) in enumerate(arms):
+            model = subset_model(dirs[i])
+            per_target[t][label[i]] = _curve_entry(curves, t, label[i]) | {
+                "pretrain_tasks": tasks, "labels_used": model.metrics["labels_used"],
+                "labels_available": model.metrics["labels_available"],
+                "samples_seen": model.metrics["samples_seen"], "pretrain_val_score": model.metrics["best_val_mae"]}
+        return {"subset": subset, "splits": [list(s) for s in splits], "targets": per_target,
+                "uncovered_targets": [t for t in ctx.data.targets if not [s for s in subset if s != t]]}
+
+    return Plan("subset", jobs, finish)
+
+
+def plan_moe(ctx: Context) -> Plan:
+    sources, init = ctx.data.sources, ctx.run.cfg.transfer.moe.init
+    recipes = {}
+    for t in ctx.data.targets:
+        experts = [s for s in sources if s != t]
+        theta = ctx.similarity_row(t, experts) if init == "similarity" else None
+        recipes[t] = (experts, Recipe("moe", "moe", tuple(ctx.model_dirs[s] for s in experts), theta))
+    jobs = [j for t, (_, r) in recipes.items() for j in curve_jobs(ctx, t, [SCRATCH, r])]
+    largest = ctx.run.cfg.transfer.sizes[-1]
+
+    def finish(curves: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+        gates = np.zeros((len(recipes), len(sources)))
+        out: dict[str, Any] = {"experts": sources, "k": ctx.run.cfg.transfer.moe.k, "init": init, "targets": {}}
+        for i, (t, (experts, _)) in enumerate(recipes.items()):
+            cells = [c for c in curves[(t, "moe")]["cells"] if c["size"] == largest]
+            mean_gate = np.mean([c["gates"] for c in cells], axis=0)
+            gates[i, [sources.index(e) for e in experts]] = mean_gate
+            out["targets"][t] = {"scratch": _curve_entry(curves, t, "scratch"), "moe": _curve_entry(curves, t, "moe"),
+                                 "gates": dict(zip(experts, mean_gate.round(4).tolist()))}
+        out["gate_matrix"] = gates.tolist()
+        return out
+
+    return Plan("moe", jobs, finish)
+
+
+def run_studies(ctx: Context, plans: list[Plan]) -> dict[str, Any]:
+    """Run all plans' cells in one go (shared cells once) and summarise each plan."""
+    tc = ctx.run.cfg.transfer
+    jobs = [j for p in plans for j in p.jobs]
+    n_cells = len({cell_key(c, r, ctx.settings) for c, r in jobs})
+    with ctx.run.timed("transfer") as timing, task_progress(ctx.run.console, "transfer", n_cells) as advance:
+        results = run_cells(ctx.store_ref, jobs, ctx.settings, ctx.run.artifacts / "cells", tc.num_cpus, tc.num_gpus,
+                            after=ctx.pending, on_done=advance)
+        timing["cells"] = n_cells
+    unique = list({(r["target"], r["recipe"], r["size"], r["fold"]): r for r in results}.values())
+    curves = _curves(unique, tc.sizes, tc.folds)
+    return {p.name: p.finish(curves) for p in plans}
+

@@ -1,0 +1,101 @@
+"""A small real transfer run through Ray: two QM9 tasks, two sizes, two folds; killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tasksim_ray.config import load_config
+from tasksim_ray.progress import Console
+from tasksim_ray.stages import Run
+from tasksim_ray.stages.data import stage_preprocess, stage_tasks
+from tasksim_ray.stages.transfer_data import TransferData, stage_transfer_data
+from tasksim_ray.transfer.runner import run_transfer
+
+from .conftest import REPO, TINY_CONFIG
+
+# enough epochs that a cell takes seconds, so the first run can be stopped between cells
+SETS = {"transfer.tasks": ["mu", "alpha"], "transfer.finetune.max_epochs": 40, "transfer.finetune.patience": 40}
+N_CELLS = 2 * 2 * 2  # recipes (scratch, from mu) x folds x sizes
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("transfer")
+
+
+def _cell_files(workdir: Path) -> dict[str, int]:
+    cells = workdir / "artifacts" / "cells"
+    return {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")} if cells.is_dir() else {}
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(workdir: Path, ray_local: None) -> tuple[dict[str, int], dict[str, Any]]:
+    """Start `tasksim curves` in a subprocess, stop it once some cells are done, resume in-process."""
+    args = [sys.executable, "-c", "from tasksim_ray.cli import main; main()", "curves", str(TINY_CONFIG),
+            "--target", "alpha", "--source", "mu", "--set", f"workdir={workdir}",
+            *[a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(_cell_files(workdir)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _cell_files(workdir)
+    cfg = load_config(TINY_CONFIG, {"workdir": str(workdir), **SETS})
+    return before, run_transfer(cfg, ["curves"], Console(quiet=True), target="alpha", sources=["mu"])
+
+
+def test_resumed_run_keeps_finished_cells(killed_then_resumed: tuple[dict[str, int], dict[str, Any]],
+                                          workdir: Path) -> None:
+    before, _ = killed_then_resumed
+    after = _cell_files(workdir)
+    assert 2 <= len(before) < N_CELLS, "the first run should have been stopped halfway"
+    assert len(after) == N_CELLS
+    assert all(after[name] == mtime for name, mtime in before.items())  # finished cells were not redone
+    assert not list((workdir / "artifacts" / "cells").glob(".*"))  # no half-written cell files
+
+
+def test_curves_and_gain(killed_then_resumed: tuple[dict[str, int], dict[str, Any]], workdir: Path) -> None:
+    _, result = killed_then_resumed
+    curves = result["studies"]["curves"]["curves"]
+    assert set(curves) == {"scratch", "mu"}
+    for entry in curves.values():
+        assert entry["sizes"] == [30, 90] and entry["n_folds"] == 2
+        assert np.isfinite(entry["auc_mean"]) and entry["auc_mean"] > 0
+        assert entry["auc_norm_mean"] == pytest.approx(entry["auc_mean"] / 60)
+    assert np.isfinite(curves["mu"]["gain_mean"])
+    cells = [json.loads(p.read_text()) for p in (workdir / "artifacts" / "cells").glob("*.json")]
+    assert {(c["recipe"], c["size"], c["fold"]) for c in cells} == {(r, n, f) for r in ("scratch", "mu")
+                                                                   for n in (30, 90) for f in (0, 1)}
+    assert all(c["epochs_run"] >= 1 and c["test_mae"] > 0 for c in cells)
+    for name in ("json", "markdown", "curves_curves_alpha"):
+        assert Path(result["paths"][name]).stat().st_size > 100
+
+
+def test_target_molecules_never_in_pretraining(killed_then_resumed: Any, workdir: Path) -> None:
+    cfg = load_config(TINY_CONFIG, {"workdir": str(workdir), **SETS})
+    run = Run(cfg, Console(quiet=True))
+    tasks = stage_tasks(run)
+    data = TransferData.load(stage_transfer_data(run, tasks, stage_preprocess(run, tasks)), tasks)
+    pretraining = {r for t in data.sources for part in ("pool", "pretrain_val") for r in data.rows[t][part]}
+    for t in data.targets:
+        held_out = set(data.rows[t]["val"]) | set(data.rows[t]["test"])
+        assert held_out and not held_out & pretraining
+        sub = data.subset([s for s in data.sources if s != t])
+        assert t not in sub.tasks
