@@ -99,3 +99,30 @@ def test_target_molecules_never_in_pretraining(killed_then_resumed: Any, workdir
         assert held_out and not held_out & pretraining
         sub = data.subset([s for s in data.sources if s != t])
         assert t not in sub.tasks
+
+
+def _cli(workdir: Path, *args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from tasksim_ray.cli import app
+
+    sets = [a for k, v in {"workdir": str(workdir), **SETS}.items() for a in ("--set", f"{k}={v}")]
+    return CliRunner().invoke(app, [*args, str(TINY_CONFIG), *sets])
+
+
+def test_cli_subset_pretraining_and_finetune(killed_then_resumed: Any, workdir: Path) -> None:
+    res = _cli(workdir, "pretrain", "--subset", "mu,lumo")
+    assert res.exit_code == 0, res.output
+    assert "200 x 3" in res.output  # budget 600 = 200 samples per epoch x 3 epochs
+    res = _cli(workdir, "finetune", "--target", "alpha", "--source", "mu", "--size", "30")
+    assert res.exit_code == 0, res.output
+    assert "test MAE scratch" in res.output and "from mu" in res.output
+
+
+def test_cli_transfer_errors_are_one_line(killed_then_resumed: Any, workdir: Path) -> None:
+    res = _cli(workdir, "finetune", "--target", "alpha", "--subset", "alpha,mu")
+    assert res.exit_code == 2 and "cannot be in its own pretraining data" in res.output
+    res = _cli(workdir, "curves", "--target", "alpha", "--source", "nope")
+    assert res.exit_code == 2 and "unknown source task" in res.output
+    res = _cli(workdir, "subset-study", "--set", "transfer.budget.epochs=7")
+    assert res.exit_code == 2 and "not divisible by epochs 7" in res.output

@@ -78,8 +78,8 @@ def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
         (out / "task_rows.json").write_text(json.dumps(rows))
         return {"n_graphs": int(len(valid)), "targets": targets, "sources": kept}
 
-    parts = [tasks.key, prep.key, cfg.seed, cfg.train.fold, cfg.train.n_val, targets, tc.sizes[-1], tc.folds, tc.n_val, tc.n_test,
-             tc.budget.pool_per_task]
+    parts = [tasks.key, prep.key, cfg.seed, cfg.train.fold, cfg.train.n_val, targets, tc.sizes[-1], tc.folds,
+             tc.n_val, tc.n_test, tc.budget.pool_per_task]
     return run.stage("transfer-data", parts, build)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from tasksim_ray.figures import plt, save_figure
 from tasksim_ray.transfer.analysis import CurveSummary, SimGain
@@ -31,8 +31,10 @@ def plot_learning_curves(path: Path, title: str, units: str, curves: dict[str, C
     sizes = sorted({s for c in curves.values() for s in c.sizes})
     ax.set_xticks(sizes, [str(s) for s in sizes])  # the measured sizes, not powers of ten
     ax.set_xticks([], minor=True)
-    ax.yaxis.set_major_formatter(ScalarFormatter())  # plain numbers: MAE ranges are often narrow
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # MAE ranges are often under a decade: label 2x and 5x too
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("training-set size")
     ax.set_ylabel(f"test MAE ({units})")
     ax.set_title(title)
@@ -105,8 +107,11 @@ def plot_confusion(path: Path, result: SimGain) -> None:
 
 
 def plot_subset_bars(path: Path, targets: list[str], bars: dict[str, tuple[list[float], list[float]]],
-                     ylabel: str, title: str) -> None:
-    """One group per target, one bar per label (mean with fold-SE error bars), to compare source sets side by side."""
+                     ylabel: str, title: str, reference: float | None = None) -> None:
+    """One group per target, one bar per label (mean with fold-SE error bars), to compare source sets side by side.
+
+    With ``reference`` (1.0 for AUC relative to scratch) a dashed line marks it and the axis zooms to the bars,
+    since the differences that matter are a few percent."""
     for label, (means, ses) in bars.items():
         if len(means) != len(targets) or len(ses) != len(targets):
             raise ValueError(f"bar {label!r} needs {len(targets)} means and SEs, got {len(means)} and {len(ses)}")
@@ -115,6 +120,12 @@ def plot_subset_bars(path: Path, targets: list[str], bars: dict[str, tuple[list[
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(targets), 4))
     for k, (label, (means, ses)) in enumerate(bars.items()):
         ax.bar(xs + (k - (len(bars) - 1) / 2) * width, means, width, yerr=ses, capsize=3, label=label)
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=0.8)
+        lo = np.nanmin([m - e for means, ses in bars.values() for m, e in zip(means, ses)] + [reference])
+        hi = np.nanmax([m + e for means, ses in bars.values() for m, e in zip(means, ses)] + [reference])
+        pad = 0.1 * (hi - lo) or 0.05
+        ax.set_ylim(lo - pad, hi + pad)
     ax.set_xticks(xs, targets, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tasksim_ray.cache import write_json_atomic, write_text_atomic
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import CurveSummary, SimGain
+
+if TYPE_CHECKING:
+    from tasksim_ray.transfer.study import Context
 
 _SUMMARY_FIELDS = set(CurveSummary.__dataclass_fields__)
 
@@ -62,7 +65,28 @@ def _table(per_target: dict[str, dict[str, Any]], labels: list[str]) -> list[str
     return lines
 
 
-def write_transfer_report(out: Path, results: dict[str, Any], ctx: Any) -> dict[str, Path]:
+def _relative_bars(per_target: dict[str, dict[str, Any]], targets: list[str],
+                   labels: list[str]) -> dict[str, tuple[list[float], list[float]]]:
+    """AUC / scratch AUC per target (1 - gain, fold SE), so tasks in different units share one axis."""
+    bars = {}
+    for lbl in labels:
+        means, ses = [], []
+        for t in targets:
+            e = per_target[t].get(lbl)
+            if e is None:
+                means.append(np.nan)
+                ses.append(0.0)
+            elif lbl == "scratch":
+                means.append(1.0)
+                ses.append(e["auc_se"] / e["auc_mean"])
+            else:
+                means.append(1.0 - e["gain_mean"])
+                ses.append(e["gain_se"])
+        bars[lbl] = (means, ses)
+    return bars
+
+
+def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> dict[str, Path]:
     """Figures and tables for whichever studies ran; returns the written paths by name."""
     out.mkdir(parents=True, exist_ok=True)
     units = {t: ctx.data.units(t) for t in ctx.data.sources}
@@ -101,12 +125,10 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Any) -> dict[
         r = results["subset"]
         targets = list(r["targets"])
         labels = list(dict.fromkeys(lbl for e in r["targets"].values() for lbl in e))
-        bars = {lbl: ([r["targets"][t][lbl]["auc_norm_mean"] if lbl in r["targets"][t] else np.nan for t in targets],
-                      [r["targets"][t][lbl]["auc_norm_se"] if lbl in r["targets"][t] else 0.0 for t in targets])
-                for lbl in labels}
         paths["subset_bars"] = out / "subset_study.png"
-        plots.plot_subset_bars(paths["subset_bars"], targets, bars, "normalised AUC of test MAE (lower is better)",
-                               f"Diverse subset {r['subset']} vs all other tasks vs scratch")
+        plots.plot_subset_bars(paths["subset_bars"], targets, _relative_bars(r["targets"], targets, labels),
+                               "AUC relative to scratch (lower is better)",
+                               f"Diverse subset {r['subset']} vs all other tasks vs scratch", reference=1.0)
         paths |= _curve_figures(out, "subset", r["targets"], units)
         md += ["## Subset study", "", f"Diverse subset: {', '.join(r['subset']) or '(none)'}; budget splits "
                f"(samples x epochs): {r['splits']}.", "", *_table(r["targets"], labels), "",

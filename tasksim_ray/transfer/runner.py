@@ -17,8 +17,8 @@ from tasksim_ray.stages.transfer_data import TransferData, stage_transfer_data
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
 from tasksim_ray.transfer.multitask import SubsetModel, submit_subsets, subset_model
 from tasksim_ray.transfer.report import write_transfer_report
-from tasksim_ray.transfer.study import (SCRATCH, Context, Plan, plan_curves, plan_matrix, plan_moe, plan_subset,
-                                        run_studies)
+from tasksim_ray.transfer.study import (SCRATCH, Context, Plan, SimilarityView, plan_curves, plan_matrix, plan_moe,
+                                        plan_subset, run_studies)
 
 STUDIES = ("curves", "matrix", "subset", "moe")
 
@@ -30,11 +30,10 @@ def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) 
     tasks = stage_tasks(run)
     stage = stage_transfer_data(run, tasks, stage_preprocess(run, tasks))
     data = TransferData.load(stage, tasks)
-    similarity: dict[str, Any] = {}
+    similarity = None
     if need_similarity:
-        similarity = {"names": res["tasks"], "matrices": res["matrices"],
-                      "kinds": {m: v["kind"] for m, v in res["metrics"].items()},
-                      "selection_metric": cfg.selection.metric, "subset": res["selection"]["subset"]}
+        similarity = SimilarityView(res["tasks"], res["matrices"], {m: v["kind"] for m, v in res["metrics"].items()},
+                                    cfg.selection.metric, res["selection"]["subset"])
     settings = CellSettings(cfg.model, cfg.transfer.finetune, cfg.transfer.moe, cfg.seed)
     return Context(run, data, ray.put(data.store()), settings, res["model_dirs"], similarity)
 

@@ -31,6 +31,25 @@ from tasksim_ray.transfer.multitask import submit_subsets, subset_model
 
 SCRATCH = Recipe("scratch", "scratch")
 Job = tuple[CellData, Recipe]
+Curves = dict[tuple[str, str], dict[str, Any]]  # (target, recipe label) -> summary, per-fold AUCs, cells
+
+
+@dataclass(frozen=True)
+class SimilarityView:
+    """The pipeline's similarity results the studies use: every metric's matrix over ``names``,
+    how to read it (similarity, distance, score), and the selected diverse subset."""
+
+    names: list[str]
+    matrices: dict[str, np.ndarray]
+    kinds: dict[str, str]
+    selection_metric: str
+    subset: list[str]
+
+    def row(self, target: str, sources: list[str]) -> tuple[float, ...]:
+        """The selection metric from ``target`` to each source, higher = more similar."""
+        m = np.asarray(self.matrices[self.selection_metric])
+        sign = -1.0 if self.kinds[self.selection_metric] == "distance" else 1.0
+        return tuple(float(sign * m[self.names.index(target), self.names.index(s)]) for s in sources)
 
 
 @dataclass
@@ -42,27 +61,18 @@ class Context:
     store_ref: ray.ObjectRef
     settings: CellSettings
     model_dirs: dict[str, str]
-    similarity: dict[str, Any] = field(default_factory=dict)  # names, matrices, kinds, selection subset
+    similarity: SimilarityView | None = None  # only the studies that need it compute it
     pending: dict[str, ray.ObjectRef] = field(default_factory=dict)  # pretraining runs in flight
 
     def from_task(self, source: str) -> Recipe:
         return Recipe("finetune", source, (self.model_dirs[source],))
-
-    def similarity_row(self, target: str, sources: list[str]) -> tuple[float, ...] | None:
-        sim = self.similarity
-        if not sim:
-            return None
-        metric = sim["selection_metric"]
-        m, names = np.asarray(sim["matrices"][metric]), sim["names"]
-        sign = -1.0 if sim["kinds"][metric] == "distance" else 1.0
-        return tuple(float(sign * m[names.index(target), names.index(s)]) for s in sources)
 
 
 @dataclass
 class Plan:
     name: str
     jobs: list[Job]
-    finish: Callable[[dict[tuple[str, str], dict[str, Any]]], dict[str, Any]]
+    finish: Callable[[Curves], dict[str, Any]]
 
 
 def curve_jobs(ctx: Context, target: str, recipes: list[Recipe]) -> list[Job]:
@@ -70,7 +80,7 @@ def curve_jobs(ctx: Context, target: str, recipes: list[Recipe]) -> list[Job]:
     return [(ctx.data.cell(target, f, n), r) for r in recipes for f in range(tc.folds) for n in tc.sizes]
 
 
-def _curves(results: list[dict[str, Any]], sizes: list[int], folds: int) -> dict[tuple[str, str], dict[str, Any]]:
+def _curves(results: list[dict[str, Any]], sizes: list[int], folds: int) -> Curves:
     """Group cell results into per-(target, recipe) curves with per-fold AUCs."""
     grid: dict[tuple[str, str], np.ndarray] = defaultdict(lambda: np.full((folds, len(sizes)), np.nan))
     extra: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -84,14 +94,14 @@ def _curves(results: list[dict[str, Any]], sizes: list[int], folds: int) -> dict
 def plan_curves(ctx: Context, target: str, sources: list[str]) -> Plan:
     recipes = [SCRATCH, *[ctx.from_task(s) for s in sources]]
 
-    def finish(curves: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    def finish(curves: Curves) -> dict[str, Any]:
         out = {r.label: _curve_entry(curves, target, r.label) for r in recipes}
         return {"target": target, "units": ctx.data.units(target), "curves": out}
 
     return Plan("curves", curve_jobs(ctx, target, recipes), finish)
 
 
-def _curve_entry(curves: dict[tuple[str, str], dict[str, Any]], target: str, label: str) -> dict[str, Any]:
+def _curve_entry(curves: Curves, target: str, label: str) -> dict[str, Any]:
     c = curves[(target, label)]
     entry = c["summary"].to_dict()
     if label != "scratch":
@@ -104,7 +114,7 @@ def plan_matrix(ctx: Context) -> Plan:
     targets = ctx.data.targets
     jobs = [j for t in targets for j in curve_jobs(ctx, t, [SCRATCH, *[ctx.from_task(s) for s in targets if s != t]])]
 
-    def finish(curves: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    def finish(curves: Curves) -> dict[str, Any]:
         gains = {(t, s): _curve_entry(curves, t, s)["gain_mean"] for t in targets for s in targets if s != t}
         gain = gain_matrix(targets, gains)
         out: dict[str, Any] = {"targets": targets, "gain": gain.tolist(),
@@ -113,11 +123,11 @@ def plan_matrix(ctx: Context) -> Plan:
                                "curves": {t: {r: _curve_entry(curves, t, r) for r in ["scratch", *targets] if r != t}
                                           for t in targets}, "similarity_vs_gain": {}}
         sim = ctx.similarity
-        for metric, m in (sim.get("matrices") or {}).items():
-            idx = [sim["names"].index(t) for t in targets]
+        for metric, m in (sim.matrices if sim else {}).items():
+            idx = [sim.names.index(t) for t in targets]
             sub = np.asarray(m)[np.ix_(idx, idx)]
-            res = similarity_vs_gain(targets, sub, gain, metric, sim["kinds"][metric] != "distance")
-            out["similarity_vs_gain"][metric] = res
+            out["similarity_vs_gain"][metric] = similarity_vs_gain(targets, sub, gain, metric,
+                                                                   sim.kinds[metric] != "distance")
         return out
 
     return Plan("matrix", jobs, finish)
@@ -125,7 +135,7 @@ def plan_matrix(ctx: Context) -> Plan:
 
 def plan_subset(ctx: Context) -> Plan:
     cfg = ctx.run.cfg
-    sources, subset = ctx.data.sources, ctx.similarity.get("subset", [])
+    sources, subset = ctx.data.sources, (ctx.similarity.subset if ctx.similarity else [])
     splits = cfg.transfer.budget.resolved()
     arms: list[tuple[str, str, list[str], tuple[int, int]]] = []  # (target, arm, tasks, split)
     for t in ctx.data.targets:
@@ -143,7 +153,7 @@ def plan_subset(ctx: Context) -> Plan:
     jobs = [j for t in ctx.data.targets for j in curve_jobs(ctx, t, [SCRATCH])]
     jobs += [j for i, (t, *_) in enumerate(arms) for j in curve_jobs(ctx, t, [recipes[i]])]
 
-    def finish(curves: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    def finish(curves: Curves) -> dict[str, Any]:
         per_target: dict[str, dict[str, Any]] = {t: {"scratch": _curve_entry(curves, t, "scratch")}
                                                  for t in ctx.data.targets}
         for i, (t, arm, tasks, split) in enumerate(arms):
@@ -163,12 +173,12 @@ def plan_moe(ctx: Context) -> Plan:
     recipes = {}
     for t in ctx.data.targets:
         experts = [s for s in sources if s != t]
-        theta = ctx.similarity_row(t, experts) if init == "similarity" else None
+        theta = ctx.similarity.row(t, experts) if init == "similarity" and ctx.similarity else None
         recipes[t] = (experts, Recipe("moe", "moe", tuple(ctx.model_dirs[s] for s in experts), theta))
     jobs = [j for t, (_, r) in recipes.items() for j in curve_jobs(ctx, t, [SCRATCH, r])]
     largest = ctx.run.cfg.transfer.sizes[-1]
 
-    def finish(curves: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    def finish(curves: Curves) -> dict[str, Any]:
         gates = np.zeros((len(recipes), len(sources)))
         out: dict[str, Any] = {"experts": sources, "k": ctx.run.cfg.transfer.moe.k, "init": init, "targets": {}}
         for i, (t, (experts, _)) in enumerate(recipes.items()):
