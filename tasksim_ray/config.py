@@ -210,8 +210,21 @@ class MoEConfig(_Strict):
     head_lr: float = Field(default=1e-2, gt=0)
 
 
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "head": {"strategy": "head"},
+    "last": {"strategy": "last"},
+    "gradual + LLRD": {"gradual_unfreeze": 2, "llrd": 0.8},
+    "full + L2-SP": {"regularizer": {"kind": "l2sp", "weight": 0.01}},
+    "full + BSS": {"regularizer": {"kind": "bss", "weight": 0.001, "bss_k": 1}},
+}
+
+
 class TransferConfig(_Strict):
-    """The transfer experiments: learning curves over (target, recipe, size, fold) cells."""
+    """The transfer experiments: learning curves over (target, recipe, size, fold) cells.
+
+    ``variants`` are fine-tuning recipes compared by the strategies study, each a set of
+    overrides of ``finetune``; ``strategy_pairs`` the (target, source) pairs they run on."""
 
     tasks: list[str] | None = None  # kept tasks that take part (default: all kept tasks)
     sizes: list[int] = Field(default_factory=lambda: [100, 300, 1000], min_length=2)
@@ -221,6 +234,8 @@ class TransferConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
     budget: BudgetConfig = BudgetConfig()
     moe: MoEConfig = MoEConfig()
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)
+    strategy_pairs: list[tuple[str, str]] = Field(default_factory=list)
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
 
@@ -228,7 +243,21 @@ class TransferConfig(_Strict):
     def _sizes_increase(self) -> TransferConfig:
         if any(b <= a for a, b in zip(self.sizes, self.sizes[1:])) or self.sizes[0] < 2:
             raise ValueError("transfer.sizes must be increasing training-set sizes of at least 2")
+        for target, source in self.strategy_pairs:
+            if target == source:
+                raise ValueError(f"transfer.strategy_pairs: target '{target}' cannot be its own source")
+        self.variant_configs()
         return self
+
+    def variant_configs(self) -> dict[str, FinetuneConfig]:
+        """Each variant as a full fine-tuning config: ``finetune`` with the variant's keys replaced."""
+        out = {}
+        for name, override in self.variants.items():
+            try:
+                out[name] = FinetuneConfig.model_validate(self.finetune.model_dump() | override)
+            except ValidationError as exc:
+                raise ValueError(f"variant '{name}': {_first_error(exc)}") from None
+        return out
 
 
 class RayConfig(_Strict):

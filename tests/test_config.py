@@ -26,6 +26,12 @@ def test_shipped_configs_validate() -> None:
     ("data:\n  source: table\n", "data.path is required"),
     ("train: [1, 2\n", "malformed YAML (line"),
     ("- a\n- b\n", "top level must be a mapping"),
+    ("transfer:\n  budget:\n    total: 1000\n    samples: 300\n", "budget 1000 is not divisible by samples 300"),
+    ("transfer:\n  sizes: [300, 100]\n", "transfer.sizes must be increasing"),
+    ("transfer:\n  finetune:\n    strategy: layers\n", "finetune.layers must list"),
+    ("transfer:\n  variants:\n    x: {strategy: nope}\n", "variant 'x': key 'strategy'"),
+    ("transfer:\n  strategy_pairs: [[mu, mu]]\n", "cannot be its own source"),
+    ("transfer:\n  folds: 9\n", "exceeds preprocess.n_folds"),
 ])
 def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(TasksimError) as info:

@@ -126,3 +126,15 @@ def test_cli_transfer_errors_are_one_line(killed_then_resumed: Any, workdir: Pat
     assert res.exit_code == 2 and "unknown source task" in res.output
     res = _cli(workdir, "subset-study", "--set", "transfer.budget.epochs=7")
     assert res.exit_code == 2 and "not divisible by epochs 7" in res.output
+
+
+def test_cli_strategies_compares_variants(killed_then_resumed: Any, workdir: Path) -> None:
+    variants = "{head: {strategy: head}, l2sp: {regularizer: {kind: l2sp, weight: 0.1}}}"
+    res = _cli(workdir, "strategies", "--target", "alpha", "--source", "mu", "--set", f"transfer.variants={variants}")
+    assert res.exit_code == 0, res.output
+    result = json.loads((workdir / "report" / "transfer" / "strategies.json").read_text())
+    pair = result["strategies"]["pairs"][0]
+    assert (pair["target"], pair["source"]) == ("alpha", "mu")
+    assert set(pair["variants"]) == {"head", "l2sp"}
+    assert all(np.isfinite(v["gain_mean"]) for v in pair["variants"].values())
+    assert result["strategies"]["variants"]["l2sp"]["regularizer"] == {"kind": "l2sp", "weight": 0.1, "bss_k": 1}

@@ -1,5 +1,5 @@
 """Transfer verbs: pretrain (per task, or a subset under a budget), finetune, curves,
-transfer-matrix, subset-study, moe, and study (matrix + subset + moe in one run)."""
+transfer-matrix, subset-study, moe, strategies, and study (the whole design in one run)."""
 
 from __future__ import annotations
 
@@ -73,11 +73,15 @@ def finetune(config: ConfigArg, target: TargetOpt, source: SourceOpt = None, set
                   f"({100 * (1 - f['test_mae'] / s['test_mae']):+.1f}%)")
 
 
-def _study(config: Path, sets: list[str] | None, studies: list[str], **kw: Any) -> None:
+def _study(config: Path, sets: list[str] | None, studies: list[str] | None, **kw: Any) -> None:
+    """Run ``studies`` (None: the whole design, with the strategies study if the config names pairs)."""
     try:
         from tasksim_ray.transfer.runner import run_transfer
 
-        result = run_transfer(_load(config, sets), studies, console, **kw)
+        cfg = _load(config, sets)
+        if studies is None:
+            studies = ["matrix", "subset", "moe"] + (["strategies"] if cfg.transfer.strategy_pairs else [])
+        result = run_transfer(cfg, studies, console, **kw)
     except TasksimError as exc:
         fail(exc)
     md = Path(result["paths"]["markdown"])
@@ -110,6 +114,14 @@ def moe(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
+def strategies(config: ConfigArg, target: Annotated[str | None, typer.Option(help="target task")] = None,
+               source: SourceOpt = None, set_: SetOpt = None) -> None:
+    """Fine-tuning variants (transfer.variants) on TARGET from each source, or on transfer.strategy_pairs."""
+    _study(config, set_, ["strategies"], target=target, sources=source)
+
+
+@app.command()
 def study(config: ConfigArg, set_: SetOpt = None) -> None:
-    """The whole transfer design in one run: gain matrix, similarity vs gain, subset study, MoE."""
-    _study(config, set_, ["matrix", "subset", "moe"])
+    """The whole transfer design in one run: gain matrix, similarity vs gain, subset study, MoE
+    (and the fine-tuning variants when transfer.strategy_pairs is set)."""
+    _study(config, set_, None)

@@ -39,6 +39,7 @@ class Recipe:
     label: str
     checkpoints: tuple[str, ...] = ()
     theta: tuple[float, ...] | None = None
+    finetune: FinetuneConfig | None = None  # a fine-tuning variant; None: the config's ``finetune``
 
     @property
     def key(self) -> str:
@@ -76,7 +77,7 @@ class CellSettings:
         if recipe.kind == "scratch":
             return [self.model.model_dump(), self.finetune.model_dump(include={"lr", "max_epochs", "patience",
                                                                               "batch_size"})]
-        return self.finetune.model_dump()
+        return (recipe.finetune or self.finetune).model_dump()
 
 
 def cell_key(cell: CellData, recipe: Recipe, settings: CellSettings) -> str:
@@ -92,7 +93,7 @@ def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.devi
     if recipe.kind == "finetune":
         model, _ = load_checkpoint(Path(recipe.checkpoints[0]), device)
         model.reset_head(1)
-        return model, finetune_options(model, settings.finetune, pretrained=True)
+        return model, finetune_options(model, recipe.finetune or settings.finetune, pretrained=True)
     experts = [load_checkpoint(Path(c), device)[0] for c in recipe.checkpoints]
     theta = initial_theta(len(experts), settings.moe.init,
                           np.array(recipe.theta) if recipe.theta is not None else None, seed)
@@ -153,4 +154,5 @@ def run_cells(store_ref: ray.ObjectRef, jobs: list[tuple[CellData, Recipe]], set
         write_json_atomic(cells_dir / f"{key}.json", results[key])  # durable before the next one finishes
         if on_done:
             on_done(name, False)
-    return [results[cell_key(cell, recipe, settings)] for cell, recipe in jobs]
+    # the same cell can serve several labels (a variant equal to the default recipe): label by the job
+    return [results[cell_key(cell, recipe, settings)] | {"recipe": recipe.label} for cell, recipe in jobs]

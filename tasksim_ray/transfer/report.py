@@ -50,8 +50,8 @@ def _curve_figures(out: Path, study: str, per_target: dict[str, dict[str, dict[s
     return paths
 
 
-def _table(per_target: dict[str, dict[str, Any]], labels: list[str]) -> list[str]:
-    lines = ["| target | " + " | ".join(f"{lbl} (norm. AUC)" for lbl in labels) + " |",
+def _table(per_target: dict[str, dict[str, Any]], labels: list[str], first: str = "target") -> list[str]:
+    lines = [f"| {first} | " + " | ".join(f"{lbl} (norm. AUC)" for lbl in labels) + " |",
              "|---" * (len(labels) + 1) + "|"]
     for t, entries in per_target.items():
         cells = []
@@ -148,6 +148,22 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
         md += [f"| {t} | " + ", ".join(f"{k} {v:.2f}" for k, v in e["gates"].items() if v > 0) + " |"
                for t, e in r["targets"].items()]
         md.append("")
+    if "strategies" in results:
+        r = results["strategies"]
+        names = list(r["variants"])
+        pairs = {f"{p['source']}→{p['target']}": {"scratch": p["scratch"], **p["variants"]} for p in r["pairs"]}
+        paths["strategy_bars"] = out / "strategies.png"
+        plots.plot_subset_bars(paths["strategy_bars"], list(pairs), _relative_bars(pairs, list(pairs),
+                                                                                   ["scratch", *names]),
+                               "AUC relative to scratch (lower is better)", "Fine-tuning variants (source→target)",
+                               reference=1.0)
+        for p in r["pairs"]:
+            key = f"curves_strategies_{p['source']}_to_{p['target']}"
+            paths[key] = out / f"{key}.png"
+            plots.plot_learning_curves(paths[key], f"{p['target']} from {p['source']}: fine-tuning variants",
+                                       units[p["target"]], {"scratch": _summary(p["scratch"]),
+                                                            **{n: _summary(e) for n, e in p["variants"].items()}})
+        md += ["## Fine-tuning variants", "", *_table(pairs, ["scratch", *names], "source→target"), ""]
     # one JSON and one summary per run of studies, named by them, so `tasksim moe` does not erase the matrix
     name = "_".join(results)
     paths["json"] = out / f"{name}.json"

@@ -18,9 +18,9 @@ from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
 from tasksim_ray.transfer.multitask import SubsetModel, submit_subsets, subset_model
 from tasksim_ray.transfer.report import write_transfer_report
 from tasksim_ray.transfer.study import (SCRATCH, Context, Plan, SimilarityView, plan_curves, plan_matrix, plan_moe,
-                                        plan_subset, run_studies)
+                                        plan_strategies, plan_subset, run_studies)
 
-STUDIES = ("curves", "matrix", "subset", "moe")
+STUDIES = ("curves", "matrix", "subset", "moe", "strategies")
 
 
 def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) -> Context:
@@ -52,6 +52,13 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
             chosen = sources if sources else [s for s in ctx.data.targets if s != target]
             _check_sources(ctx, str(target), chosen)
             plans.append(plan_curves(ctx, str(target), chosen))
+        elif study == "strategies":
+            pairs = [(str(target), s) for s in sources or []] if target else cfg.transfer.strategy_pairs
+            if not pairs:
+                raise TasksimError("strategies: give --target and --source, or transfer.strategy_pairs in the config")
+            for t, s in pairs:
+                _check_sources(ctx, t, [s])
+            plans.append(plan_strategies(ctx, pairs))
         else:
             plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe}[study](ctx))
     results = run_studies(ctx, plans)

@@ -9,7 +9,8 @@ then each study summarises its cells:
   similarity metric predicts it;
 - ``subset``: per target, pretrain on the selected diverse subset vs on all other tasks under the
   same budget, then fine-tune;
-- ``moe``: per target, a mixture of the other tasks' frozen experts.
+- ``moe``: per target, a mixture of the other tasks' frozen experts;
+- ``strategies``: fine-tuning variants (strategy, unfreezing, regulariser) on chosen pairs.
 """
 
 from __future__ import annotations
@@ -166,6 +167,22 @@ def plan_subset(ctx: Context) -> Plan:
                 "uncovered_targets": [t for t in ctx.data.targets if not [s for s in subset if s != t]]}
 
     return Plan("subset", jobs, finish)
+
+
+def plan_strategies(ctx: Context, pairs: list[tuple[str, str]]) -> Plan:
+    """Each fine-tuning variant of ``transfer.variants`` on each (target, source) pair."""
+    variants = ctx.run.cfg.transfer.variant_configs()
+    recipes = {(t, s): [Recipe("finetune", f"{s}: {name}", (ctx.model_dirs[s],), finetune=ft)
+                        for name, ft in variants.items()] for t, s in pairs}
+    jobs = [j for (t, _), rs in recipes.items() for j in curve_jobs(ctx, t, [SCRATCH, *rs])]
+
+    def finish(curves: Curves) -> dict[str, Any]:
+        return {"variants": {name: ft.model_dump() for name, ft in variants.items()},
+                "pairs": [{"target": t, "source": s, "scratch": _curve_entry(curves, t, "scratch"),
+                           "variants": {r.label.split(": ", 1)[1]: _curve_entry(curves, t, r.label) for r in rs}}
+                          for (t, s), rs in recipes.items()]}
+
+    return Plan("strategies", jobs, finish)
 
 
 def plan_moe(ctx: Context) -> Plan:
