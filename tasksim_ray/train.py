@@ -14,6 +14,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,56 +99,102 @@ def masked_mae(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(present.any(0), np.nansum(err, 0) / np.maximum(present.sum(0), 1), np.nan)
 
 
+class Trainer:
+    """Epoch-by-epoch training, so a caller can report after every epoch (Ray Tune) and save and
+    restore the whole state (model, optimiser, data order, early-stopping record) to resume."""
+
+    def __init__(self, model: nn.Module, train_graphs: Sequence[Data], y_train: np.ndarray,
+                 val_graphs: Sequence[Data], y_val: np.ndarray, opts: FitOptions, seed: int,
+                 mean: np.ndarray | float, std: np.ndarray | float, device: torch.device | None = None) -> None:
+        self.device = device or torch.device("cpu")
+        torch.manual_seed(seed)
+        self.model, self.opts = model.to(self.device), opts
+        self.mean, self.std = np.atleast_1d(np.asarray(mean, float)), np.atleast_1d(np.asarray(std, float))
+        self.val_graphs, self.y_val = val_graphs, as_matrix(y_val)
+        self.train_data = _with_targets(train_graphs, (as_matrix(y_train) - self.mean) / self.std)
+        self.generator = torch.Generator().manual_seed(seed)
+        if opts.sampler is not None:
+            self.loader = DataLoader(self.train_data, batch_size=opts.batch_size, sampler=opts.sampler)
+        else:
+            self.loader = DataLoader(self.train_data, batch_size=opts.batch_size, shuffle=True,
+                                     generator=self.generator)
+        self.optimizer = (opts.make_optimizer(model) if opts.make_optimizer else
+                          torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=opts.lr,
+                                           weight_decay=opts.weight_decay))
+        self.epoch, self.best_score, self.best_epoch = 0, float("inf"), -1
+        self.best_mae = np.full(len(self.mean), np.nan)
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.history: list[dict[str, float]] = []
+        self.seconds, self.seen = 0.0, 0
+
+    @property
+    def done(self) -> bool:
+        patience = self.opts.patience
+        return self.epoch >= self.opts.max_epochs or (patience is not None and self.epoch - 1 - self.best_epoch
+                                                      >= patience and self.epoch > 0)
+
+    def run_epoch(self) -> dict[str, float]:
+        """One pass over the training data and a validation pass; returns the epoch's record."""
+        start = time.perf_counter()
+        if self.opts.on_epoch_start:
+            self.opts.on_epoch_start(self.epoch)
+        self.model.train()
+        total, n_batches = 0.0, 0
+        for batch in self.loader:
+            batch = batch.to(self.device)
+            self.optimizer.zero_grad()
+            pred, z = forward(self.model, batch)
+            loss = masked_mse(pred, batch.y)
+            if self.opts.penalty is not None:
+                loss = loss + self.opts.penalty(z)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+            n_batches += 1
+            self.seen += batch.num_graphs
+        mae = masked_mae(predict(self.model, self.val_graphs, 256, self.device) * self.std + self.mean, self.y_val)
+        score = float(np.nanmean(mae / self.std))
+        record = {"epoch": self.epoch, "train_loss": total / max(n_batches, 1), "val_score": score,
+                  **({"val_mae": float(mae[0])} if len(mae) == 1 else {})}
+        self.history.append(record)
+        if score < self.best_score:
+            self.best_score, self.best_epoch, self.best_mae = score, self.epoch, mae
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.epoch += 1
+        self.seconds += time.perf_counter() - start
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "epoch": self.epoch, "best_score": self.best_score,
+                "best_epoch": self.best_epoch, "best_mae": self.best_mae, "best_state": self.best_state,
+                "history": self.history, "seconds": self.seconds, "seen": self.seen,
+                "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        trainable = set(state["trainable"])
+        for n, p in self.model.named_parameters():  # gradual unfreezing may have opened layers
+            p.requires_grad_(n in trainable)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        for key in ("epoch", "best_score", "best_epoch", "best_mae", "best_state", "history", "seconds", "seen"):
+            setattr(self, key, state[key])
+
+    def finish(self) -> TrainResult:
+        """Restore the best-validation weights and summarise the run."""
+        self.model.load_state_dict(self.best_state)
+        best = float(self.best_mae[0]) if len(self.best_mae) == 1 else self.best_score
+        return TrainResult(best, self.best_epoch, self.epoch, len(self.train_data), len(self.val_graphs),
+                           self.seconds, self.seen / max(self.seconds, 1e-9), [float(v) for v in self.best_mae],
+                           self.history)
+
+
 def fit(model: nn.Module, train_graphs: Sequence[Data], y_train: np.ndarray,
         val_graphs: Sequence[Data], y_val: np.ndarray, opts: FitOptions, seed: int,
         mean: np.ndarray | float, std: np.ndarray | float, device: torch.device | None = None) -> TrainResult:
-    """Train ``model`` in place; ``y_*`` are (n,) or (n, T) in task units, NaN = no label."""
-    device = device or torch.device("cpu")
-    torch.manual_seed(seed)
-    model.to(device)
-    mean, std = np.atleast_1d(np.asarray(mean, float)), np.atleast_1d(np.asarray(std, float))
-    y_val = as_matrix(y_val)
-    train_data = _with_targets(train_graphs, (as_matrix(y_train) - mean) / std)
-    if opts.sampler is not None:
-        loader = DataLoader(train_data, batch_size=opts.batch_size, sampler=opts.sampler)
-    else:
-        loader = DataLoader(train_data, batch_size=opts.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
-    opt = (opts.make_optimizer(model) if opts.make_optimizer else
-           torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=opts.lr,
-                            weight_decay=opts.weight_decay))
-    best_score, best_epoch, best_mae = float("inf"), -1, np.full(len(mean), np.nan)
-    best_state = copy.deepcopy(model.state_dict())
-    history: list[dict[str, float]] = []
-    start, seen, epoch = time.perf_counter(), 0, 0
-    for epoch in range(opts.max_epochs):
-        if opts.on_epoch_start:
-            opts.on_epoch_start(epoch)
-        model.train()
-        total, n_batches = 0.0, 0
-        for batch in loader:
-            batch = batch.to(device)
-            opt.zero_grad()
-            pred, z = forward(model, batch)
-            loss = masked_mse(pred, batch.y)
-            if opts.penalty is not None:
-                loss = loss + opts.penalty(z)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            n_batches += 1
-            seen += batch.num_graphs
-        mae = masked_mae(predict(model, val_graphs, 256, device) * std + mean, y_val)
-        score = float(np.nanmean(mae / std))
-        history.append({"epoch": epoch, "train_loss": total / max(n_batches, 1), "val_score": score,
-                        **({"val_mae": float(mae[0])} if len(mae) == 1 else {})})
-        if score < best_score:
-            best_score, best_epoch, best_mae = score, epoch, mae
-            best_state = copy.deepcopy(model.state_dict())
-        elif opts.patience is not None and epoch - best_epoch >= opts.patience:
-            break
-    model.load_state_dict(best_state)
-    seconds = time.perf_counter() - start
-    best = float(best_mae[0]) if len(best_mae) == 1 else best_score
-    return TrainResult(best, best_epoch, epoch + 1, len(train_data), len(val_graphs), seconds,
-                       seen / max(seconds, 1e-9), [float(v) for v in best_mae], history)
+    """Train ``model`` in place until early stopping; ``y_*`` are (n,) or (n, T), NaN = no label."""
+    trainer = Trainer(model, train_graphs, y_train, val_graphs, y_val, opts, seed, mean, std, device)
+    while not trainer.done:
+        trainer.run_epoch()
+    return trainer.finish()

@@ -60,11 +60,11 @@ def finetune(config: ConfigArg, target: TargetOpt, source: SourceOpt = None, set
     """Fine-tune TARGET from one source model (or a pretrained subset) next to scratch, on one cell."""
     try:
         sources = _tasks(subset) if subset else list(source or [])
-        if len(sources) != 1 and not subset:
+        if (len(sources) != 1 and not subset) or (subset and source):
             raise TasksimError("give exactly one --source, or --subset a,b,...")
         from tasksim_ray.transfer.runner import finetune_once
 
-        r = finetune_once(_load(config, set_), target, sources, size, fold, console)
+        r = finetune_once(_load(config, set_), target, sources, size, fold, console, subset=subset is not None)
     except TasksimError as exc:
         fail(exc)
     s, f = r["scratch"], r["finetuned"]
@@ -125,3 +125,4 @@ def study(config: ConfigArg, set_: SetOpt = None) -> None:
     """The whole transfer design in one run: gain matrix, similarity vs gain, subset study, MoE
     (and the fine-tuning variants when transfer.strategy_pairs is set)."""
     _study(config, set_, None)
+

@@ -25,7 +25,7 @@ from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table
 from tasksim_ray.tasks import TaskTable
 from tasksim_ray.transfer.cells import CellData
-from tasksim_ray.transfer.multitask import SubsetData
+from tasksim_ray.transfer.multitask import SubsetData, TaskPool, combine_pools
 
 
 def _labelled(labels: np.ndarray, order: np.ndarray, limit: int) -> list[int]:
@@ -131,12 +131,11 @@ class TransferData:
         return CellData(target, fold, size, self._pos(train), lab[train], self._pos(d["val"]), lab[d["val"]],
                         self._pos(d["test"]), lab[d["test"]], key)
 
+    def pool(self, task: str) -> TaskPool:
+        d, lab = self.rows[task], self.table.labels(task)
+        return TaskPool(task, d["pool"], self._pos(d["pool"]), lab[d["pool"]], d["pretrain_val"],
+                        self._pos(d["pretrain_val"]), lab[d["pretrain_val"]])
+
     def subset(self, tasks: list[str]) -> SubsetData:
         """Pretraining data of ``tasks``, validated on the per-task models' validation molecules."""
-        pools = [self.rows[t]["pool"] for t in tasks]
-        val_rows = sorted({r for t in tasks for r in self.rows[t]["pretrain_val"]})
-        val_y = np.stack([self.table.labels(t)[val_rows] for t in tasks], axis=1)
-        key = stable_hash(self.tasks_key, tasks, pools, val_rows)
-        return SubsetData(tuple(tasks), tuple(self._pos(p) for p in pools),
-                          tuple(self.table.labels(t)[p] for t, p in zip(tasks, pools)),
-                          self._pos(val_rows), val_y, key)
+        return combine_pools(self.tasks_key, [self.pool(t) for t in tasks])

@@ -45,6 +45,35 @@ class SubsetData:
 
 
 @dataclass(frozen=True)
+class TaskPool:
+    """One task's pretraining pool and validation molecules: table rows, store positions, labels."""
+
+    task: str
+    rows: list[int]
+    pos: np.ndarray
+    y: np.ndarray
+    val_rows: list[int]
+    val_pos: np.ndarray
+    val_y: np.ndarray
+
+
+def combine_pools(tasks_key: str, pools: list[TaskPool]) -> SubsetData:
+    """A subset's pretraining data from its tasks' pools; validation on the union of their
+    validation molecules, each task labelled where it has a label (NaN elsewhere)."""
+    val_rows = sorted({r for p in pools for r in p.val_rows})
+    where = {r: i for i, r in enumerate(val_rows)}
+    val_pos = np.zeros(len(val_rows), dtype=int)
+    val_y = np.full((len(val_rows), len(pools)), np.nan)
+    for t, p in enumerate(pools):
+        idx = [where[r] for r in p.val_rows]
+        val_pos[idx] = p.val_pos
+        val_y[idx, t] = p.val_y
+    key = stable_hash(tasks_key, [p.task for p in pools], [p.rows for p in pools], val_rows)
+    return SubsetData(tuple(p.task for p in pools), tuple(p.pos for p in pools), tuple(p.y for p in pools),
+                      val_pos, val_y, key)
+
+
+@dataclass(frozen=True)
 class SubsetModel:
     tasks: tuple[str, ...]
     split: tuple[int, int]
@@ -52,12 +81,10 @@ class SubsetModel:
     metrics: dict[str, Any]
 
 
-def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig,
-                    split: tuple[int, int], seed: int, out_dir: str, num_threads: int = 1) -> dict[str, Any]:
-    """Train one multi-task model and write its checkpoint folder atomically (a Ray task body)."""
-    torch.set_num_threads(num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
-    graphs = unpack_graphs(store)
+def flatten_pools(graphs: list, data: SubsetData) -> tuple[list, np.ndarray, list[np.ndarray], np.ndarray,
+                                                             np.ndarray]:
+    """One sample per (molecule, task) label: graphs, (n, T) labels with NaN off the task's column,
+    each task's sample indices, and per-task label mean and std."""
     n_tasks = len(data.tasks)
     flat_graphs, rows, pools, start = [], [], [], 0
     for t, (pos, y) in enumerate(zip(data.pool_pos, data.pool_y)):
@@ -67,9 +94,26 @@ def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg:
         rows.append(block)
         pools.append(np.arange(start, start + len(pos)))
         start += len(pos)
-    y_train = np.concatenate(rows)
     mean = np.array([float(np.mean(y)) for y in data.pool_y])
     std = np.array([float(np.std(y)) or 1.0 for y in data.pool_y])
+    return flat_graphs, np.concatenate(rows), pools, mean, std
+
+
+def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig,
+                    split: tuple[int, int], seed: int, out_dir: str, num_threads: int = 1) -> dict[str, Any]:
+    """Train one multi-task model and write its checkpoint folder atomically (a Ray task body);
+    with ``budget.workers`` > 1 the training runs data-parallel on Ray Train workers."""
+    if budget.workers > 1:
+        from tasksim_ray.transfer.distributed import pretrain_subset_ray_train
+
+        pretrain_subset_ray_train(ray.put(store), data, model_cfg, budget, split, seed, out_dir,
+                                  str(Path(out_dir).parent.resolve() / "_ray_train"))
+        return read_manifest(Path(out_dir))["metrics"]
+    torch.set_num_threads(num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+    graphs = unpack_graphs(store)
+    n_tasks = len(data.tasks)
+    flat_graphs, y_train, pools, mean, std = flatten_pools(graphs, data)
     n_per_epoch, epochs = split
     sampler = BudgetSampler(pools, n_per_epoch, budget.sampling, budget.temperature, seed)
     torch.manual_seed(seed)
@@ -92,8 +136,17 @@ def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg:
 def subset_key(data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig, split: tuple[int, int],
                seed: int) -> str:
     settings = budget.model_dump(include={"sampling", "temperature", "lr", "batch_size"})
+    if budget.workers > 1:  # data-parallel training is not bit-identical to one worker
+        settings["workers"] = budget.workers
     return stable_hash("subset-model", __version__, data.tasks, data.content_key, model_cfg.model_dump(), settings,
                        list(split), seed)
+
+
+def subset_dir(root: Path, data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig, split: tuple[int, int],
+               seed: int) -> Path:
+    """Where this pretraining's checkpoint lives: named by its tasks and split, keyed by content."""
+    key = subset_key(data, model_cfg, budget, split, seed)
+    return root / f"{'+'.join(data.tasks)[:60]}-{split[0]}x{split[1]}-{key}"
 
 
 def submit_subsets(store_ref: ray.ObjectRef, jobs: list[tuple[SubsetData, tuple[int, int]]],
@@ -105,8 +158,7 @@ def submit_subsets(store_ref: ray.ObjectRef, jobs: list[tuple[SubsetData, tuple[
     pending: dict[str, ray.ObjectRef] = {}
     dirs = []
     for data, split in jobs:
-        directory = root / f"{'+'.join(data.tasks)[:60]}-{split[0]}x{split[1]}-" \
-                           f"{subset_key(data, model_cfg, budget, split, seed)}"
+        directory = subset_dir(root, data, model_cfg, budget, split, seed)
         dirs.append(directory)
         if not is_complete(directory) and str(directory) not in pending:  # the same pretraining asked twice runs once
             pending[str(directory)] = remote.remote(store_ref, data, model_cfg, budget, split, seed, str(directory),

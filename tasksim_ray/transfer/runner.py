@@ -91,9 +91,9 @@ def pretrain_subset_models(cfg: PipelineConfig, tasks: list[str], console: Conso
 
 
 def finetune_once(cfg: PipelineConfig, target: str, sources: list[str], size: int | None, fold: int,
-                  console: Console | None = None) -> dict[str, Any]:
-    """One cell: fine-tune ``target`` from one task's model (or a subset pretrained under the budget)
-    at one training size and fold, next to scratch on the same cell."""
+                  console: Console | None = None, subset: bool = False) -> dict[str, Any]:
+    """One cell: fine-tune ``target`` from one task's model (or, with ``subset``, from ``sources``
+    pretrained together under the budget) at one training size and fold, next to scratch."""
     ctx = build_context(cfg, console or Console(), need_similarity=False)
     _check_sources(ctx, target, sources)
     if fold >= cfg.transfer.folds:
@@ -101,7 +101,7 @@ def finetune_once(cfg: PipelineConfig, target: str, sources: list[str], size: in
     size = size or cfg.transfer.sizes[-1]
     if size > cfg.transfer.sizes[-1]:
         raise TasksimError(f"--size {size} exceeds the largest transfer size {cfg.transfer.sizes[-1]}")
-    if len(sources) == 1:
+    if not subset:
         recipe = ctx.from_task(sources[0])
     else:
         split = cfg.transfer.budget.resolved()[0]
