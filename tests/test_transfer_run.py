@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +17,7 @@ from tasksim_ray.stages.data import stage_preprocess, stage_tasks
 from tasksim_ray.stages.transfer_data import TransferData, stage_transfer_data
 from tasksim_ray.transfer.runner import run_transfer
 
-from .conftest import REPO, TINY_CONFIG
+from .conftest import TINY_CONFIG, run_cli_until
 
 # enough epochs that a cell takes seconds, so the first run can be stopped between cells
 SETS = {"transfer.tasks": ["mu", "alpha"], "transfer.finetune.max_epochs": 40, "transfer.finetune.patience": 40}
@@ -41,21 +37,9 @@ def _cell_files(workdir: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def killed_then_resumed(workdir: Path, ray_local: None) -> tuple[dict[str, int], dict[str, Any]]:
     """Start `tasksim curves` in a subprocess, stop it once some cells are done, resume in-process."""
-    args = [sys.executable, "-c", "from tasksim_ray.cli import main; main()", "curves", str(TINY_CONFIG),
-            "--target", "alpha", "--source", "mu", "--set", f"workdir={workdir}",
+    args = ["curves", str(TINY_CONFIG), "--target", "alpha", "--source", "mu", "--set", f"workdir={workdir}",
             *[a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(_cell_files(workdir)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    run_cli_until(args, lambda: len(_cell_files(workdir)) >= 2, signal.SIGTERM)
     before = _cell_files(workdir)
     cfg = load_config(TINY_CONFIG, {"workdir": str(workdir), **SETS})
     return before, run_transfer(cfg, ["curves"], Console(quiet=True), target="alpha", sources=["mu"])

@@ -1,6 +1,6 @@
-"""The ``tasksim`` command: one subcommand per verb, split by concern (pipeline, transfer)."""
+"""The ``tasksim`` command: one subcommand per verb, split by concern (pipeline, transfer, search)."""
 
-from tasksim_ray.cli import pipeline, transfer  # noqa: F401  (importing registers the verbs)
+from tasksim_ray.cli import pipeline, search, transfer  # noqa: F401  (importing registers the verbs)
 from tasksim_ray.cli.app import app
 
 

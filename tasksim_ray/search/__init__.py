@@ -1,0 +1,1 @@
+"""Search for the best recipe (pretraining subset, budget split, fine-tuning) with Ray Tune + Optuna."""
