@@ -278,6 +278,7 @@ class SearchConfig(_Strict):
     seed_from_selection: bool = True  # first trials: the selected subset and its one-swap neighbours
     max_neighbours: int = Field(default=4, ge=0)
     splits: list[tuple[int, int]] | None = None  # (samples, epochs) options; default: the budget's
+    samples_range: tuple[int, int] | None = None  # or: up to 6 log-spaced N in this range dividing the budget
     sampling: list[Literal["uniform", "proportional", "temperature"]] = Field(default_factory=lambda: ["uniform"])
     strategies: list[Literal["full", "head", "last"]] = Field(default_factory=lambda: ["full", "last"])
     lr: tuple[float, float] = (1e-4, 1e-2)

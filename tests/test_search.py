@@ -105,3 +105,13 @@ def test_unsatisfiable_resources_fail_up_front(workdir: Path, ray_local: None) -
     cfg = load_config(TINY_CONFIG, {"workdir": str(workdir), "search.name": "greedy", "search.gpus_per_trial": 1})
     with pytest.raises(TasksimError, match="gpus_per_trial = 1.0 but the cluster has 0 GPU"):
         run_search(cfg, Console(quiet=True))
+
+
+def test_samples_range_gives_exact_log_spaced_budgets() -> None:
+    cfg = load_config(TINY_CONFIG, {"search.samples_range": [50, 600]})
+    spec = SpaceSpec.build(cfg, KEPT, ["alpha"])
+    assert len(spec.splits) == 6 and all(n * e == 600 for n, e in spec.splits)
+    ns = [n for n, _ in spec.splits]
+    assert ns == sorted(ns) and ns[0] == 50 and ns[-1] == 600
+    with pytest.raises(TasksimError, match="divides the budget"):
+        SpaceSpec.build(load_config(TINY_CONFIG, {"search.samples_range": [601, 700]}), KEPT, ["alpha"])

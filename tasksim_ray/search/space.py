@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 
 from tasksim_ray.config import BudgetConfig, FinetuneConfig, PipelineConfig, RegularizerConfig
@@ -34,13 +35,27 @@ class SpaceSpec:
         if len(sources) < lo:
             raise TasksimError(f"search.subset_size: at least {lo} source task(s) needed, but only {list(sources)} "
                                f"are not targets")
-        splits = tuple(tuple(s) for s in (cfg.search.splits or cfg.transfer.budget.resolved()))
+        if cfg.search.samples_range:
+            splits = log_range_splits(cfg.transfer.budget.total, *cfg.search.samples_range)
+        else:
+            splits = tuple(tuple(s) for s in (cfg.search.splits or cfg.transfer.budget.resolved()))
         return cls(sources, splits, cfg)
 
     @property
     def size_bounds(self) -> tuple[int, int]:
         lo, hi = self.cfg.search.subset_size
         return lo, min(hi, len(self.sources))
+
+
+def log_range_splits(total: int, lo: int, hi: int, count: int = 6) -> tuple[tuple[int, int], ...]:
+    """Splits (N, total / N) for the divisors N of ``total`` in [lo, hi] nearest to ``count``
+    log-spaced points, so 'samples from 1,000 to 60,000' becomes a handful of exact budgets."""
+    divisors = [n for n in range(max(1, lo), min(hi, total) + 1) if total % n == 0]
+    if not divisors:
+        raise TasksimError(f"search.samples_range [{lo}, {hi}]: no number of samples in it divides the budget {total}")
+    targets = np.geomspace(divisors[0], divisors[-1], num=min(count, len(divisors)))
+    chosen = sorted({min(divisors, key=lambda n: abs(np.log(n) - np.log(t))) for t in targets})
+    return tuple((n, total // n) for n in chosen)
 
 
 def split_name(split: tuple[int, int]) -> str:
