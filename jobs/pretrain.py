@@ -1,0 +1,6 @@
+"""Job entry point: `tasksim pretrain CONFIG [options]` on the cluster (see tasksim_ray/submit.py)."""
+
+from _entry import run
+
+if __name__ == "__main__":
+    run("pretrain")

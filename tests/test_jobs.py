@@ -1,0 +1,76 @@
+"""Jobs on a real Ray cluster started with `ray start --head` on 127.0.0.1 (token auth on)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tasksim_ray.submit import submit
+
+from .conftest import REPO, TINY_CONFIG
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_started(temp_dir: str) -> None:
+    """Stop exactly the Ray processes of this cluster: those whose command line names its temp dir."""
+    procs = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        p.kill()
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[str]:
+    temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")  # short: Ray's socket paths live under it
+    dashboard = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
+    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+           "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    try:
+        subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+        os.environ["RAY_AUTH_MODE"] = "token"  # the job client authenticates with the cluster's token
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        os.environ.pop("RAY_AUTH_MODE", None)
+        _stop_started(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_pipeline_job_succeeds_and_writes_artifacts(head: str, tmp_path: Path) -> None:
+    start = time.monotonic()
+    outcome = submit(head, "run_pipeline", str(TINY_CONFIG.relative_to(REPO)), ["--set", f"workdir={tmp_path}"],
+                     project=REPO, timeout_s=600)
+    assert outcome.succeeded, outcome.logs[-3000:]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["selection"]["subset"] and len(report["tasks"]) >= 3
+    assert "Selected pretraining subset" in outcome.logs
+    assert time.monotonic() - start < 600
+
+
+def test_bad_config_job_fails_with_the_error_in_its_logs(head: str, tmp_path: Path) -> None:
+    outcome = submit(head, "pretrain", str(TINY_CONFIG.relative_to(REPO)),
+                     ["--set", f"workdir={tmp_path}", "--set", "train.max_epoch=3"], project=REPO, timeout_s=300)
+    assert outcome.status == "FAILED"
+    assert "unknown key 'train.max_epoch'" in outcome.logs
