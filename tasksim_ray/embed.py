@@ -23,6 +23,7 @@ from torch_geometric.data import Batch
 
 from tasksim_ray.config import EmbedConfig
 from tasksim_ray.featurize import FeaturizeReport, featurize_many, graph_from_bytes, graph_to_bytes
+from tasksim_ray.metrics import probes_embedded
 from tasksim_ray.models import load_checkpoint
 from tasksim_ray.runtime import cluster_cpus, cluster_gpus
 
@@ -44,8 +45,10 @@ def graph_table(smiles: list[str], ids: list[str]) -> tuple[pd.DataFrame, Featur
 class TaskEmbedder:
     """Holds one model; called by Ray Data on batches of serialised graphs."""
 
-    def __init__(self, model_dir: str, column: str, layer: str = "graph", num_threads: int = 1) -> None:
+    def __init__(self, model_dir: str, column: str, layer: str = "graph", num_threads: int = 1,
+                 task: str = "") -> None:
         torch.set_num_threads(num_threads)
+        self.task = task
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, _ = load_checkpoint(Path(model_dir), self.device)
         self.column, self.layer = column, layer
@@ -53,6 +56,7 @@ class TaskEmbedder:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         graphs = Batch.from_data_list([graph_from_bytes(b) for b in batch[GRAPH]]).to(self.device)
+        probes_embedded(self.task, graphs.num_graphs)
         if self.layer != "node":
             batch[self.column] = self.model.embed(graphs, self.layer).float().cpu().numpy()
             return batch
@@ -87,7 +91,8 @@ def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_
     for name, directory in model_dirs.items():
         ds = ds.map_batches(
             TaskEmbedder,
-            fn_constructor_kwargs={"model_dir": str(directory), "column": emb_column(name), "layer": layer},
+            fn_constructor_kwargs={"model_dir": str(directory), "column": emb_column(name), "layer": layer,
+                                   "task": name},
             batch_size=cfg.batch_size,
             batch_format="numpy",
             compute=ActorPoolStrategy(size=cfg.actors_per_task),

@@ -24,6 +24,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from tasksim_ray.config import TrainConfig
+from tasksim_ray.metrics import epoch_done
 from tasksim_ray.transfer.objectives import masked_mse
 
 
@@ -42,10 +43,12 @@ class FitOptions:
     penalty: Callable[[Tensor], Tensor] | None = None  # receives the batch's graph features
     on_epoch_start: Callable[[int], None] | None = None
     sampler: Sampler[int] | None = None
+    stage: str = "train"  # metric tags: what this training is, and for which task
+    task: str = ""
 
     @classmethod
-    def from_train(cls, cfg: TrainConfig) -> FitOptions:
-        return cls(cfg.max_epochs, cfg.patience, cfg.batch_size, cfg.lr, cfg.weight_decay)
+    def from_train(cls, cfg: TrainConfig, task: str = "") -> FitOptions:
+        return cls(cfg.max_epochs, cfg.patience, cfg.batch_size, cfg.lr, cfg.weight_decay, stage="pretrain", task=task)
 
 
 @dataclass
@@ -162,6 +165,7 @@ class Trainer:
             self.best_state = copy.deepcopy(self.model.state_dict())
         self.epoch += 1
         self.seconds += time.perf_counter() - start
+        epoch_done(self.opts.stage, self.opts.task)
         return record
 
     def state_dict(self) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 from ray import tune
-from ray.util.metrics import Gauge
 
+from tasksim_ray.metrics import search_status
 from tasksim_ray.progress import Console
 
 
@@ -21,26 +21,17 @@ class SearchProgress(tune.Callback):
         self.finished = 0
         self.failed = 0
         self.best = math.inf
-        self._gauges: dict[str, Gauge] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the experiment (to resume it): the console and the
-        # metric handles hold locks, and are made afresh after a restore
-        return {k: v for k, v in self.__dict__.items() if k not in ("console", "_gauges")}
+        # Tune pickles its callbacks with the experiment (to resume it); the console holds a
+        # lock and is made afresh after a restore
+        return {k: v for k, v in self.__dict__.items() if k != "console"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, console=Console(), _gauges=None)
+        self.__dict__.update(state, console=Console())
 
     def _publish(self) -> None:
-        if self._gauges is None:  # created lazily: metrics need a connected Ray worker
-            self._gauges = {name: Gauge(f"tasksim_search_{name}", description=desc) for name, desc in [
-                ("trials_running", "search trials running"), ("trials_finished", "search trials finished"),
-                ("trials_failed", "search trials that raised"), ("best_objective", "best objective so far")]}
-        self._gauges["trials_running"].set(len(self.running))
-        self._gauges["trials_finished"].set(self.finished)
-        self._gauges["trials_failed"].set(self.failed)
-        if math.isfinite(self.best):
-            self._gauges["best_objective"].set(self.best)
+        search_status(len(self.running), self.finished, self.failed, self.best if math.isfinite(self.best) else None)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import pickle
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ def run_trial(config: dict[str, Any], job: SearchJob) -> None:
         model, _ = load_checkpoint(directory, device)
         torch.manual_seed(seed)
         model.reset_head(1)
-        opts = finetune_options(model, recipe.finetune, pretrained=True)
+        opts = replace(finetune_options(model, recipe.finetune, pretrained=True), stage="search", task=target)
         mean, std = float(np.mean(cell.y_train)), float(np.std(cell.y_train)) or 1.0
         trainers[target] = Trainer(model, [graphs[i] for i in cell.train_pos], cell.y_train,
                                    [graphs[i] for i in cell.val_pos], cell.y_val, opts, seed, mean, std, device)

@@ -22,6 +22,7 @@ import ray
 
 from tasksim_ray.cache import write_json_atomic
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.metrics import similarity_pairs
 from tasksim_ray.similarity.inputs import check_embeddings
 from tasksim_ray.similarity.rsa import CHUNK, Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper
 
@@ -126,7 +127,9 @@ class RSAEngine:
         while parts:
             done, parts = ray.wait(parts, num_returns=1)
             gram += ray.get(done[0])
+        new = {self._pair(a, b) for a in rows for b in cols} - set(self._pairs)
         for i, a in enumerate(rows):
             for j, b in enumerate(cols):
                 self._pairs[self._pair(a, b)] = float(gram[i, j])
         write_json_atomic(self._pairs_path, self._pairs)
+        similarity_pairs(len(new))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -111,6 +111,7 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     graphs = unpack_graphs(store)
     seed = settings.seed + 1000 * cell.fold
     model, opts = _build(recipe, settings, seed, device)
+    opts = replace(opts, stage=recipe.kind, task=cell.target)
     mean, std = float(np.mean(cell.y_train)), float(np.std(cell.y_train)) or 1.0
     result = fit(model, [graphs[i] for i in cell.train_pos], cell.y_train, [graphs[i] for i in cell.val_pos],
                  cell.y_val, opts, seed, mean, std, device)

@@ -119,7 +119,8 @@ def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg:
     torch.manual_seed(seed)
     hp = model_hparams(model_cfg) | {"n_tasks": n_tasks}
     model = build_model(model_cfg.backbone, hp)
-    opts = FitOptions(epochs, None, budget.batch_size, budget.lr, sampler=sampler)
+    opts = FitOptions(epochs, None, budget.batch_size, budget.lr, sampler=sampler, stage="subset-pretrain",
+                      task="+".join(data.tasks))
     result = fit(model, flat_graphs, y_train, [graphs[i] for i in data.val_pos], data.val_y, opts, seed,
                  mean, std, device)
     metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "n_train")}
