@@ -38,6 +38,19 @@ def runtime_env(project: Path, pip: list[str] | None = None, image: str | None =
     return env
 
 
+def _submit_when_ready(client: Any, entrypoint: str, env: dict[str, Any], wait_s: float = 120) -> str:
+    """Submit, retrying while the head's job agent is still starting (a fresh cluster answers
+    'No available agent to submit job' for its first seconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=env)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise TasksimError(f"job submission failed: {exc}") from None
+            time.sleep(2)
+
+
 def submit(address: str, verb: str, config: str, args: list[str] | None = None, project: Path | None = None,
            pip: list[str] | None = None, image: str | None = None, timeout_s: float = 3600,
            on_log: Callable[[str], None] | None = None) -> JobOutcome:
@@ -54,7 +67,7 @@ def submit(address: str, verb: str, config: str, args: list[str] | None = None, 
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise TasksimError(f"cannot reach the Ray job server at {address}: {exc}") from None
     entrypoint = " ".join(["python", f"jobs/{verb}.py", config, *(args or [])])
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(project, pip, image))
+    job_id = _submit_when_ready(client, entrypoint, runtime_env(project, pip, image))
     done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
     seen, deadline = 0, time.monotonic() + timeout_s
     while True:

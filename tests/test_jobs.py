@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def _stop_started(temp_dir: str) -> None:
         p.kill()
 
 
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="module")
 def head() -> Iterator[str]:
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")  # short: Ray's socket paths live under it
@@ -47,7 +51,8 @@ def head() -> Iterator[str]:
     env |= {"RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
     cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-           "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+           f"--metrics-export-port={METRICS_PORT}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+           "--disable-usage-stats"]
     try:
         subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
         os.environ["RAY_AUTH_MODE"] = "token"  # the job client authenticates with the cluster's token
@@ -67,6 +72,13 @@ def test_pipeline_job_succeeds_and_writes_artifacts(head: str, tmp_path: Path) -
     assert report["selection"]["subset"] and len(report["tasks"]) >= 3
     assert "Selected pretraining subset" in outcome.logs
     assert time.monotonic() - start < 600
+    # the job's workers recorded tasksim metrics; the node exports them for Prometheus
+    deadline, text = time.monotonic() + 60, ""
+    while "ray_tasksim_epochs" not in text and time.monotonic() < deadline:
+        time.sleep(2)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).read().decode()
+    epochs = [ln for ln in text.splitlines() if ln.startswith("ray_tasksim_epochs") and 'stage="pretrain"' in ln]
+    assert epochs and float(epochs[0].rsplit(" ", 1)[1]) >= 1
 
 
 def test_bad_config_job_fails_with_the_error_in_its_logs(head: str, tmp_path: Path) -> None:
