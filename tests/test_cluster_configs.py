@@ -32,3 +32,16 @@ def test_launcher_config_validates(path: Path) -> None:
     text = path.read_text().lower()
     assert "dashboard-host=0.0.0.0" not in text  # the dashboard is reached through a tunnel
     assert not any(word in text for word in ("aws_secret", "access_key", "private_key:"))
+
+
+def test_grafana_dashboard_plots_the_metrics_we_export() -> None:
+    import inspect
+
+    from tasksim_ray import metrics
+
+    dash = json.loads((REPO / "cluster" / "grafana" / "tasksim_dashboard.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    source = inspect.getsource(metrics)
+    for name in ("epochs", "probes_embedded", "similarity_pairs", "search_trials_running", "search_best_objective"):
+        assert f'"{name}"' in source  # recorded by the library ...
+        assert f"ray_tasksim_{name}" in exprs  # ... and plotted
