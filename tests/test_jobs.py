@@ -51,6 +51,9 @@ def head() -> Iterator[str]:
     env |= {"RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
     cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+           # the agent's default ports are fixed: another Ray on this machine (the test session's) may hold them
+           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+           f"--ray-client-server-port={_free_port()}",
            f"--metrics-export-port={METRICS_PORT}", "--num-cpus=2", f"--temp-dir={temp_dir}",
            "--disable-usage-stats"]
     try:
