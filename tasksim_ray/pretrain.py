@@ -61,8 +61,8 @@ def train_one(store: dict[str, torch.Tensor], data: TaskData, model_cfg: ModelCo
     torch.manual_seed(seed)
     hp = model_hparams(model_cfg)
     model = build_model(model_cfg.backbone, hp)
-    result = fit(model, train_graphs, data.y_train, val_graphs, data.y_val, FitOptions.from_train(train_cfg, data.task), seed,
-                 mean, std, device)
+    opts = FitOptions.from_train(train_cfg, data.task)
+    result = fit(model, train_graphs, data.y_train, val_graphs, data.y_val, opts, seed, mean, std, device)
     metrics = {k: v for k, v in asdict(result).items() if k != "history"}
     info = TaskModelInfo(model_cfg.backbone, hp, data.task, data.units, mean, std, metrics)
     with atomic_dir(Path(out_dir)) as tmp:

@@ -68,7 +68,8 @@ def as_matrix(y: np.ndarray) -> np.ndarray:
     return y.reshape(len(y), -1).astype(np.float64)
 
 
-def _with_targets(graphs: Sequence[Data], y: np.ndarray) -> list[Data]:
+def with_targets(graphs: Sequence[Data], y: np.ndarray) -> list[Data]:
+    """Shallow copies of ``graphs`` carrying one (1, T) row of ``y`` each as ``.y``."""
     out = []
     for g, row in zip(graphs, y):
         g = copy.copy(g)
@@ -114,7 +115,7 @@ class Trainer:
         self.model, self.opts = model.to(self.device), opts
         self.mean, self.std = np.atleast_1d(np.asarray(mean, float)), np.atleast_1d(np.asarray(std, float))
         self.val_graphs, self.y_val = val_graphs, as_matrix(y_val)
-        self.train_data = _with_targets(train_graphs, (as_matrix(y_train) - self.mean) / self.std)
+        self.train_data = with_targets(train_graphs, (as_matrix(y_train) - self.mean) / self.std)
         self.generator = torch.Generator().manual_seed(seed)
         if opts.sampler is not None:
             self.loader = DataLoader(self.train_data, batch_size=opts.batch_size, sampler=opts.sampler)

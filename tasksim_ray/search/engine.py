@@ -43,8 +43,12 @@ class SearchPaths:
         return self.root / self.name
 
     @property
+    def database(self) -> Path:
+        return self.root / f"{self.name}.db"
+
+    @property
     def storage_url(self) -> str:
-        return f"sqlite:///{self.root / (self.name + '.db')}"
+        return f"sqlite:///{self.database}"
 
 
 def check_resources(cfg: PipelineConfig) -> None:
@@ -116,7 +120,7 @@ def run_search(cfg: PipelineConfig, console: Console | None = None, resume: bool
         if paths.experiment.exists():
             raise TasksimError(f"{paths.experiment}: a search named '{paths.name}' exists; resume it with --resume, "
                                "or set search.name")
-        Path(paths.storage_url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+        paths.database.unlink(missing_ok=True)
         paths.root.mkdir(parents=True, exist_ok=True)
         tuner = _tuner(cfg, job, selected, paths, console)
     # per-epoch checkpoints make Tune warn about syncing the experiment state: expected here
@@ -130,4 +134,4 @@ def clear_search(cfg: PipelineConfig) -> None:
     paths = SearchPaths((cfg.workdir_path / "search").resolve(), cfg.search.name)
     shutil.rmtree(paths.experiment, ignore_errors=True)
     shutil.rmtree(paths.root / f"{paths.name}-results", ignore_errors=True)
-    Path(paths.storage_url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+    paths.database.unlink(missing_ok=True)

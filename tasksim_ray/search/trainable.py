@@ -23,11 +23,9 @@ from ray import tune
 
 from tasksim_ray.cache import is_complete
 from tasksim_ray.featurize import unpack_graphs
-from tasksim_ray.models import load_checkpoint
 from tasksim_ray.search.space import SpaceSpec, decode
-from tasksim_ray.train import Trainer, predict
-from tasksim_ray.transfer.cells import CellData
-from tasksim_ray.transfer.finetune import finetune_options
+from tasksim_ray.train import Trainer
+from tasksim_ray.transfer.cells import CellData, finetune_setup, test_mae
 from tasksim_ray.transfer.multitask import TaskPool, combine_pools, pretrain_subset, subset_dir
 
 STATE_FILE = "trainers.pkl"
@@ -71,10 +69,8 @@ def run_trial(config: dict[str, Any], job: SearchJob) -> None:
     seed = job.spec.cfg.seed
     trainers: dict[str, Trainer] = {}
     for target, cell in job.cells.items():
-        model, _ = load_checkpoint(directory, device)
-        torch.manual_seed(seed)
-        model.reset_head(1)
-        opts = replace(finetune_options(model, recipe.finetune, pretrained=True), stage="search", task=target)
+        model, opts = finetune_setup(directory, recipe.finetune, seed, device)
+        opts = replace(opts, stage="search", task=target)
         mean, std = float(np.mean(cell.y_train)), float(np.std(cell.y_train)) or 1.0
         trainers[target] = Trainer(model, [graphs[i] for i in cell.train_pos], cell.y_train,
                                    [graphs[i] for i in cell.val_pos], cell.y_val, opts, seed, mean, std, device)
@@ -95,10 +91,9 @@ def run_trial(config: dict[str, Any], job: SearchJob) -> None:
             metrics[f"val_mae_{target}"] = float(t.best_mae[0])
             metrics[f"epochs_{target}"] = t.epoch
             if finished:  # the run is over: score the early-stopped model on the test molecules once
-                cell = job.cells[target]
                 t.finish()
-                pred = predict(t.model, [graphs[i] for i in cell.test_pos], 256, device) * t.std[0] + t.mean[0]
-                metrics[f"test_mae_{target}"] = float(np.mean(np.abs(pred - cell.y_test)))
+                metrics[f"test_mae_{target}"] = test_mae(t.model, graphs, job.cells[target], t.mean[0], t.std[0],
+                                                         device)
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / STATE_FILE).write_bytes(pickle.dumps({k: t.state_dict() for k, t in trainers.items()}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

@@ -58,7 +58,8 @@ def stage_preprocess(run: Run, tasks: Stage) -> Stage:
     return run.stage("preprocess", [tasks.key, cfg.preprocess.model_dump(), cfg.seed], build)
 
 
-def _task_rows(labels: np.ndarray, order: np.ndarray, limit: int | None) -> np.ndarray:
+def labelled_rows(labels: np.ndarray, order: np.ndarray, limit: int | None) -> np.ndarray:
+    """The first ``limit`` rows of ``order`` that have a label (all of them for None)."""
     labelled = order[~np.isnan(labels[order])]
     return labelled[:limit] if limit else labelled
 
@@ -71,8 +72,8 @@ def stage_featurize(run: Run, tasks: Stage, prep: Stage) -> Stage:
         table = load_table(tasks)
         split = np.load(prep.path / "split.npz")
         val_order = np.random.default_rng(cfg.seed).permutation(split["val"])
-        rows_by_task = {t: {"train": _task_rows(table.labels(t), split["folds"][cfg.train.fold], cfg.train.n_train),
-                            "val": _task_rows(table.labels(t), val_order, cfg.train.n_val)}
+        rows_by_task = {t: {"train": labelled_rows(table.labels(t), split["folds"][cfg.train.fold], cfg.train.n_train),
+                            "val": labelled_rows(table.labels(t), val_order, cfg.train.n_val)}
                         for t in prep.manifest["kept"]}
         rows = np.unique(np.concatenate([r for d in rows_by_task.values() for r in d.values()]))
         graphs, report = featurize_many(table.frame["smiles"].to_numpy()[rows].tolist())

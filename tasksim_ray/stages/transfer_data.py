@@ -22,14 +22,14 @@ from tasksim_ray.cache import stable_hash
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize import featurize_many, pack_graphs
 from tasksim_ray.stages import Run, Stage
-from tasksim_ray.stages.data import load_table
+from tasksim_ray.stages.data import labelled_rows, load_table
 from tasksim_ray.tasks import TaskTable
 from tasksim_ray.transfer.cells import CellData
 from tasksim_ray.transfer.multitask import SubsetData, TaskPool, combine_pools
 
 
 def _labelled(labels: np.ndarray, order: np.ndarray, limit: int) -> list[int]:
-    return [int(r) for r in order[~np.isnan(labels[order])][:limit]]
+    return labelled_rows(labels, order, limit).tolist()
 
 
 def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:

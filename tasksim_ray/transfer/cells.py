@@ -25,7 +25,7 @@ from tasksim_ray.config import FinetuneConfig, MoEConfig, ModelConfig
 from tasksim_ray.featurize import unpack_graphs
 from tasksim_ray.models import build_model, load_checkpoint
 from tasksim_ray.pretrain import model_hparams
-from tasksim_ray.train import fit, predict
+from tasksim_ray.train import FitOptions, fit, predict
 from tasksim_ray.transfer.finetune import finetune_options
 from tasksim_ray.transfer.moe import MixtureOfExperts, initial_theta, moe_options
 
@@ -85,15 +85,29 @@ def cell_key(cell: CellData, recipe: Recipe, settings: CellSettings) -> str:
                        settings.key_for(recipe), settings.seed)
 
 
+def finetune_setup(directory: Path, finetune: FinetuneConfig, seed: int,
+                   device: torch.device) -> tuple[torch.nn.Module, FitOptions]:
+    """A pretrained model with a fresh (seeded) head, and the strategy's training options."""
+    torch.manual_seed(seed)
+    model, _ = load_checkpoint(directory, device)
+    model.reset_head(1)
+    return model, finetune_options(model, finetune, pretrained=True)
+
+
+def test_mae(model: torch.nn.Module, graphs: list, cell: CellData, mean: float, std: float,
+             device: torch.device) -> float:
+    """MAE on the cell's test molecules, in the target's units."""
+    pred = predict(model, [graphs[i] for i in cell.test_pos], 256, device) * std + mean
+    return float(np.mean(np.abs(pred - cell.y_test)))
+
+
 def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.device):
+    if recipe.kind == "finetune":
+        return finetune_setup(Path(recipe.checkpoints[0]), recipe.finetune or settings.finetune, seed, device)
     torch.manual_seed(seed)
     if recipe.kind == "scratch":
         model = build_model(settings.model.backbone, model_hparams(settings.model))
         return model, finetune_options(model, settings.finetune, pretrained=False)
-    if recipe.kind == "finetune":
-        model, _ = load_checkpoint(Path(recipe.checkpoints[0]), device)
-        model.reset_head(1)
-        return model, finetune_options(model, recipe.finetune or settings.finetune, pretrained=True)
     experts = [load_checkpoint(Path(c), device)[0] for c in recipe.checkpoints]
     theta = initial_theta(len(experts), settings.moe.init,
                           np.array(recipe.theta) if recipe.theta is not None else None, seed)
@@ -115,9 +129,8 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     mean, std = float(np.mean(cell.y_train)), float(np.std(cell.y_train)) or 1.0
     result = fit(model, [graphs[i] for i in cell.train_pos], cell.y_train, [graphs[i] for i in cell.val_pos],
                  cell.y_val, opts, seed, mean, std, device)
-    pred = predict(model, [graphs[i] for i in cell.test_pos], 256, device) * std + mean
     out = {"target": cell.target, "recipe": recipe.label, "kind": recipe.kind, "size": cell.size,
-           "fold": cell.fold, "test_mae": float(np.mean(np.abs(pred - cell.y_test))),
+           "fold": cell.fold, "test_mae": test_mae(model, graphs, cell, mean, std, device),
            "val_mae": result.best_val_mae, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
            "seconds": round(result.seconds, 2)}
     if isinstance(model, MixtureOfExperts):

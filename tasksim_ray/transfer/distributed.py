@@ -24,7 +24,7 @@ from tasksim_ray.config import BudgetConfig, ModelConfig
 from tasksim_ray.featurize import unpack_graphs
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
 from tasksim_ray.pretrain import model_hparams
-from tasksim_ray.train import masked_mae, predict
+from tasksim_ray.train import masked_mae, predict, with_targets
 from tasksim_ray.transfer.multitask import SubsetData, flatten_pools
 from tasksim_ray.transfer.objectives import masked_mse
 from tasksim_ray.transfer.sampler import BudgetSampler
@@ -42,12 +42,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     seed = config["seed"]
     graphs = unpack_graphs(ray.get(config["store"]))
     flat, y, pools, mean, std = flatten_pools(graphs, data)
-    std_y = (y - mean) / std
-    train_data = []
-    for g, row in zip(flat, std_y):
-        g = copy.copy(g)
-        g.y = torch.tensor(row[None, :], dtype=torch.float32)
-        train_data.append(g)
+    train_data = with_targets(flat, (y - mean) / std)
     sampler = BudgetSampler(pools, n_per_epoch, budget.sampling, budget.temperature, seed)
     torch.manual_seed(seed)
     model = build_model(config["model"].backbone, model_hparams(config["model"]) | {"n_tasks": len(data.tasks)})

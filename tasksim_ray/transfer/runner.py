@@ -15,7 +15,7 @@ from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_preprocess, stage_tasks
 from tasksim_ray.stages.transfer_data import TransferData, stage_transfer_data
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
-from tasksim_ray.transfer.multitask import SubsetModel, submit_subsets, subset_model
+from tasksim_ray.transfer.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.report import write_transfer_report
 from tasksim_ray.transfer.study import (SCRATCH, Context, Plan, SimilarityView, plan_curves, plan_matrix, plan_moe,
                                         plan_strategies, plan_subset, run_studies)
@@ -82,11 +82,8 @@ def pretrain_subset_models(cfg: PipelineConfig, tasks: list[str], console: Conso
     unknown = [t for t in tasks if t not in ctx.data.sources]
     if unknown:
         raise TasksimError(f"--subset: unknown task(s) {unknown}; tasks: {ctx.data.sources}")
-    data = ctx.data.subset(tasks)
-    dirs, pending = submit_subsets(ctx.store_ref, [(data, s) for s in cfg.transfer.budget.resolved()], cfg.model,
-                                   cfg.transfer.budget, cfg.seed, ctx.run.artifacts / "subset-models",
-                                   cfg.transfer.num_cpus, cfg.transfer.num_gpus)
-    ray.get(list(pending.values()))
+    dirs = ctx.pretrain([(tasks, s) for s in cfg.transfer.budget.resolved()])
+    ray.get(list(ctx.pending.values()))
     return [subset_model(d) for d in dirs]
 
 
@@ -105,10 +102,8 @@ def finetune_once(cfg: PipelineConfig, target: str, sources: list[str], size: in
         recipe = ctx.from_task(sources[0])
     else:
         split = cfg.transfer.budget.resolved()[0]
-        dirs, ctx.pending = submit_subsets(ctx.store_ref, [(ctx.data.subset(sources), split)], cfg.model,
-                                           cfg.transfer.budget, cfg.seed, ctx.run.artifacts / "subset-models",
-                                           cfg.transfer.num_cpus, cfg.transfer.num_gpus)
-        recipe = Recipe("finetune", f"subset {'+'.join(sources)} {split[0]}x{split[1]}", (str(dirs[0]),))
+        [directory] = ctx.pretrain([(sources, split)])
+        recipe = Recipe("finetune", f"subset {'+'.join(sources)} {split[0]}x{split[1]}", (str(directory),))
     cell = ctx.data.cell(target, fold, size)
     tc = cfg.transfer
     scratch, tuned = run_cells(ctx.store_ref, [(cell, SCRATCH), (cell, recipe)], ctx.settings,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,15 @@ class Context:
     def from_task(self, source: str) -> Recipe:
         return Recipe("finetune", source, (self.model_dirs[source],))
 
+    def pretrain(self, jobs: list[tuple[list[str], tuple[int, int]]]) -> list[Path]:
+        """Start the (subset, split) pretraining runs not cached; cells wait on them via ``pending``."""
+        cfg = self.run.cfg
+        dirs, pending = submit_subsets(self.store_ref, [(self.data.subset(t), split) for t, split in jobs], cfg.model,
+                                       cfg.transfer.budget, cfg.seed, self.run.artifacts / "subset-models",
+                                       cfg.transfer.num_cpus, cfg.transfer.num_gpus)
+        self.pending |= pending
+        return dirs
+
 
 @dataclass
 class Plan:
@@ -116,13 +126,13 @@ def plan_matrix(ctx: Context) -> Plan:
     jobs = [j for t in targets for j in curve_jobs(ctx, t, [SCRATCH, *[ctx.from_task(s) for s in targets if s != t]])]
 
     def finish(curves: Curves) -> dict[str, Any]:
-        gains = {(t, s): _curve_entry(curves, t, s)["gain_mean"] for t in targets for s in targets if s != t}
-        gain = gain_matrix(targets, gains)
+        entries = {t: {r: _curve_entry(curves, t, r) for r in ["scratch", *targets] if r != t} for t in targets}
+        pairs = [(t, s) for t in targets for s in targets if s != t]
+        gain = gain_matrix(targets, {(t, s): entries[t][s]["gain_mean"] for t, s in pairs})
         out: dict[str, Any] = {"targets": targets, "gain": gain.tolist(),
-                               "gain_se": gain_matrix(targets, {(t, s): _curve_entry(curves, t, s)["gain_se"]
-                                                                for t, s in gains}).tolist(),
-                               "curves": {t: {r: _curve_entry(curves, t, r) for r in ["scratch", *targets] if r != t}
-                                          for t in targets}, "similarity_vs_gain": {}}
+                               "gain_se": gain_matrix(targets, {(t, s): entries[t][s]["gain_se"]
+                                                                for t, s in pairs}).tolist(),
+                               "curves": entries, "similarity_vs_gain": {}}
         sim = ctx.similarity
         for metric, m in (sim.matrices if sim else {}).items():
             idx = [sim.names.index(t) for t in targets]
@@ -145,10 +155,7 @@ def plan_subset(ctx: Context) -> Plan:
             if diverse:
                 arms.append((t, "diverse subset", diverse, split))
             arms.append((t, "all others", [s for s in sources if s != t], split))
-    dirs, pending = submit_subsets(ctx.store_ref, [(ctx.data.subset(a[2]), a[3]) for a in arms], cfg.model,
-                                   cfg.transfer.budget, cfg.seed, ctx.run.artifacts / "subset-models",
-                                   cfg.transfer.num_cpus, cfg.transfer.num_gpus)
-    ctx.pending |= pending
+    dirs = ctx.pretrain([(tasks, split) for _, _, tasks, split in arms])
     label = {i: f"{arm} {split[0]}x{split[1]}" for i, (_, arm, _, split) in enumerate(arms)}
     recipes = {i: Recipe("finetune", label[i], (str(d),)) for i, d in enumerate(dirs)}
     jobs = [j for t in ctx.data.targets for j in curve_jobs(ctx, t, [SCRATCH])]
