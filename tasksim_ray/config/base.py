@@ -1,0 +1,19 @@
+"""The base of every config section: unknown keys are errors and a loaded config never changes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first validation error as one line naming the key."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"key '{key}': {msg}" if err["loc"] else msg

@@ -1,0 +1,132 @@
+"""Config sections of the similarity pipeline: data, preprocessing, model, training, probes,
+embedding, similarity metrics, selection and the Ray runtime."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tasksim_ray.config.base import Strict as _Strict
+
+class DataConfig(_Strict):
+    """Where the tasks come from. ``targets`` order is the priority order of the target filter."""
+
+    source: Literal["qm9pack", "moleculenet", "table"] = "qm9pack"
+    path: str | None = None
+    smiles_column: str = "smiles"
+    id_column: str | None = None
+    targets: list[str] | None = None
+    units: dict[str, str] = Field(default_factory=dict)
+    max_molecules: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.source != "qm9pack" and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        return self
+
+
+class PreprocessConfig(_Strict):
+    corr_threshold: float = Field(default=0.8, gt=0, le=1)
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    n_folds: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _split_sums_to_one(self) -> PreprocessConfig:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) <= 0:
+            raise ValueError("preprocess.split must be three positive fractions summing to 1")
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: Literal["dmpnn"] = "dmpnn"
+    hidden_dim: int = Field(default=300, gt=0)
+    depth: int = Field(default=3, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    aggregation: Literal["norm", "mean", "sum"] = "norm"
+    ffn_hidden_dim: int = Field(default=300, gt=0)
+    ffn_layers: int = Field(default=2, ge=1)
+
+
+class TrainConfig(_Strict):
+    """Per-task pretraining. ``n_train``/``n_val`` cap the molecules used (None: the whole split)."""
+
+    n_train: int | None = Field(default=None, gt=0)
+    n_val: int | None = Field(default=None, gt=0)
+    fold: int = Field(default=0, ge=0)
+    max_epochs: int = Field(default=50, ge=1)
+    patience: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+
+
+class ProbeConfig(_Strict):
+    """``holdout`` samples QM9-style molecules outside every training split; ``file`` reads SMILES."""
+
+    source: Literal["holdout", "file"] = "holdout"
+    path: str | None = None
+    size: int = Field(default=500, ge=3)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> ProbeConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("probe.path is required when probe.source is 'file'")
+        return self
+
+
+class EmbedConfig(_Strict):
+    batch_size: int = Field(default=128, gt=0)
+    actors_per_task: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=0.5, gt=0)
+    gpu_fraction: float = Field(default=0.25, gt=0, le=1)
+    layer: Literal["graph", "ffn"] = "graph"
+
+
+class BootstrapConfig(_Strict):
+    """Percentile CIs of RSA over probe resamples; ``n_boot: 0`` turns them off."""
+
+    n_boot: int = Field(default=200, ge=0)
+    level: float = Field(default=0.95, gt=0, lt=1)
+    max_probes: int = Field(default=1000, ge=3)
+
+
+class CSIConfig(_Strict):
+    """Dataset similarity: every task's own training inputs embedded by one shared model."""
+
+    model: str | None = None  # task whose model embeds all datasets (default: the first task)
+    per_task: int = Field(default=500, ge=2)
+    level: Literal["graph", "node"] = "graph"
+    per_structure: int = Field(default=8, ge=1)  # node level: atoms drawn per molecule at most
+
+
+MetricName = Literal["rsa", "csi", "cka", "cmd", "logme"]
+
+
+class SimilarityConfig(_Strict):
+    metrics: list[MetricName] = Field(default_factory=lambda: ["rsa"], min_length=1)
+    comparison: Literal["spearman", "pearson", "kendall"] = "spearman"
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    csi: CSIConfig = CSIConfig()
+    cmd_order: int = Field(default=5, ge=1)
+    memory_budget_gb: float = Field(default=8.0, gt=0)
+
+
+class SelectionConfig(_Strict):
+    metric: Literal["rsa", "cka"] = "rsa"
+    threshold: float = Field(default=0.5, ge=-1, le=1)
+
+
+
+class RayConfig(_Strict):
+    """Resources of the embedded local Ray; ignored when connecting to a cluster (RAY_ADDRESS)."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, gt=0)
+    num_gpus: int | None = Field(default=None, ge=0)
+    include_dashboard: bool = False
+
+

@@ -1,0 +1,145 @@
+"""Config of the transfer experiments: fine-tuning, budgeted multi-task pretraining, mixture of
+experts and the fine-tuning variants the strategies study compares."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from tasksim_ray.config.base import Strict as _Strict
+from tasksim_ray.config.base import first_error as _first_error
+
+class RegularizerConfig(_Strict):
+    """L2-SP pulls transferred weights back to the pretrained ones; BSS shrinks the k smallest
+    singular values of the batch feature matrix. ``none`` by default."""
+
+    kind: Literal["none", "l2sp", "bss"] = "none"
+    weight: float = Field(default=0.01, ge=0)
+    bss_k: int = Field(default=1, ge=1)
+
+
+class FinetuneConfig(_Strict):
+    """How a target model is trained from a pretrained one (or from scratch, the baseline).
+
+    ``strategy``: full (everything), head (new head, encoder frozen), last (last encoder layer +
+    head), layers (head + parameters matching ``layers`` glob patterns). ``gradual_unfreeze`` > 0
+    starts from the head and unfreezes one more encoder layer group every that many epochs.
+    ``llrd`` multiplies the learning rate by this factor per layer group below the head."""
+
+    strategy: Literal["full", "head", "last", "layers"] = "full"
+    layers: list[str] = Field(default_factory=list)
+    gradual_unfreeze: int = Field(default=0, ge=0)
+    llrd: float | None = Field(default=None, gt=0, le=1)
+    regularizer: RegularizerConfig = RegularizerConfig()
+    lr: float = Field(default=1e-3, gt=0)
+    max_epochs: int = Field(default=40, ge=1)
+    patience: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=50, gt=0)
+
+    @model_validator(mode="after")
+    def _layers_given(self) -> FinetuneConfig:
+        if self.strategy == "layers" and not self.layers:
+            raise ValueError("finetune.layers must list parameter-name patterns when strategy is 'layers'")
+        return self
+
+
+class BudgetConfig(_Strict):
+    """Multi-task pretraining under a fixed budget C = N samples per epoch x E epochs: give C and
+    one of ``samples``, ``epochs`` or ``splits`` (a list of [N, E] pairs to try)."""
+
+    total: int = Field(default=60_000, gt=0)
+    samples: int | None = Field(default=None, gt=0)
+    epochs: int | None = Field(default=None, gt=0)  # 10 when none of samples/epochs/splits is given
+    splits: list[tuple[int, int]] | None = None
+    sampling: Literal["uniform", "proportional", "temperature"] = "uniform"
+    temperature: float = Field(default=2.0, gt=0)
+    pool_per_task: int = Field(default=5000, gt=0)  # labelled training molecules per source task
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=50, gt=0)
+    workers: int = Field(default=1, ge=1)  # > 1: data-parallel with Ray Train (DDP), same global batch
+    worker_cpus: float = Field(default=1.0, gt=0)
+    worker_gpus: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_epochs(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and all(raw.get(k) is None for k in ("samples", "epochs", "splits")):
+            return {**raw, "epochs": 10}
+        return raw
+
+    @model_validator(mode="after")
+    def _exact_split(self) -> BudgetConfig:
+        from tasksim_ray.transfer.budget import resolve_splits
+
+        resolve_splits(self.total, self.samples, self.epochs, self.splits)
+        return self
+
+    def resolved(self) -> list[tuple[int, int]]:
+        """The (samples per epoch, epochs) splits this budget asks for."""
+        from tasksim_ray.transfer.budget import resolve_splits
+
+        return resolve_splits(self.total, self.samples, self.epochs, self.splits)
+
+
+class MoEConfig(_Strict):
+    """Mixture of frozen per-task experts: G = softmax(KeepTopK(theta, k)), penalty
+    lambda (theta^T theta - 1)^2; the last encoder layer of each expert and a new head train."""
+
+    k: int = Field(default=2, ge=1)
+    penalty: float = Field(default=0.01, ge=0)
+    init: Literal["uniform", "similarity"] = "uniform"
+    expert_lr: float = Field(default=5e-3, gt=0)
+    head_lr: float = Field(default=1e-2, gt=0)
+
+
+DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "head": {"strategy": "head"},
+    "last": {"strategy": "last"},
+    "gradual + LLRD": {"gradual_unfreeze": 2, "llrd": 0.8},
+    "full + L2-SP": {"regularizer": {"kind": "l2sp", "weight": 0.01}},
+    "full + BSS": {"regularizer": {"kind": "bss", "weight": 0.001, "bss_k": 1}},
+}
+
+
+class TransferConfig(_Strict):
+    """The transfer experiments: learning curves over (target, recipe, size, fold) cells.
+
+    ``variants`` are fine-tuning recipes compared by the strategies study, each a set of
+    overrides of ``finetune``; ``strategy_pairs`` the (target, source) pairs they run on."""
+
+    tasks: list[str] | None = None  # kept tasks that take part (default: all kept tasks)
+    sizes: list[int] = Field(default_factory=lambda: [100, 300, 1000], min_length=2)
+    folds: int = Field(default=2, ge=1)
+    n_val: int = Field(default=500, gt=0)
+    n_test: int = Field(default=1000, gt=0)
+    finetune: FinetuneConfig = FinetuneConfig()
+    budget: BudgetConfig = BudgetConfig()
+    moe: MoEConfig = MoEConfig()
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)
+    strategy_pairs: list[tuple[str, str]] = Field(default_factory=list)
+    num_cpus: float = Field(default=1.0, gt=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _sizes_increase(self) -> TransferConfig:
+        if any(b <= a for a, b in zip(self.sizes, self.sizes[1:])) or self.sizes[0] < 2:
+            raise ValueError("transfer.sizes must be increasing training-set sizes of at least 2")
+        for target, source in self.strategy_pairs:
+            if target == source:
+                raise ValueError(f"transfer.strategy_pairs: target '{target}' cannot be its own source")
+        self.variant_configs()
+        return self
+
+    def variant_configs(self) -> dict[str, FinetuneConfig]:
+        """Each variant as a full fine-tuning config: ``finetune`` with the variant's keys replaced."""
+        out = {}
+        for name, override in self.variants.items():
+            try:
+                out[name] = FinetuneConfig.model_validate(self.finetune.model_dump() | override)
+            except ValidationError as exc:
+                raise ValueError(f"variant '{name}': {_first_error(exc)}") from None
+        return out
+
+
