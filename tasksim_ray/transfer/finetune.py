@@ -24,9 +24,10 @@ from tasksim_ray.transfer.objectives import bss_penalty, l2sp_penalty, reference
 
 
 def encoder_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
-    """(group, parameter names) for each encoder layer group, input to output."""
+    """(group, parameter names) for each encoder layer group, input to output. A group is a module
+    path prefix (``W_o``, ``convs.3``), so one block of a ModuleList can be its own group."""
     names = [n for n, _ in model.named_parameters()]
-    return [(layer, [n for n in names if n.split(".")[0] == layer]) for layer in model.ENCODER_LAYERS]
+    return [(layer, [n for n in names if n == layer or n.startswith(layer + ".")]) for layer in model.ENCODER_LAYERS]
 
 
 def head_names(model: nn.Module) -> list[str]:
