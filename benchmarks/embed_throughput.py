@@ -49,7 +49,7 @@ sys.path[:0] = IMPORT_PATHS
 
 from tasksim_ray.config import EmbedConfig, ModelConfig  # noqa: E402
 from tasksim_ray.embed import GRAPH, ID, embed_table, graph_table, read_embedded  # noqa: E402
-from tasksim_ray.featurize import graph_from_bytes  # noqa: E402
+from tasksim_ray.graphstore import graph_from_bytes  # noqa: E402
 from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from tasksim_ray.probes import read_probe_file  # noqa: E402
 
@@ -64,7 +64,7 @@ AGREE_TOL = 1e-4  # float32, different thread counts: tiny differences only
 
 def load_probes(path: Path, n: int) -> tuple[list[str], list[str]]:
     """n SMILES from the file, cycled when it has fewer; ids sort in row order."""
-    smiles, _ = read_probe_file(path)
+    _, smiles, _ = read_probe_file(path, size=10**9, seed=0)
     smiles = [smiles[i % len(smiles)] for i in range(n)]
     return smiles, [f"probe_{i:07d}" for i in range(n)]
 
@@ -72,8 +72,8 @@ def load_probes(path: Path, n: int) -> tuple[list[str], list[str]]:
 def make_models(root: Path, n_tasks: int, hidden: int, depth: int, seed: int) -> dict[str, Path]:
     """Seeded random D-MPNNs saved as checkpoint folders. Every hparam is written out, so the
     driver and the actors build the same network even if a default changes in between."""
-    hp = ModelConfig(hidden_dim=hidden, depth=depth, ffn_hidden_dim=hidden).model_dump()
-    backbone = hp.pop("backbone")
+    model_cfg = ModelConfig(hidden_dim=hidden, depth=depth, ffn_hidden_dim=hidden)
+    backbone, hp = model_cfg.backbone, model_cfg.hparams()
     dirs = {}
     for t in range(n_tasks):
         torch.manual_seed(seed + t)

@@ -30,7 +30,7 @@ import torch
 from torch_geometric.data import Batch
 
 from tasksim_ray.embed import GRAPH, ID, TaskEmbedder, emb_column
-from tasksim_ray.featurize import graph_from_bytes
+from tasksim_ray.graphstore import graph_from_bytes
 from tasksim_ray.models import load_checkpoint
 
 

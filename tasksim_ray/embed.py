@@ -1,10 +1,10 @@
 """The embedding service: per-task models held by Ray actors, inputs streamed by Ray Data.
 
-Molecules are featurised once into a binary graph column; Ray Data then streams blocks through
-one actor pool per model (``map_batches`` with ``ActorPoolStrategy``), each actor adding that
-model's embedding column, and writes Parquet. With GPUs in the cluster each actor asks for a
-fraction of one, so several task models share a device. Graph-level layers give one vector per
-molecule; ``node`` gives each molecule's per-atom vectors (stored as float32 bytes + atom count).
+Molecules and crystals are featurised once into a binary graph column; Ray Data then streams
+blocks through one actor pool per model (``map_batches`` with ``ActorPoolStrategy``), each actor
+adding that model's embedding column, and writes Parquet. With GPUs in the cluster each actor asks
+for a fraction of one, so several task models share a device. Graph-level layers give one vector
+per input; ``node`` gives each input's per-atom vectors (stored as float32 bytes + atom count).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import torch
 from ray.data import ActorPoolStrategy
 from torch_geometric.data import Batch
 
-from tasksim_ray.config import EmbedConfig
-from tasksim_ray.featurize import FeaturizeReport, featurize_many, graph_from_bytes, graph_to_bytes
+from tasksim_ray.config import CrystalGraphConfig, EmbedConfig
+from tasksim_ray.featurize import FeaturizeReport
+from tasksim_ray.graphstore import graph_from_bytes, graph_to_bytes
+from tasksim_ray.inputs import INPUT_COLUMNS, featurize_inputs
 from tasksim_ray.metrics import probes_embedded
 from tasksim_ray.models import load_checkpoint
 from tasksim_ray.runtime import cluster_cpus, cluster_gpus
@@ -34,11 +36,13 @@ def emb_column(name: str) -> str:
     return f"emb__{name}"
 
 
-def graph_table(smiles: list[str], ids: list[str]) -> tuple[pd.DataFrame, FeaturizeReport]:
-    """Featurise SMILES once into an (id, smiles, graph) table; invalid ones are reported and skipped."""
-    graphs, report = featurize_many(smiles)
+def graph_table(inputs: list[str], ids: list[str], kind: str = "molecule", where: str = "probe set",
+                graph: CrystalGraphConfig | None = None) -> tuple[pd.DataFrame, FeaturizeReport]:
+    """Featurise inputs once into an (id, input, graph) table; invalid molecules are reported and
+    skipped, a bad crystal is an error naming its id."""
+    graphs, report = featurize_inputs(kind, inputs, where, ids, graph)
     keep = [i for i, g in enumerate(graphs) if g is not None]
-    return pd.DataFrame({ID: [ids[i] for i in keep], "smiles": [smiles[i] for i in keep],
+    return pd.DataFrame({ID: [ids[i] for i in keep], INPUT_COLUMNS[kind]: [inputs[i] for i in keep],
                          GRAPH: [graph_to_bytes(graphs[i]) for i in keep]}), report
 
 
@@ -75,12 +79,14 @@ class ActorResources:
 
 
 def actor_resources(cfg: EmbedConfig, n_models: int) -> ActorResources:
-    """Fractional GPUs when the cluster has any; the CPU share is capped so that every model's
-    actor pool starts at once (a chained pipeline needs all of them alive) and one CPU stays
-    free for Ray Data's read and write tasks."""
+    """Fractional GPUs per ``cfg.use_gpu`` (``always`` on a cluster that autoscales GPUs from zero,
+    where there are none to see yet); the CPU share is capped so that every model's actor pool
+    starts at once (a chained pipeline needs all of them alive) and one CPU stays free for Ray
+    Data's read and write tasks."""
     n_actors = n_models * cfg.actors_per_task
     share = min(cfg.num_cpus, max(cluster_cpus() - 1.0, 0.5) / n_actors)
-    return ActorResources(num_cpus=share, num_gpus=cfg.gpu_fraction if cluster_gpus() > 0 else 0.0)
+    gpu = cfg.use_gpu == "always" or (cfg.use_gpu == "auto" and cluster_gpus() > 0)
+    return ActorResources(num_cpus=share, num_gpus=cfg.gpu_fraction if gpu else 0.0)
 
 
 def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_dir: Path, layer: str = "graph") -> None:

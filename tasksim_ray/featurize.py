@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from rdkit import Chem, RDLogger
 from torch_geometric.data import Data
@@ -102,44 +101,3 @@ def featurize_many(smiles: Sequence[str], n_examples: int = 3) -> tuple[list[Dat
             if len(report.invalid_examples) < n_examples:
                 report.invalid_examples.append(str(smiles[i]))
     return graphs, report
-
-
-def pack_graphs(graphs: Sequence[Data]) -> dict[str, torch.Tensor]:
-    """Concatenate graphs into flat tensors plus offsets: a compact, weights_only-loadable store."""
-    n_atoms = torch.tensor([g.num_nodes for g in graphs], dtype=torch.long)
-    n_edges = torch.tensor([g.edge_index.shape[1] for g in graphs], dtype=torch.long)
-    return {
-        "x": torch.cat([g.x for g in graphs]) if graphs else torch.zeros(0, ATOM_FDIM),
-        "edge_index": torch.cat([g.edge_index for g in graphs], 1) if graphs else torch.zeros(2, 0, dtype=torch.long),
-        "edge_attr": torch.cat([g.edge_attr for g in graphs]) if graphs else torch.zeros(0, BOND_FDIM),
-        "atom_ptr": torch.cat([torch.zeros(1, dtype=torch.long), n_atoms.cumsum(0)]),
-        "edge_ptr": torch.cat([torch.zeros(1, dtype=torch.long), n_edges.cumsum(0)]),
-    }
-
-
-def unpack_graphs(store: dict[str, torch.Tensor]) -> list[Data]:
-    ap, ep = store["atom_ptr"].tolist(), store["edge_ptr"].tolist()
-    return [
-        Data(x=store["x"][ap[i]:ap[i + 1]], edge_index=store["edge_index"][:, ep[i]:ep[i + 1]],
-             edge_attr=store["edge_attr"][ep[i]:ep[i + 1]])
-        for i in range(len(ap) - 1)
-    ]
-
-
-def graph_to_bytes(g: Data) -> bytes:
-    """Serialise one graph for a binary Arrow column (probe sets streamed through Ray Data)."""
-    arrays = [g.x.numpy(), g.edge_index.numpy(), g.edge_attr.numpy()]
-    header = np.array([g.num_nodes, g.edge_index.shape[1]], dtype=np.int64).tobytes()
-    return header + b"".join(a.tobytes() for a in arrays)
-
-
-def graph_from_bytes(buf: bytes) -> Data:
-    n, e = np.frombuffer(buf[:16], dtype=np.int64)
-    off = 16
-    x = np.frombuffer(buf, np.float32, n * ATOM_FDIM, off).reshape(n, ATOM_FDIM)
-    off += x.nbytes
-    ei = np.frombuffer(buf, np.int64, 2 * e, off).reshape(2, e)
-    off += ei.nbytes
-    ea = np.frombuffer(buf, np.float32, e * BOND_FDIM, off).reshape(e, BOND_FDIM)
-    return Data(x=torch.from_numpy(x.copy()), edge_index=torch.from_numpy(ei.copy()),
-                edge_attr=torch.from_numpy(ea.copy()))

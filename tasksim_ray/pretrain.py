@@ -18,7 +18,7 @@ import torch
 from tasksim_ray import __version__
 from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.config import ModelConfig, TrainConfig
-from tasksim_ray.featurize import unpack_graphs
+from tasksim_ray.graphstore import unpack_graphs
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
 from tasksim_ray.train import FitOptions, fit
 
@@ -44,9 +44,7 @@ class PretrainedModel:
 
 
 def model_hparams(cfg: ModelConfig) -> dict[str, Any]:
-    hp = cfg.model_dump()
-    hp.pop("backbone")
-    return hp
+    return cfg.hparams()
 
 
 def train_one(store: dict[str, torch.Tensor], data: TaskData, model_cfg: ModelConfig,

@@ -1,8 +1,8 @@
-"""Probe sets: the shared molecules every task model embeds.
+"""Probe sets: the shared inputs every task model embeds.
 
-By default a seeded sample of molecules from the test split (outside every training split);
-otherwise any SMILES file: plain text with one SMILES a line, or a CSV/Parquet with a ``smiles``
-column.
+By default a seeded sample from the test split (outside every training split); otherwise a file:
+for molecules, plain text with one SMILES a line or a CSV/Parquet with a ``smiles`` column; for
+crystals, a gzip-JSON structure table or a folder of CIF/POSCAR files.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pandas as pd
 
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize import FeaturizeReport
-from tasksim_ray.tasks import ID, SMILES, TaskTable, read_table
+from tasksim_ray.tasks import ID, TaskTable, read_table
 
 
 def qm9pack_version() -> str:
@@ -25,9 +25,34 @@ def qm9pack_version() -> str:
         return "missing"
 
 
-def read_probe_file(path: Path) -> tuple[list[str], list[str]]:
-    if not path.is_file():
+CRYSTAL_SUFFIXES = (".json.gz", ".json", ".cif")
+
+
+def is_crystal_file(path: Path) -> bool:
+    """Crystal probe sets: a gzip-JSON structure table, or a folder of CIF/POSCAR files."""
+    return path.is_dir() or path.name.endswith(CRYSTAL_SUFFIXES)
+
+
+def read_probe_file(path: Path, size: int, seed: int) -> tuple[str, list[str], list[str]]:
+    """(input kind, inputs, ids) of a probe file, a seeded sample of ``size`` when it holds more."""
+    if not path.exists():
         raise TasksimError(f"{path}: probe file not found")
+    if is_crystal_file(path):
+        from tasksim_ray.crystal_tasks import read_structures
+
+        ids, inputs = read_structures(path)
+        kind = "crystal"
+    else:
+        inputs = _read_smiles(path)
+        ids = [f"probe_{i:06d}" for i in range(len(inputs))]
+        kind = "molecule"
+    if len(inputs) > size:
+        keep = np.sort(np.random.default_rng(seed + 1).choice(len(inputs), size=size, replace=False))
+        inputs, ids = [inputs[i] for i in keep], [ids[i] for i in keep]
+    return kind, inputs, ids
+
+
+def _read_smiles(path: Path) -> list[str]:
     if path.suffix in {".csv", ".parquet"}:
         frame = read_table(path)
         col = next((c for c in frame.columns if c.lower() == "smiles"), None)
@@ -38,7 +63,7 @@ def read_probe_file(path: Path) -> tuple[list[str], list[str]]:
         smiles = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not smiles:
         raise TasksimError(f"{path}: probe file has no SMILES")
-    return smiles, [f"probe_{i:06d}" for i in range(len(smiles))]
+    return smiles
 
 
 def holdout_probes(table: TaskTable, test_rows: np.ndarray, size: int, seed: int) -> tuple[list[str], list[str]]:
@@ -46,7 +71,7 @@ def holdout_probes(table: TaskTable, test_rows: np.ndarray, size: int, seed: int
     rng = np.random.default_rng(seed + 1)  # independent of the split's stream
     rows = np.sort(rng.choice(test_rows, size=min(size, len(test_rows)), replace=False))
     frame = table.frame.iloc[rows]
-    return frame[SMILES].tolist(), frame[ID].astype(str).tolist()
+    return frame[table.input_column].tolist(), frame[ID].astype(str).tolist()
 
 
 def require_enough(frame: pd.DataFrame, report: FeaturizeReport) -> None:

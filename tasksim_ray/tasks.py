@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from tasksim_ray.config import DataConfig
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.inputs import INPUT_COLUMNS
 
 ID, SMILES = "mol_id", "smiles"
 _META_KEY = b"tasksim.tasks"
@@ -35,7 +36,7 @@ class Task:
 
 @dataclass
 class TaskTable:
-    frame: pd.DataFrame  # columns: mol_id, smiles, then one column per task
+    frame: pd.DataFrame  # columns: mol_id, the input (smiles or structure), then one column per task
     tasks: list[Task]
 
     @property
@@ -45,12 +46,25 @@ class TaskTable:
     def labels(self, name: str) -> np.ndarray:
         return self.frame[name].to_numpy(dtype=np.float64)
 
+    @property
+    def kind(self) -> str:
+        """The input kind every task of this table shares: ``molecule`` or ``crystal``."""
+        return self.tasks[0].input_kind if self.tasks else "molecule"
+
+    @property
+    def input_column(self) -> str:
+        return INPUT_COLUMNS[self.kind]
+
+    def inputs(self) -> np.ndarray:
+        """Each row's input: a SMILES string, or a crystal structure as JSON."""
+        return self.frame[self.input_column].to_numpy()
+
     def subset(self, names: list[str]) -> TaskTable:
         unknown = [n for n in names if n not in self.names]
         if unknown:
             raise TasksimError(f"unknown task name(s) {unknown}; available: {self.names}")
         by_name = {t.name: t for t in self.tasks}
-        return TaskTable(self.frame[[ID, SMILES, *names]], [by_name[n] for n in names])
+        return TaskTable(self.frame[[ID, self.input_column, *names]], [by_name[n] for n in names])
 
     def save(self, path: Path) -> None:
         table = pa.Table.from_pandas(self.frame, preserve_index=False)

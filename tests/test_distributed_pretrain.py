@@ -11,7 +11,7 @@ from torch_geometric.data import Batch
 
 from tasksim_ray.cache import read_manifest
 from tasksim_ray.config import load_config
-from tasksim_ray.featurize import unpack_graphs
+from tasksim_ray.graphstore import unpack_graphs
 from tasksim_ray.models import load_checkpoint
 from tasksim_ray.progress import Console
 from tasksim_ray.transfer.multitask import pretrain_subset, subset_dir

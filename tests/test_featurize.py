@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from tasksim_ray.featurize import (ATOM_FDIM, BOND_FDIM, featurize_many, graph_from_bytes,
-                                   graph_to_bytes, pack_graphs, smiles_to_graph, unpack_graphs)
+from tasksim_ray.featurize import ATOM_FDIM, BOND_FDIM, featurize_many, smiles_to_graph
 
 
 @pytest.mark.parametrize("smiles, n_atoms, n_bonds", [
@@ -40,13 +39,3 @@ def test_invalid_smiles_are_reported_and_skipped() -> None:
     assert report.invalid_rows == [1, 2, 3]
     assert report.invalid_examples == ["not_a_smiles", "C1CC", ""]
     assert "skipped 3 of 5 invalid SMILES" in report.summary("probe set")
-
-
-def test_serialisation_round_trips() -> None:
-    graphs = [smiles_to_graph(s) for s in ["C", "CCO", "c1ccccc1O"]]
-    for g in graphs:
-        h = graph_from_bytes(graph_to_bytes(g))
-        assert torch.equal(g.x, h.x) and torch.equal(g.edge_index, h.edge_index)
-        assert torch.equal(g.edge_attr, h.edge_attr)
-    for g, h in zip(graphs, unpack_graphs(pack_graphs(graphs))):
-        assert torch.equal(g.x, h.x) and torch.equal(g.edge_index, h.edge_index)

@@ -16,16 +16,17 @@ from pydantic import ValidationError, model_validator
 
 from tasksim_ray.config.base import Strict, first_error
 from tasksim_ray.config.search import SearchConfig
-from tasksim_ray.config.stages import (BootstrapConfig, CSIConfig, DataConfig, EmbedConfig, MetricName,
-                                       ModelConfig, PreprocessConfig, ProbeConfig, RayConfig, SelectionConfig,
-                                       SimilarityConfig, TrainConfig)
+from tasksim_ray.config.stages import (BootstrapConfig, CrystalGraphConfig, CSIConfig, DataConfig, EmbedConfig,
+                                       MetricName, ModelConfig, PreprocessConfig, ProbeConfig, RayConfig,
+                                       SelectionConfig, SimilarityConfig, TrainConfig)
+from tasksim_ray.config.stages import StorageConfig
 from tasksim_ray.config.transfer import (DEFAULT_VARIANTS, BudgetConfig, FinetuneConfig, MoEConfig,
                                          RegularizerConfig, TransferConfig)
 from tasksim_ray.errors import TasksimError
 
-__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "DataConfig", "EmbedConfig",
-           "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig", "PreprocessConfig",
-           "ProbeConfig", "RayConfig", "RegularizerConfig", "SearchConfig", "SelectionConfig",
+__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig", "DataConfig",
+           "EmbedConfig", "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig",
+           "PreprocessConfig", "ProbeConfig", "RayConfig", "RegularizerConfig", "SearchConfig", "SelectionConfig",
            "SimilarityConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
 
@@ -45,6 +46,7 @@ class PipelineConfig(Strict):
     transfer: TransferConfig = TransferConfig()
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
+    storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
     def _selection_metric_computed(self) -> PipelineConfig:

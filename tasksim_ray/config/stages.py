@@ -3,18 +3,39 @@ embedding, similarity metrics, selection and the Ray runtime."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from tasksim_ray.config.base import Strict as _Strict
 
-class DataConfig(_Strict):
-    """Where the tasks come from. ``targets`` order is the priority order of the target filter."""
+CRYSTAL_SOURCES = ("crystals", "structure_table", "id_prop", "matbench")
 
-    source: Literal["qm9pack", "moleculenet", "table"] = "qm9pack"
+
+class CrystalGraphConfig(_Strict):
+    """Crystal graphs: neighbours within ``radius`` (A), at most ``max_neighbors`` per atom, distances
+    expanded in Gaussians centred at dmin, dmin + step, ..., radius (CGCNN's 8 A, 12, 0..8 step 0.2)."""
+
+    radius: float = Field(default=8.0, gt=0)
+    max_neighbors: int = Field(default=12, ge=1)
+    dmin: float = Field(default=0.0, ge=0)
+    step: float = Field(default=0.2, gt=0)
+
+
+class DataConfig(_Strict):
+    """Where the tasks come from. ``targets`` order is the priority order of the target filter.
+
+    Molecules: ``qm9pack``, ``moleculenet`` or any ``table`` with a SMILES column. Crystals:
+    ``crystals`` (gzip-JSON structure tables, one file or a folder of them, one task per target),
+    ``structure_table`` (a table with a structure column), ``id_prop`` (a folder of CIF/POSCAR files
+    with id_prop.csv) or ``matbench`` (a Matbench dataset file)."""
+
+    source: Literal["qm9pack", "moleculenet", "table", "crystals", "structure_table", "id_prop",
+                    "matbench"] = "qm9pack"
     path: str | None = None
     smiles_column: str = "smiles"
+    structure_column: str = "structure"
+    graph: CrystalGraphConfig = CrystalGraphConfig()
     id_column: str | None = None
     targets: list[str] | None = None
     units: dict[str, str] = Field(default_factory=dict)
@@ -40,13 +61,29 @@ class PreprocessConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backbone: Literal["dmpnn"] = "dmpnn"
+    """The backbone. The D-MPNN (molecules) is set by the typed keys below; the crystal backbones
+    (``cgcnn``, ``chgnet``, ``mace``, ``alignn``) take their constructor arguments from ``params``."""
+
+    backbone: Literal["dmpnn", "cgcnn", "chgnet", "mace", "alignn"] = "dmpnn"
     hidden_dim: int = Field(default=300, gt=0)
     depth: int = Field(default=3, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     aggregation: Literal["norm", "mean", "sum"] = "norm"
     ffn_hidden_dim: int = Field(default=300, gt=0)
     ffn_layers: int = Field(default=2, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _params_for_crystal_backbones(self) -> ModelConfig:
+        if self.backbone == "dmpnn" and self.params:
+            raise ValueError("model.params is for the crystal backbones; the D-MPNN uses the typed model keys")
+        return self
+
+    def hparams(self) -> dict[str, Any]:
+        """Constructor arguments of the backbone."""
+        if self.backbone != "dmpnn":
+            return dict(self.params)
+        return self.model_dump(exclude={"backbone", "params"})
 
 
 class TrainConfig(_Strict):
@@ -79,11 +116,16 @@ class ProbeConfig(_Strict):
 
 
 class EmbedConfig(_Strict):
+    """``use_gpu``: ``auto`` asks for ``gpu_fraction`` of a GPU per actor when the cluster has GPUs
+    now; ``always`` also when it has none yet, for clusters whose GPU workers autoscale from zero
+    (the pending GPU request is what scales them up); ``never`` keeps embedding on CPUs."""
+
     batch_size: int = Field(default=128, gt=0)
     actors_per_task: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.5, gt=0)
     gpu_fraction: float = Field(default=0.25, gt=0, le=1)
-    layer: Literal["graph", "ffn"] = "graph"
+    use_gpu: Literal["auto", "always", "never"] = "auto"
+    layer: str = "graph"  # one of the backbone's LAYERS (D-MPNN: graph, ffn; node-level: node)
 
 
 class BootstrapConfig(_Strict):
@@ -128,5 +170,15 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(default=None, gt=0)
     num_gpus: int | None = Field(default=None, ge=0)
     include_dashboard: bool = False
+
+
+class StorageConfig(_Strict):
+    """Where artifacts are shared: ``<workdir>`` is mirrored at ``uri`` (a path, ``s3://`` or
+    ``gs://``; None: local only). ``endpoint_override``/``region`` are for S3 and default to the
+    AWS_ENDPOINT_URL(_S3)/AWS_REGION variables; credentials only ever come from the environment."""
+
+    uri: str | None = None
+    endpoint_override: str | None = None
+    region: str | None = None
 
 

@@ -22,7 +22,7 @@ from filelock import FileLock
 from ray import tune
 
 from tasksim_ray.cache import is_complete
-from tasksim_ray.featurize import unpack_graphs
+from tasksim_ray.graphstore import unpack_graphs
 from tasksim_ray.search.space import SpaceSpec, decode
 from tasksim_ray.train import Trainer
 from tasksim_ray.transfer.cells import CellData, finetune_setup, test_mae

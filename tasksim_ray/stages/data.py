@@ -9,13 +9,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch_geometric.data import Data
 
 from tasksim_ray import probes
 from tasksim_ray.cache import file_fingerprint
-from tasksim_ray.featurize import featurize_many, pack_graphs
+from tasksim_ray.featurize import FeaturizeReport
+from tasksim_ray.graphstore import pack_graphs
+from tasksim_ray.inputs import featurize_inputs
 from tasksim_ray.preprocess import filter_correlated, split_molecules
 from tasksim_ray.stages import Run, Stage
-from tasksim_ray.tasks import TaskTable, load_tasks
+from tasksim_ray.tasks import ID, TaskTable, load_tasks
 
 
 def _data_fingerprint(run: Run) -> Any:
@@ -64,6 +67,13 @@ def labelled_rows(labels: np.ndarray, order: np.ndarray, limit: int | None) -> n
     return labelled[:limit] if limit else labelled
 
 
+def featurize_rows(run: Run, table: TaskTable, rows: np.ndarray) -> tuple[list[Data | None], FeaturizeReport]:
+    """Graphs of these table rows; errors name the data source and the row's id."""
+    data = run.cfg.data
+    return featurize_inputs(table.kind, table.inputs()[rows], data.path or data.source,
+                            table.frame[ID].to_numpy()[rows].tolist(), data.graph)
+
+
 def stage_featurize(run: Run, tasks: Stage, prep: Stage) -> Stage:
     """Graphs of every molecule some task trains or validates on (once, shared by all tasks)."""
     cfg = run.cfg
@@ -76,8 +86,8 @@ def stage_featurize(run: Run, tasks: Stage, prep: Stage) -> Stage:
                             "val": labelled_rows(table.labels(t), val_order, cfg.train.n_val)}
                         for t in prep.manifest["kept"]}
         rows = np.unique(np.concatenate([r for d in rows_by_task.values() for r in d.values()]))
-        graphs, report = featurize_many(table.frame["smiles"].to_numpy()[rows].tolist())
-        run.log("featurize", report.summary("training molecules"))
+        graphs, report = featurize_rows(run, table, rows)
+        run.log("featurize", report.summary(f"training {table.kind}s"))
         valid = {int(rows[i]): pos for pos, i in enumerate(i for i, g in enumerate(graphs) if g is not None)}
         torch.save(pack_graphs([g for g in graphs if g is not None]), out / "graphs.pt")
         positions = {t: {part: [valid[int(r)] for r in rs if int(r) in valid] for part, rs in d.items()}

@@ -20,7 +20,7 @@ from tasksim_ray import probes
 from tasksim_ray.cache import atomic_dir, is_complete, stable_hash, write_manifest
 from tasksim_ray.embed import GRAPH, ID, embed_table, graph_table, load_embedding, read_embedded, save_embedding
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.featurize import graph_to_bytes, unpack_graphs
+from tasksim_ray.graphstore import graph_to_bytes, unpack_graphs
 from tasksim_ray.pretrain import PretrainedModel
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, task_rows
@@ -37,23 +37,31 @@ class TaskEmbedding:
         return load_embedding(self.path / "embeddings.parquet")
 
 
-def stage_probe(run: Run, tasks: Stage, prep: Stage) -> Stage:
-    """The probe set, keyed by its molecules, so a study that adds a task keeps its probes."""
+def stage_probe(run: Run, tasks: Stage | None, prep: Stage | None) -> Stage:
+    """The probe set, keyed by its inputs, so a study that adds a task keeps its probes. Without a
+    task table (published models) the probes must come from a file."""
     cfg = run.cfg
     if cfg.probe.source == "file":
-        smiles, ids = probes.read_probe_file(Path(cfg.probe.path or ""))
+        kind, inputs, ids = probes.read_probe_file(Path(cfg.probe.path or ""), cfg.probe.size, cfg.seed)
+    elif tasks is None or prep is None:
+        raise TasksimError("probe.source must be 'file' when the task models are published checkpoints")
     else:
+        table = load_table(tasks)
         test_rows = np.load(prep.path / "split.npz")["test"]
-        smiles, ids = probes.holdout_probes(load_table(tasks), test_rows, cfg.probe.size, cfg.seed)
+        inputs, ids = probes.holdout_probes(table, test_rows, cfg.probe.size, cfg.seed)
+        kind = table.kind
 
     def build(out: Path) -> dict[str, Any]:
-        frame, report = graph_table(smiles, ids)
+        frame, report = graph_table(inputs, ids, kind, f"probe set {cfg.probe.path or 'holdout'}", cfg.data.graph)
         run.log("probe", report.summary("probe set"))
         probes.require_enough(frame, report)
         frame.to_parquet(out / "probe.parquet", index=False)
-        return {"n_probes": len(frame), "invalid": len(report.invalid_rows)}
+        return {"n_probes": len(frame), "invalid": len(report.invalid_rows), "kind": kind}
 
-    return run.stage("probe", [cfg.probe.source, stable_hash(ids, smiles, length=32)], build)
+    parts = [cfg.probe.source, stable_hash(ids, inputs, length=32)]
+    if kind == "crystal":
+        parts.append(cfg.data.graph.model_dump())
+    return run.stage("probe", parts, build)
 
 
 def probe_labels(probe: Stage, tasks: Stage, names: list[str]) -> dict[str, np.ndarray]:

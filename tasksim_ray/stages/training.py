@@ -18,12 +18,12 @@ def stage_pretrain(run: Run, tasks: Stage, feats: Stage) -> dict[str, Pretrained
     units = {t.name: t.units for t in table.tasks}
     rows = task_rows(feats)
     data = []
-    smiles = table.frame["smiles"].to_numpy()
+    inputs = table.inputs()
     for task, pos in rows["positions"].items():
         labels = table.labels(task)
         r = rows["rows"][task]
         content = stable_hash(task, labels[r["train"]].tobytes().hex(), labels[r["val"]].tobytes().hex(),
-                              smiles[r["train"]].tolist(), smiles[r["val"]].tolist(), length=32)
+                              inputs[r["train"]].tolist(), inputs[r["val"]].tolist(), length=32)
         data.append(TaskData(task, units[task], np.array(pos["train"], dtype=int), labels[r["train"]],
                              np.array(pos["val"], dtype=int), labels[r["val"]], content))
     store = torch.load(feats.path / "graphs.pt", weights_only=True)

@@ -20,9 +20,9 @@ import torch
 
 from tasksim_ray.cache import stable_hash
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.featurize import featurize_many, pack_graphs
+from tasksim_ray.graphstore import pack_graphs
 from tasksim_ray.stages import Run, Stage
-from tasksim_ray.stages.data import labelled_rows, load_table
+from tasksim_ray.stages.data import featurize_rows, labelled_rows, load_table
 from tasksim_ray.tasks import TaskTable
 from tasksim_ray.transfer.cells import CellData
 from tasksim_ray.transfer.multitask import SubsetData, TaskPool, combine_pools
@@ -58,8 +58,8 @@ def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
                        if t in targets else []}
         wanted = np.unique(np.concatenate([np.array(v, dtype=int) for d in rows.values()
                                            for v in [d["pool"], d["pretrain_val"], d["val"], d["test"], *d["folds"]]]))
-        graphs, report = featurize_many(table.frame["smiles"].to_numpy()[wanted].tolist())
-        run.log("transfer-data", report.summary("transfer molecules"))
+        graphs, report = featurize_rows(run, table, wanted)
+        run.log("transfer-data", report.summary(f"transfer {table.kind}s"))
         valid = wanted[[g is not None for g in graphs]]
         ok = set(valid.tolist())
         for t, d in rows.items():

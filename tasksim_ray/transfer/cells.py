@@ -20,9 +20,9 @@ import ray
 import torch
 
 from tasksim_ray import __version__
-from tasksim_ray.cache import stable_hash, write_json_atomic
+from tasksim_ray.cache import file_complete, publish_json, stable_hash
 from tasksim_ray.config import FinetuneConfig, MoEConfig, ModelConfig
-from tasksim_ray.featurize import unpack_graphs
+from tasksim_ray.graphstore import unpack_graphs
 from tasksim_ray.models import build_model, load_checkpoint
 from tasksim_ray.pretrain import model_hparams
 from tasksim_ray.train import FitOptions, fit, predict
@@ -154,7 +154,7 @@ def run_cells(store_ref: ray.ObjectRef, jobs: list[tuple[CellData, Recipe]], set
             continue
         keys.append(key)
         name = f"{cell.target} <- {recipe.label} n={cell.size} fold {cell.fold}"
-        if path.is_file():
+        if file_complete(path):
             results[key] = json.loads(path.read_text())
             if on_done:
                 on_done(name, True)
@@ -165,7 +165,7 @@ def run_cells(store_ref: ray.ObjectRef, jobs: list[tuple[CellData, Recipe]], set
         [ready], _ = ray.wait(list(pending), num_returns=1)
         key, name = pending.pop(ready)
         results[key] = ray.get(ready)
-        write_json_atomic(cells_dir / f"{key}.json", results[key])  # durable before the next one finishes
+        publish_json(cells_dir / f"{key}.json", results[key])  # durable before the next one finishes
         if on_done:
             on_done(name, False)
     # the same cell can serve several labels (a variant equal to the default recipe): label by the job

@@ -21,7 +21,7 @@ from ray.train.torch import TorchTrainer, prepare_model
 
 from tasksim_ray.cache import atomic_dir, write_manifest
 from tasksim_ray.config import BudgetConfig, ModelConfig
-from tasksim_ray.featurize import unpack_graphs
+from tasksim_ray.graphstore import unpack_graphs
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
 from tasksim_ray.pretrain import model_hparams
 from tasksim_ray.train import masked_mae, predict, with_targets

@@ -21,7 +21,7 @@ import torch
 from tasksim_ray import __version__
 from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.config import BudgetConfig, ModelConfig
-from tasksim_ray.featurize import unpack_graphs
+from tasksim_ray.graphstore import unpack_graphs
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
 from tasksim_ray.pretrain import model_hparams
 from tasksim_ray.train import FitOptions, fit

@@ -1,0 +1,39 @@
+"""Input kinds: what a task's rows are, and how each becomes a graph.
+
+A molecule is a SMILES string (an unparseable one is skipped and reported, as Chemprop does); a
+crystal is a pymatgen ``Structure`` serialised as JSON, and a bad structure is an error naming its
+row, because a crystal graph that cannot be built means the data file is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Literal
+
+from torch_geometric.data import Data
+
+from tasksim_ray.config import CrystalGraphConfig
+from tasksim_ray.featurize import FeaturizeReport, featurize_many
+
+InputKind = Literal["molecule", "crystal"]
+INPUT_COLUMNS: dict[str, str] = {"molecule": "smiles", "crystal": "structure"}
+
+
+def featurize_inputs(kind: str, values: Sequence[str], where: str, row_ids: Sequence[str] | None = None,
+                     graph: CrystalGraphConfig | None = None) -> tuple[list[Data | None], FeaturizeReport]:
+    """Graphs of ``values`` (None where a molecule is invalid). ``where`` and ``row_ids`` name the
+    source in errors; ``graph`` sets the crystal neighbour list and distance expansion."""
+    if kind == "molecule":
+        return featurize_many(list(values))
+    from pymatgen.core import Structure
+
+    from tasksim_ray.crystals.graphs import GraphSettings, structure_to_graph
+
+    g = graph or CrystalGraphConfig()
+    settings = GraphSettings(radius=g.radius, max_neighbors=g.max_neighbors, dmin=g.dmin, step=g.step)
+    graphs: list[Data | None] = []
+    for i, text in enumerate(values):
+        row = row_ids[i] if row_ids is not None else str(i)
+        graphs.append(structure_to_graph(Structure.from_dict(json.loads(text)), settings, f"{where}, row {row}"))
+    return graphs, FeaturizeReport(len(graphs))
