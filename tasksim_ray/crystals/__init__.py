@@ -1,0 +1,1 @@
+"""Crystal tasks: dataset loaders, CGCNN crystal graphs and the published CGCNN checkpoints."""

@@ -1,0 +1,110 @@
+"""Crystal dataset loaders on the shipped subsets (and the full shared files where present)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.io.cif import CifWriter
+
+from tasksim_ray.crystals.loaders import load_id_prop_folder, load_json_table, load_moe_task, \
+    load_published_splits, load_table
+from tasksim_ray.errors import TasksimError
+
+DATA = Path(__file__).resolve().parent / "data" / "crystals"
+MOE = DATA / "moe"
+EXPT = MOE / "moe_tasks" / "expt_formation_enthalpy_combined_RC.json.gz"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "crystals"
+
+
+def test_moe_task_with_published_split_seeds() -> None:
+    ds = load_moe_task(EXPT, MOE / "moe_splits", seeds=[0, 1])
+    assert len(ds) == 12 and ds.ids[0] == "mp-1138" and ds.units == {"e_form expt": "eV/atom"}
+    assert list(ds.targets.columns) == ["e_form expt"] and ds.targets.dtypes.iloc[0] == np.float64
+    assert ds.labels("e_form expt")[0] == pytest.approx(-3.197)  # source row 1693
+    train, val, test = ds.splits[0]
+    assert train.tolist() == [0, 1, 2, 3] and val.tolist() == [4, 5, 6, 7] and test.tolist() == [8, 9, 10, 11]
+    assert ds.splits[1][1].tolist() == [6, 5]
+    assert ds.structures[0].composition.reduced_formula == "LiF"
+    with pytest.raises(TasksimError, match="seed2_correctedExptEf.json: file not found"):
+        load_moe_task(EXPT, MOE / "moe_splits", seeds=[2])
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared data not at ../shared/data")
+def test_full_moe_split_sizes() -> None:
+    splits = load_published_splits(SHARED / "moe_splits", "expt_eform", 1709)
+    assert len(splits) == 5 and all(tuple(map(len, s)) == (1196, 257, 256) for s in splits)
+    assert splits[0][0][:3].tolist() == [1693, 634, 1214]
+    with pytest.raises(TasksimError, match=r"seed0_correctedExptEf.json: 'expt_eform' train index \d+ out of range"):
+        load_published_splits(SHARED / "moe_splits", "expt_eform", 12, seeds=[0])
+    ds = load_moe_task(SHARED / "moe_tasks" / "jarvis_dft_2d_dielectric_tbmbj_2022-04-11.json.gz", SHARED / "moe_splits")
+    assert len(ds) == 120 and not ds.targets.isna().any().any()
+    assert all(sorted(np.concatenate(s).tolist()) == list(range(120)) for s in ds.splits)
+
+
+def test_matbench_split_orient_rows_and_bad_row(tmp_path: Path) -> None:
+    src = json.loads(gzip.open(EXPT).read())
+    rows = [[r["structure"], r["e_form expt"]] for r in src["data"][:3]]
+    doc = {"index": ["mb-x-1", "mb-x-2", "mb-x-3"], "columns": ["structure", "e_form"], "data": rows}
+    good = tmp_path / "matbench_mp_e_form.json.gz"
+    with gzip.open(good, "wt") as fh:
+        json.dump(doc, fh)
+    ds = load_json_table(good)
+    assert ds.ids == ["mb-x-1", "mb-x-2", "mb-x-3"] and ds.units == {"e_form": "eV/atom"}
+    assert ds.labels("e_form").tolist() == [r[1] for r in rows]
+    doc["data"][1][0] = {"lattice": "nonsense"}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(TasksimError, match=r"bad.json: row 1: unparseable structure"):
+        load_json_table(bad)
+
+
+def test_id_prop_folder(tmp_path: Path) -> None:
+    ds = load_id_prop_folder(DATA / "id_prop", target="e_form expt", units="eV/atom")
+    assert ds.ids == ["mp-1138", "mp-2696", "mp-348"]
+    assert ds.labels("e_form expt").tolist() == [-3.197, -0.0455, -0.9597]
+    assert [s.composition.reduced_formula for s in ds.structures] == ["LiF", "MgAg", "TmPd"]
+    # POSCAR variants, a missing label, and a row whose structure file is absent
+    folder = tmp_path / "vasp"
+    (folder / "b").mkdir(parents=True)
+    shutil.copy(DATA / "id_prop" / "mp-1138.cif", folder / "a.cif")
+    ds.structures[1].to(filename=str(folder / "b" / "POSCAR"), fmt="poscar")
+    ds.structures[2].to(filename=str(folder / "c.vasp"), fmt="poscar")
+    (folder / "id_prop.csv").write_text("a,1.0\nb,\nc,3.5\n")
+    got = load_id_prop_folder(folder)
+    assert np.isnan(got.labels("target")[1]) and got.labels("target")[2] == 3.5
+    assert got.structures[2].composition.reduced_formula == "TmPd"
+    (folder / "id_prop.csv").write_text("a,1.0\nzz,2.0\n")
+    with pytest.raises(TasksimError, match=r"id_prop.csv: row 1 \(id 'zz'\): no structure file"):
+        load_id_prop_folder(folder)
+
+
+def test_matminer_tables_in_every_cell_form(tmp_path: Path) -> None:
+    base = load_json_table(EXPT)
+    structures = base.structures[:4]
+    cells = [structures[0], structures[1].as_dict(), json.dumps(structures[2].as_dict()), str(CifWriter(structures[3]))]
+    frame = pd.DataFrame({"mpid": base.ids[:4], "structure": cells, "y": [1.0, None, 3.0, 4.0], "formula": list("abcd")})
+    frame.to_pickle(tmp_path / "t.pkl")
+    ds = load_table(tmp_path / "t.pkl", units={"y": "eV"})
+    assert ds.ids == base.ids[:4] and list(ds.targets.columns) == ["y"] and ds.units == {"y": "eV"}
+    assert np.isnan(ds.labels("y")[1])
+    assert [s.composition for s in ds.structures] == [s.composition for s in structures]
+    text = frame.assign(structure=[json.dumps(structures[0].as_dict()), *cells[1:]])
+    text["structure"] = [c if isinstance(c, str) else json.dumps(c) for c in text["structure"]]
+    text.to_csv(tmp_path / "t.csv", index=False)
+    text.to_parquet(tmp_path / "t.parquet")
+    for name in ("t.csv", "t.parquet"):
+        assert len(load_table(tmp_path / name, targets=["y"])) == 4
+    text.loc[2, "structure"] = "not a structure"
+    text.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(TasksimError, match=r"bad.csv: row 2: unparseable structure"):
+        load_table(tmp_path / "bad.csv")
+    with pytest.raises(TasksimError, match=r"t.csv: missing column\(s\) \['gap'\]"):
+        load_table(tmp_path / "t.csv", targets=["gap"])
+    with pytest.raises(TasksimError, match=r"nope.csv: file not found"):
+        load_table(tmp_path / "nope.csv")
