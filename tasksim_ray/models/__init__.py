@@ -8,7 +8,6 @@ groups, input to output, for fine-tuning strategies) and ``embedding_dim``.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,15 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasksim_ray.cache import is_complete
 from tasksim_ray.models.cgcnn import CGCNN
 from tasksim_ray.models.dmpnn import DMPNN
 
-# a "module:Class" entry is imported on first build, so its library is needed only when used
-BACKBONES: dict[str, type[nn.Module] | str] = {"dmpnn": DMPNN, "cgcnn": CGCNN,
-                                               "chgnet": "tasksim_ray.models.chgnet:CHGNetBackbone",
-                                               "mace": "tasksim_ray.models.mace:MACEBackbone",
-                                               "alignn": "tasksim_ray.models.alignn:ALIGNNBackbone"}
+BACKBONES: dict[str, type[nn.Module]] = {"dmpnn": DMPNN, "cgcnn": CGCNN}
 
 
 @dataclass
@@ -44,11 +38,7 @@ class TaskModelInfo:
 def build_model(backbone: str, hparams: dict[str, Any]) -> nn.Module:
     if backbone not in BACKBONES:
         raise KeyError(f"unknown backbone '{backbone}'; registered: {sorted(BACKBONES)}")
-    entry = BACKBONES[backbone]
-    if isinstance(entry, str):
-        module, _, name = entry.partition(":")
-        entry = getattr(importlib.import_module(module), name)
-    return entry(**hparams)
+    return BACKBONES[backbone](**hparams)
 
 
 def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> None:
@@ -58,8 +48,6 @@ def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> N
 
 
 def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TaskModelInfo]:
-    if not (directory / "config.json").is_file():
-        is_complete(directory)  # trained on another node: fetch it from the shared store, if there
     info = TaskModelInfo(**json.loads((directory / "config.json").read_text()))
     model = build_model(info.backbone, info.hparams)
     state = torch.load(directory / "state_dict.pt", map_location=device, weights_only=True)
