@@ -110,7 +110,9 @@ def test_encoder_groups_end_with_the_last_convolution() -> None:
 @needs_models
 def test_import_published_serves_through_load_checkpoint(tmp_path: Path) -> None:
     written = import_published(MODELS / "cgcnn_mp2017", tmp_path / "models")
-    assert len(written) == 8 and all(is_complete(d) for d in written.values())
+    experts = import_published(MODELS / "cgcnn_moe_extractors", tmp_path / "experts")
+    assert (len(written), len(experts)) == (8, 18)
+    assert all(is_complete(d) for d in [*written.values(), *experts.values()])
     model, info = load_checkpoint(written["formation-energy-per-atom"])
     ref, mean, std, _ = load_published(EFORM)
     assert (info.backbone, info.units, info.target_mean, info.target_std) == ("cgcnn", "eV/atom", mean, std)

@@ -9,8 +9,13 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from tasksim_ray.crystals.graphs import GraphSettings, atom_features, graphs_from_structures, neighbor_edges, \
-    structure_to_graph
+from tasksim_ray.crystals.graphs import (
+    GraphSettings,
+    atom_features,
+    graphs_from_structures,
+    neighbor_edges,
+    structure_to_graph,
+)
 from tasksim_ray.errors import TasksimError
 
 

@@ -12,8 +12,13 @@ import pandas as pd
 import pytest
 from pymatgen.io.cif import CifWriter
 
-from tasksim_ray.crystals.loaders import load_id_prop_folder, load_json_table, load_moe_task, \
-    load_published_splits, load_table
+from tasksim_ray.crystals.loaders import (
+    load_id_prop_folder,
+    load_json_table,
+    load_moe_task,
+    load_published_splits,
+    load_table,
+)
 from tasksim_ray.errors import TasksimError
 
 DATA = Path(__file__).resolve().parent / "data" / "crystals"
@@ -48,7 +53,8 @@ def test_full_moe_split_sizes() -> None:
 
 
 def test_matbench_split_orient_rows_and_bad_row(tmp_path: Path) -> None:
-    src = json.loads(gzip.open(EXPT).read())
+    with gzip.open(EXPT, "rt") as fh:
+        src = json.load(fh)
     rows = [[r["structure"], r["e_form expt"]] for r in src["data"][:3]]
     doc = {"index": ["mb-x-1", "mb-x-2", "mb-x-3"], "columns": ["structure", "e_form"], "data": rows}
     good = tmp_path / "matbench_mp_e_form.json.gz"

@@ -73,7 +73,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals(_SAFE_NUMPY):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a file we cannot read
+    except Exception as exc:  # any unpickling failure means a file we cannot read
         raise TasksimError(f"{path}: not a loadable CGCNN checkpoint ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0]})") from exc
     missing = [k for k in ("state_dict", "normalizer") if k not in ckpt]

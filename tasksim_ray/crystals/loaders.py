@@ -130,7 +130,7 @@ def parse_structure(value: Any, where: str) -> Structure:
         if isinstance(value, str):
             fmt = "cif" if ("_cell_length_a" in value or value.lstrip().startswith("data_")) else "poscar"
             return Structure.from_str(value, fmt=fmt)
-    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types for bad input
+    except Exception as exc:  # pymatgen raises many types for bad input
         raise TasksimError(f"{where}: unparseable structure ({type(exc).__name__}: {exc})") from exc
     raise TasksimError(f"{where}: unparseable structure (got {type(value).__name__})")
 
@@ -240,7 +240,7 @@ def load_table(path: str | Path, targets: Sequence[str] | None = None, structure
         raise TasksimError(f"{path}: unknown table format; use one of {sorted(readers)} or .json(.gz)")
     try:
         frame = reader(path)
-    except Exception as exc:  # noqa: BLE001 - readers raise many types for bad files
+    except Exception as exc:  # readers raise many types for bad files
         raise TasksimError(f"{path}: cannot read table ({type(exc).__name__}: {exc})") from exc
     return _from_frame(frame.reset_index(drop=True), path, structure_column, targets, id_column, units)
 
