@@ -61,8 +61,9 @@ class TaskEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         graphs = Batch.from_data_list([graph_from_bytes(b) for b in batch[GRAPH]]).to(self.device)
         probes_embedded(self.task, graphs.num_graphs)
-        if self.layer != "node":
-            batch[self.column] = self.model.embed(graphs, self.layer).float().cpu().numpy()
+        if self.layer != "node":  # "graph": the backbone's default graph-level layer
+            emb = self.model.embed(graphs) if self.layer == "graph" else self.model.embed(graphs, self.layer)
+            batch[self.column] = emb.float().cpu().numpy()
             return batch
         nodes = self.model.embed_nodes(graphs).float().cpu().numpy()
         counts = torch.bincount(graphs.batch, minlength=graphs.num_graphs).cpu().numpy()

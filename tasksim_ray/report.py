@@ -84,7 +84,10 @@ def markdown_summary(report: dict[str, Any]) -> str:
                              f"[{boot['lower'][i][j]:.3f}, {boot['upper'][i][j]:.3f}] |")
     lines += ["", "| task | units | val MAE | epochs | train n |", "|---|---|---|---|---|"]
     for task, m in report["models"].items():
-        lines.append(f"| {task} | {m['units']} | {m['best_val_mae']:.4g} | {m['epochs_run']} | {m['n_train']} |")
+        if "best_val_mae" in m:
+            lines.append(f"| {task} | {m['units']} | {m['best_val_mae']:.4g} | {m['epochs_run']} | {m['n_train']} |")
+        else:  # a published checkpoint: its own training record
+            lines.append(f"| {task} | {m['units']} | published ({m.get('source', '')}) | {m.get('epoch', '')} | |")
     lines += ["", "| stage | seconds | cached |", "|---|---|---|"]
     lines += [f"| {s} | {t['seconds']:.1f} | {t['cached']} |" for s, t in report["timings"].items()]
     return "\n".join(lines) + "\n"

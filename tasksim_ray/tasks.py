@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasksim_ray.config import DataConfig
+from tasksim_ray.config.stages import CRYSTAL_SOURCES
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.inputs import INPUT_COLUMNS
 
@@ -201,4 +202,8 @@ LOADERS: dict[str, Callable[[DataConfig], TaskTable]] = {
 
 
 def load_tasks(cfg: DataConfig) -> TaskTable:
+    if cfg.source in CRYSTAL_SOURCES:
+        from tasksim_ray.crystal_tasks import load_crystal_tasks  # pymatgen only when crystals are asked for
+
+        return load_crystal_tasks(cfg)
     return LOADERS[cfg.source](cfg)

@@ -17,8 +17,8 @@ from pydantic import ValidationError, model_validator
 from tasksim_ray.config.base import Strict, first_error
 from tasksim_ray.config.search import SearchConfig
 from tasksim_ray.config.stages import (BootstrapConfig, CrystalGraphConfig, CSIConfig, DataConfig, EmbedConfig,
-                                       MetricName, ModelConfig, PreprocessConfig, ProbeConfig, RayConfig,
-                                       SelectionConfig, SimilarityConfig, TrainConfig)
+                                       MetricName, ModelConfig, PreprocessConfig, ProbeConfig, PublishedConfig,
+                                       RayConfig, SelectionConfig, SimilarityConfig, TrainConfig)
 from tasksim_ray.config.stages import StorageConfig
 from tasksim_ray.config.transfer import (DEFAULT_VARIANTS, BudgetConfig, FinetuneConfig, MoEConfig,
                                          RegularizerConfig, TransferConfig)
@@ -26,8 +26,8 @@ from tasksim_ray.errors import TasksimError
 
 __all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig", "DataConfig",
            "EmbedConfig", "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig",
-           "PreprocessConfig", "ProbeConfig", "RayConfig", "RegularizerConfig", "SearchConfig", "SelectionConfig",
-           "SimilarityConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
+           "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "SearchConfig",
+           "SelectionConfig", "SimilarityConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
 
 class PipelineConfig(Strict):
@@ -46,6 +46,7 @@ class PipelineConfig(Strict):
     transfer: TransferConfig = TransferConfig()
     search: SearchConfig = SearchConfig()
     ray: RayConfig = RayConfig()
+    published: PublishedConfig = PublishedConfig()
     storage: StorageConfig = StorageConfig()
 
     @model_validator(mode="after")
@@ -62,6 +63,11 @@ class PipelineConfig(Strict):
         if self.search.size and self.search.size > self.transfer.sizes[-1]:
             raise ValueError(f"search.size ({self.search.size}) exceeds the largest transfer size "
                              f"{self.transfer.sizes[-1]}")
+        if self.published.path:
+            needs_data = [m for m in self.similarity.metrics if m in ("logme", "csi")]
+            if needs_data or self.probe.source != "file":
+                raise ValueError(f"published models: use probe.source 'file' and probe-based metrics only "
+                                 f"(rsa, cka, cmd){'; not ' + str(needs_data) if needs_data else ''}")
         if self.transfer.folds > self.preprocess.n_folds:
             raise ValueError(f"transfer.folds ({self.transfer.folds}) exceeds preprocess.n_folds "
                              f"({self.preprocess.n_folds})")

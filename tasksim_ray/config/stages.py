@@ -125,7 +125,7 @@ class EmbedConfig(_Strict):
     num_cpus: float = Field(default=0.5, gt=0)
     gpu_fraction: float = Field(default=0.25, gt=0, le=1)
     use_gpu: Literal["auto", "always", "never"] = "auto"
-    layer: str = "graph"  # one of the backbone's LAYERS (D-MPNN: graph, ffn; node-level: node)
+    layer: str = "graph"  # graph: the backbone's default graph-level features; node; or one of its LAYERS
 
 
 class BootstrapConfig(_Strict):
@@ -161,6 +161,14 @@ class SelectionConfig(_Strict):
     metric: Literal["rsa", "cka"] = "rsa"
     threshold: float = Field(default=0.5, ge=-1, le=1)
 
+
+
+class PublishedConfig(_Strict):
+    """Published per-task checkpoints (a folder of CGCNN ``*.pth.tar``) used as the task models:
+    no training; the probe set (a file) goes through them and probe-based metrics compare them."""
+
+    path: str | None = None
+    tasks: list[str] | None = None  # a subset of the checkpoints' task names (default: all)
 
 
 class RayConfig(_Strict):

@@ -26,7 +26,7 @@ def _data_fingerprint(run: Run) -> Any:
     if data.source == "qm9pack":
         return {"qm9pack": probes.qm9pack_version()}
     p = Path(data.path or "")
-    files = sorted(p.glob("*.csv")) if p.is_dir() else [p]
+    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
     return [file_fingerprint(f) for f in files if f.exists()]
 
 

@@ -47,7 +47,7 @@ def _rsa(run: Run, embs: dict[str, TaskEmbedding], loaded: dict[str, np.ndarray]
     return engine.matrix([embs[t].key for t in loaded])
 
 
-def stage_similarity(run: Run, embs: dict[str, TaskEmbedding], probe: Stage, tasks: Stage,
+def stage_similarity(run: Run, embs: dict[str, TaskEmbedding], probe: Stage, tasks: Stage | None,
                      dataset_features: Stage | None) -> SimilarityResult:
     cfg = run.cfg.similarity
     names = list(embs)
@@ -63,7 +63,7 @@ def stage_similarity(run: Run, embs: dict[str, TaskEmbedding], probe: Stage, tas
         inputs = SimilarityInputs(embeddings={t: v.astype(np.float64) for t, v in loaded.items()})
         options: dict[str, dict[str, Any]] = {"cmd": {"order": cfg.cmd_order}}
         if "logme" in cfg.metrics:
-            inputs.labels = probe_labels(probe, tasks, names)
+            inputs.labels = probe_labels(probe, tasks, names) if tasks else {}
             if not inputs.labels:
                 raise TasksimError("metric 'logme' needs probe labels: use probe.source 'holdout' "
                                    "(a probe file has no labels)")
@@ -86,7 +86,7 @@ def stage_similarity(run: Run, embs: dict[str, TaskEmbedding], probe: Stage, tas
                 _frame(names, getattr(ci, part)).to_csv(out / f"rsa_{part}.csv")
         return {"metrics": cfg.metrics, "bootstrap": cfg.bootstrap.model_dump()}
 
-    labels_from = tasks.key if "logme" in cfg.metrics else None
+    labels_from = tasks.key if tasks and "logme" in cfg.metrics else None
     parts = [{t: e.key for t, e in embs.items()}, cfg.model_dump(), probe.key, labels_from,
              dataset_features.key if dataset_features else None, run.cfg.seed]
     stage = run.stage("similarity", parts, build)

@@ -1,0 +1,41 @@
+"""Published checkpoints as task models: imported once into the model-folder format, then served
+by the embedding service like any model this pipeline trained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tasksim_ray.cache import file_fingerprint
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.pretrain import PretrainedModel
+from tasksim_ray.stages import Run
+
+
+def stage_published(run: Run) -> dict[str, PretrainedModel]:
+    """One model folder per published checkpoint (``published.tasks`` picks a subset)."""
+    from tasksim_ray.crystals.checkpoints import SUFFIX, import_published
+
+    cfg = run.cfg.published
+    src = Path(cfg.path or "")
+    if not src.is_dir():
+        raise TasksimError(f"published.path {src}: folder not found")
+
+    def build(out: Path) -> dict[str, Any]:
+        dirs = import_published(src, out / "models")
+        return {"tasks": list(dirs)}
+
+    files = [file_fingerprint(f) for f in sorted(src.glob(f"*{SUFFIX}"))]
+    stage = run.stage("published-models", [str(src.resolve()), files], build)
+    names = stage.manifest["tasks"]
+    wanted = cfg.tasks or names
+    unknown = [t for t in wanted if t not in names]
+    if unknown:
+        raise TasksimError(f"published.tasks: unknown task(s) {unknown}; the checkpoints are {names}")
+    models = {}
+    for t in wanted:
+        directory = stage.path / "models" / t
+        info = json.loads((directory / "config.json").read_text())
+        models[t] = PretrainedModel(t, directory, {"units": info["units"], **info["metrics"]})
+    return models
