@@ -125,7 +125,10 @@ def load_published(path: str | Path) -> tuple[CGCNN, float, float, PublishedInfo
         raise TasksimError(f"{path}: {hp['nbr_fea_len']} bond features in the weights but the graph settings "
                            f"{graph} give {len(GraphSettings(**graph).centres)}")
     model = CGCNN(**hp)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:  # keys beyond those the shapes were read from: another architecture
+        raise TasksimError(f"{path}: state dict does not fit CGCNN({hp}): {str(exc).splitlines()[1].strip()}") from exc
     norm = ckpt["normalizer"]
     mean, std = float(norm["mean"]), float(norm["std"])
     best = ckpt.get("best_mae_error")
