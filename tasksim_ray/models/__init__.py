@@ -8,6 +8,7 @@ groups, input to output, for fine-tuning strategies) and ``embedding_dim``.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,11 @@ from torch import nn
 from tasksim_ray.models.cgcnn import CGCNN
 from tasksim_ray.models.dmpnn import DMPNN
 
-BACKBONES: dict[str, type[nn.Module]] = {"dmpnn": DMPNN, "cgcnn": CGCNN}
+# a "module:Class" entry is imported on first build, so its library is needed only when used
+BACKBONES: dict[str, type[nn.Module] | str] = {"dmpnn": DMPNN, "cgcnn": CGCNN,
+                                               "chgnet": "tasksim_ray.models.chgnet:CHGNetBackbone",
+                                               "mace": "tasksim_ray.models.mace:MACEBackbone",
+                                               "alignn": "tasksim_ray.models.alignn:ALIGNNBackbone"}
 
 
 @dataclass
@@ -38,7 +43,11 @@ class TaskModelInfo:
 def build_model(backbone: str, hparams: dict[str, Any]) -> nn.Module:
     if backbone not in BACKBONES:
         raise KeyError(f"unknown backbone '{backbone}'; registered: {sorted(BACKBONES)}")
-    return BACKBONES[backbone](**hparams)
+    entry = BACKBONES[backbone]
+    if isinstance(entry, str):
+        module, _, name = entry.partition(":")
+        entry = getattr(importlib.import_module(module), name)
+    return entry(**hparams)
 
 
 def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> None:

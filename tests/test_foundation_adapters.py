@@ -1,0 +1,194 @@
+"""The CHGNet, MACE and ALIGNN adapters on real crystals: shapes, batch independence, checkpoint
+round trips, fine-tuning layer groups, CHGNet's shipped weights, MACE training and foundation files.
+
+The crystals (tests/data/crystals/adapters/structures.json) are six 2D materials with their
+formation energies (JARVIS-DFT 2D) and bulk LiF and wurtzite GaN (Matbench phonons)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pymatgen.core import Structure
+from torch_geometric.data import Batch, Data
+
+from tasksim_ray.config import FinetuneConfig
+from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint
+from tasksim_ray.train import fit
+from tasksim_ray.transfer.finetune import encoder_groups, finetune_options, head_names
+
+CRYSTALS = Path(__file__).parent / "data" / "crystals" / "adapters" / "structures.json"
+ROWS = json.loads(CRYSTALS.read_text())
+STRUCTURES = {r["id"]: Structure.from_dict(r["structure"]) for r in ROWS}
+ELEMENTS = sorted({z for s in STRUCTURES.values() for z in s.atomic_numbers})
+LIF, GAN = "matbench_log_phonons/69", "matbench_log_phonons/1004"  # 2 and 4 atoms
+UNSAFE_LOAD_BEFORE = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+
+# small settings: CHGNet is the shipped universal model as it is
+HPARAMS: dict[str, dict[str, Any]] = {
+    "chgnet": {},
+    "mace": {"atomic_numbers": ELEMENTS, "num_channels": 16, "max_ell": 1, "radial_mlp": [16, 16]},
+    "alignn": {"alignn_layers": 1, "gcn_layers": 1, "hidden_features": 32, "embedding_features": 16},
+}
+NAMES = list(HPARAMS)
+
+
+def crystal(structure: Structure) -> Data:
+    """What the crystal graph builder hands a backbone (CGCNN's x/edge fields aside)."""
+    return Data(z=torch.tensor(structure.atomic_numbers), pos=torch.tensor(structure.cart_coords, dtype=torch.float32),
+                cell=torch.tensor(structure.lattice.matrix, dtype=torch.float32).unsqueeze(0),
+                num_nodes=len(structure))
+
+
+def batch_of(*ids: str) -> Batch:
+    return Batch.from_data_list([crystal(STRUCTURES[i]) for i in ids])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)  # the machine's two cores are shared
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_embeddings_shapes_batch_independence_and_checkpoint(name: str, tmp_path: Path) -> None:
+    model = build_model(name, HPARAMS[name]).eval()
+    pair = batch_of(LIF, GAN)
+    with torch.no_grad():
+        graph, nodes, ffn = model.embed(pair), model.embed_nodes(pair), model.embed(pair, "ffn")
+        alone = model.embed(batch_of(GAN))
+        alone_nodes = model.embed_nodes(batch_of(GAN))
+    assert graph.shape == (2, model.embedding_dim) and ffn.shape[0] == 2
+    assert nodes.shape[0] == 2 + 4 and torch.isfinite(graph).all() and torch.isfinite(nodes).all()
+    assert not torch.allclose(graph[0], graph[1])
+    assert torch.allclose(alone[0], graph[1], atol=1e-5)
+    assert torch.allclose(alone_nodes, nodes[2:], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown layer"):
+        model.embed(pair, "node")
+
+    save_checkpoint(tmp_path, model, TaskModelInfo(name, HPARAMS[name], "t", "eV", 0.0, 1.0))
+    loaded, info = load_checkpoint(tmp_path)
+    assert info.backbone == name
+    with torch.no_grad():
+        assert torch.equal(loaded.embed(pair), graph)
+        assert torch.equal(loaded.embed_nodes(pair), nodes)
+        loaded.reset_head(3)
+        assert loaded(pair).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_finetuning_strategies_see_the_layer_groups(name: str) -> None:
+    model = build_model(name, HPARAMS[name])
+    groups = encoder_groups(model)
+    heads = set(head_names(model))
+    assert len(groups) == len(model.ENCODER_LAYERS) >= 3 and all(names for _, names in groups)
+    encoder = [n for _, names in groups for n in names]
+    assert len(encoder) == len(set(encoder)) and not heads & set(encoder)
+
+    def trainable() -> set[str]:
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    finetune_options(model, FinetuneConfig(strategy="head"), pretrained=True)
+    assert trainable() == heads
+    finetune_options(model, FinetuneConfig(strategy="last"), pretrained=True)
+    assert trainable() == heads | set(groups[-1][1])
+    opts = finetune_options(model, FinetuneConfig(strategy="full", gradual_unfreeze=1), pretrained=True)
+    assert trainable() == heads
+    opts.on_epoch_start(2)
+    assert trainable() == heads | set(groups[-1][1]) | set(groups[-2][1])
+    opts = finetune_options(model, FinetuneConfig(strategy="full", llrd=0.5, lr=1e-3), pretrained=True)
+    assert trainable() == heads | set(encoder)
+    lrs = [g["lr"] for g in opts.make_optimizer(model).param_groups]
+    assert len(lrs) == 1 + len(groups) and lrs == sorted(lrs, reverse=True)
+
+    # differentiable end to end: every layer group gets a gradient from the prediction
+    model.train()
+    model(batch_of(LIF, GAN)).pow(2).sum().backward()
+    params = dict(model.named_parameters())
+    for group, names in groups:
+        assert any(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in names), group
+    assert all(params[n].grad is not None for n in heads)
+
+
+def test_chgnet_is_the_frozen_universal_model() -> None:
+    model = build_model("chgnet", {})
+    assert not any(p.requires_grad for p in model.chgnet.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    model.eval()
+    structures = [STRUCTURES[LIF], STRUCTURES[GAN]]
+    reference = model.chgnet.predict_structure(structures, task="e", return_crystal_feas=True)
+    with torch.no_grad():
+        mean = model.embed(batch_of(LIF, GAN))
+    for row, (ref, s) in enumerate(zip(reference, structures)):  # mean pooling: crystal_fea per atom
+        assert torch.allclose(mean[row] * len(s), torch.as_tensor(ref["crystal_fea"]), atol=1e-4)
+    untrained = build_model("chgnet", {"pretrained": False, "freeze": False})
+    params = dict(untrained.named_parameters())
+    assert all(params[n].requires_grad for _, names in encoder_groups(untrained) for n in names)
+    assert not torch.equal(untrained.chgnet.atom_embedding.embedding.weight,
+                           model.chgnet.atom_embedding.embedding.weight)
+
+
+def test_fit_fine_tunes_chgnet_last_group() -> None:
+    """``train.fit`` through the foundation model: the reopened last group moves, the rest stays."""
+    model = build_model("chgnet", {})
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = [r for r in ROWS if r["e_form"] is not None]
+    graphs = [crystal(STRUCTURES[r["id"]]) for r in rows]
+    y = np.array([r["e_form"] for r in rows])
+    cfg = FinetuneConfig(strategy="last", max_epochs=2, patience=2, batch_size=3, lr=1e-2)
+    fit(model, graphs[:4], y[:4], graphs[4:], y[4:], finetune_options(model, cfg, pretrained=True),
+        seed=0, mean=float(y.mean()), std=float(y.std()))
+    last = set(encoder_groups(model)[-1][1])
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert last & moved and moved <= last | set(head_names(model))
+
+
+def test_mace_trains_and_foundation_file_reproduces_it(tmp_path: Path) -> None:
+    from tasksim_ray.models.mace import MACEBackbone
+
+    torch.manual_seed(0)
+    hp = HPARAMS["mace"]
+    rows = [r for r in ROWS if r["e_form"] is not None]
+    batch = batch_of(*(r["id"] for r in rows))
+    y = torch.tensor([r["e_form"] for r in rows])
+    model = MACEBackbone(**hp)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(12):
+        optimizer.zero_grad()
+        loss = (model(batch).squeeze(1) - y).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+    model.eval()
+    with torch.no_grad():
+        trained = model.embed_nodes(batch)
+    torch.save(model.mace.state_dict(), tmp_path / "foundation.pt")
+    save_checkpoint(tmp_path / "ckpt", model, TaskModelInfo("mace", hp, "e_form", "eV/atom", 0.0, 1.0))
+    for path in (tmp_path / "foundation.pt", tmp_path / "ckpt" / "state_dict.pt"):
+        reloaded = MACEBackbone(**hp, foundation_file=str(path)).eval()
+        with torch.no_grad():
+            assert torch.equal(reloaded.embed_nodes(batch), trained)
+
+    torch.save(model.mace, tmp_path / "whole.model")  # MACE's own format: a pickled module
+    with pytest.raises(ValueError, match="trust_pickle"):
+        MACEBackbone(**hp, foundation_file=str(tmp_path / "whole.model"))
+    trusted = MACEBackbone(**hp, foundation_file=str(tmp_path / "whole.model"), trust_pickle=True).eval()
+    with torch.no_grad():
+        assert torch.equal(trusted.embed_nodes(batch), trained)
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == UNSAFE_LOAD_BEFORE
+
+
+def test_registry_imports_foundation_libraries_only_on_build() -> None:
+    code = ("import sys, tasksim_ray.models as m; "
+            "assert not {'chgnet', 'mace', 'alignn', 'e3nn'} & set(sys.modules), sorted(sys.modules); "
+            "assert {'chgnet', 'mace', 'alignn'} <= set(m.BACKBONES)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
