@@ -139,7 +139,7 @@ class BootstrapConfig(_Strict):
 class CSIConfig(_Strict):
     """Dataset similarity: every task's own training inputs embedded by one shared model."""
 
-    model: str | None = None  # task whose model embeds all datasets (default: the first task)
+    model: str | None = None  # a task whose model embeds all datasets (default: the first), or "chgnet"
     per_task: int = Field(default=500, ge=2)
     level: Literal["graph", "node"] = "graph"
     per_structure: int = Field(default=8, ge=1)  # node level: atoms drawn per molecule at most

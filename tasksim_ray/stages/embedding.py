@@ -98,11 +98,19 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
 
 
 def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedModel]) -> Stage:
-    """Each task's own training molecules (a seeded sample) embedded by one shared model."""
+    """Each task's own training inputs (a seeded sample) embedded by one shared model: a task's model,
+    or a shipped foundation model such as CHGNet (whose node features suit crystals)."""
+    from tasksim_ray.stages.published import FOUNDATION_MODELS, stage_foundation_model
+
     csi = run.cfg.similarity.csi
     shared = csi.model or next(iter(models))
-    if shared not in models:
-        raise TasksimError(f"similarity.csi.model: unknown task '{shared}'; tasks: {list(models)}")
+    if shared in FOUNDATION_MODELS:
+        shared_dir = stage_foundation_model(run, shared)
+    elif shared in models:
+        shared_dir = models[shared].directory
+    else:
+        raise TasksimError(f"similarity.csi.model: '{shared}' is neither a task ({list(models)}) nor a "
+                           f"foundation model ({list(FOUNDATION_MODELS)})")
 
     def build(out: Path) -> dict[str, Any]:
         rows = task_rows(feats)["positions"]
@@ -116,7 +124,7 @@ def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedM
             blobs += [graph_to_bytes(graphs[p]) for p in pick]
         pd.DataFrame({ID: ids, GRAPH: blobs}).to_parquet(out / "inputs.parquet", index=False)
         with run.console.status(f"Ray Data: every task's inputs through the '{shared}' model"):
-            embed_table(out / "inputs.parquet", {"shared": models[shared].directory}, run.cfg.embed,
+            embed_table(out / "inputs.parquet", {"shared": shared_dir}, run.cfg.embed,
                         out / "raw", csi.level)
         got_ids, embs = read_embedded(out / "raw", ["shared"], csi.level)
         arrays: dict[str, np.ndarray] = {}
@@ -133,5 +141,6 @@ def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedM
         (out / "inputs.parquet").unlink()
         return {"shared_model": shared, "level": csi.level}
 
-    return run.stage("dataset_features", [models[shared].directory.name, feats.key, csi.model_dump(),
-                                          run.cfg.embed.batch_size, run.cfg.seed], build)
+    model_key = shared_dir.parent.name if shared in FOUNDATION_MODELS else shared_dir.name  # a stage key / a model key
+    return run.stage("dataset_features", [model_key, feats.key, csi.model_dump(), run.cfg.embed.batch_size,
+                                          run.cfg.seed], build)

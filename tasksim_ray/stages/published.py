@@ -1,14 +1,17 @@
-"""Published checkpoints as task models: imported once into the model-folder format, then served
+"""Ready-made models: published checkpoints as task models, and foundation models shipped inside a
+package (CHGNet's universal model). Each is written once into the model-folder format, then served
 by the embedding service like any model this pipeline trained."""
 
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from tasksim_ray.cache import file_fingerprint
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
 from tasksim_ray.pretrain import PretrainedModel
 from tasksim_ray.stages import Run
 
@@ -39,3 +42,22 @@ def stage_published(run: Run) -> dict[str, PretrainedModel]:
         info = json.loads((directory / "config.json").read_text())
         models[t] = PretrainedModel(t, directory, {"units": info["units"], **info["metrics"]})
     return models
+
+
+# shipped foundation models a config can name instead of a task (e.g. similarity.csi.model)
+FOUNDATION_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "chgnet": ("chgnet", {"model_name": "0.3.0", "pretrained": True, "freeze": True}),
+}
+
+
+def stage_foundation_model(run: Run, name: str) -> Path:
+    """The model folder of a shipped foundation model (its weights come from the installed package)."""
+    backbone, hparams = FOUNDATION_MODELS[name]
+    package = backbone.split(".")[0]
+
+    def build(out: Path) -> dict[str, Any]:
+        model = build_model(backbone, hparams)
+        save_checkpoint(out / "model", model, TaskModelInfo(backbone, hparams, name, "", 0.0, 1.0))
+        return {"backbone": backbone, "package_version": version(package)}
+
+    return run.stage("foundation-model", [name, backbone, hparams, version(package)], build).path / "model"

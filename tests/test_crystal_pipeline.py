@@ -1,0 +1,90 @@
+"""Crystals end to end on a real local Ray: three small MoE tasks with a CGCNN per task, CSI from
+CHGNet's node features, published extractors as task models, and a bad structure as a clear error."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tasksim_ray.cli import app
+from tasksim_ray.config import load_config
+from tasksim_ray.pipeline import run_pipeline
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+CONFIG = REPO / "configs" / "crystal_tiny.yaml"
+EXTRACTORS = REPO.parent / "shared" / "data" / "models" / "cgcnn_moe_extractors"
+TASKS = ["expt_formation_enthalpy_combined_RC", "jarvis_dft_2d_eform_2022-04-11", "jarvis_dft_2d_exfol_energy"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("crystal")
+
+
+@pytest.fixture(scope="module")
+def first_run(workdir: Path, ray_local: None) -> dict[str, Any]:
+    return run_pipeline(load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet"}))
+
+
+def test_crystal_tasks_train_embed_and_compare(first_run: dict[str, Any], workdir: Path) -> None:
+    assert first_run["tasks"] == TASKS
+    for task, m in first_run["models"].items():
+        assert np.isfinite(m["best_val_mae"]) and m["n_train"] >= 40, task
+    rsa = np.array(first_run["metrics"]["rsa"]["matrix"])
+    assert np.allclose(rsa, rsa.T) and np.allclose(np.diag(rsa), 1.0)
+    # CSI is a Frechet distance between tasks' CHGNet atom-feature distributions
+    csi = np.array(first_run["metrics"]["csi"]["matrix"])
+    assert np.allclose(csi, csi.T) and np.allclose(np.diag(csi), 0.0)
+    assert np.all(csi[~np.eye(3, dtype=bool)] > 0)
+    features = next((workdir / "artifacts" / "dataset_features").iterdir())
+    assert json.loads((features / "manifest.json").read_text())["shared_model"] == "chgnet"
+    assert (workdir / "report" / "csi_heatmap.png").stat().st_size > 1000
+
+
+def test_crystal_rerun_is_cached(first_run: dict[str, Any], workdir: Path) -> None:
+    again = run_pipeline(load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet"}))
+    for stage in ("tasks", "preprocess", "featurize", "pretrain", "probe", "embed", "similarity"):
+        assert again["timings"][stage]["cached"], stage
+    assert again["metrics"] == first_run["metrics"]
+
+
+@pytest.mark.skipif(not EXTRACTORS.is_dir(), reason="published CGCNN extractors not present")
+def test_published_extractors_are_task_models(tmp_path: Path) -> None:
+    picked = ["eform", "jarvisEform", "bandgap"]
+    result = run_pipeline(load_config(CONFIG, {"workdir": str(tmp_path), "published.path": str(EXTRACTORS),
+                                               "published.tasks": picked, "similarity.metrics": ["rsa", "cka"]}))
+    assert result["tasks"] == picked
+    rsa = np.array(result["metrics"]["rsa"]["matrix"])
+    assert rsa.shape == (3, 3) and np.allclose(np.diag(rsa), 1.0)
+    assert "pretrain" not in result["timings"]  # nothing was trained
+    assert "published (singletask_eform_32hfealen_best_model.pth.tar)" in (
+        tmp_path / "report" / "summary.md").read_text()
+
+
+def test_bad_structure_names_file_and_row(tmp_path: Path) -> None:
+    src = REPO / "tests" / "data" / "crystals" / "tiny_tasks"
+    data = tmp_path / "tasks"
+    data.mkdir()
+    for f in src.iterdir():
+        doc = json.loads(gzip.open(f, "rt").read())
+        if f.name.startswith("jarvis_dft_2d_eform"):
+            site = doc["data"][5]["structure"]["sites"][0]
+            doc["data"][5]["structure"]["sites"].append(site)  # a second atom on the same spot
+            bad_id = doc["data"][5]["mpid"]
+        with gzip.open(data / f.name, "wt") as fh:
+            json.dump(doc, fh)
+    result = CliRunner().invoke(app, ["run", str(CONFIG), "--set", f"workdir={tmp_path / 'w'}",
+                                      "--set", f"data.path={data}"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 2, out
+    assert f"jarvis_dft_2d_eform_2022-04-11:{bad_id}" in out and "error:" in out
+    assert not any((tmp_path / "w" / "artifacts").glob("featurize/*"))
