@@ -84,10 +84,11 @@ class FeaturizeReport:
     n_total: int
     invalid_rows: list[int] = field(default_factory=list)
     invalid_examples: list[str] = field(default_factory=list)
+    noun: str = "SMILES"
 
     def summary(self, where: str) -> str:
         if not self.invalid_rows:
-            return f"{where}: all {self.n_total} SMILES featurised"
+            return f"{where}: all {self.n_total} {self.noun} featurised"
         return (f"{where}: skipped {len(self.invalid_rows)} of {self.n_total} invalid SMILES, "
                 f"e.g. {self.invalid_examples}")
 

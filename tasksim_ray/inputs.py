@@ -36,4 +36,4 @@ def featurize_inputs(kind: str, values: Sequence[str], where: str, row_ids: Sequ
     for i, text in enumerate(values):
         row = row_ids[i] if row_ids is not None else str(i)
         graphs.append(structure_to_graph(Structure.from_dict(json.loads(text)), settings, f"{where}, row {row}"))
-    return graphs, FeaturizeReport(len(graphs))
+    return graphs, FeaturizeReport(len(graphs), noun="structures")
