@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from tasksim_ray.config.base import Strict, first_error
+from tasksim_ray.config.crystals import CrystalMoEConfig
 from tasksim_ray.config.search import SearchConfig
 from tasksim_ray.config.stages import (BootstrapConfig, CrystalGraphConfig, CSIConfig, DataConfig, EmbedConfig,
                                        MetricName, ModelConfig, PreprocessConfig, ProbeConfig, PublishedConfig,
@@ -24,8 +25,8 @@ from tasksim_ray.config.transfer import (DEFAULT_VARIANTS, BudgetConfig, Finetun
                                          RegularizerConfig, TransferConfig)
 from tasksim_ray.errors import TasksimError
 
-__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig", "DataConfig",
-           "EmbedConfig", "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig",
+__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig", "CrystalMoEConfig",
+           "DataConfig", "EmbedConfig", "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig",
            "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "SearchConfig",
            "SelectionConfig", "SimilarityConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
@@ -48,6 +49,7 @@ class PipelineConfig(Strict):
     ray: RayConfig = RayConfig()
     published: PublishedConfig = PublishedConfig()
     storage: StorageConfig = StorageConfig()
+    crystal_moe: CrystalMoEConfig = CrystalMoEConfig()
 
     @model_validator(mode="after")
     def _selection_metric_computed(self) -> PipelineConfig:
