@@ -1,33 +1,43 @@
 """Starting or joining Ray: join the cluster named by RAY_ADDRESS (or config), else start locally.
 
 Resources are passed only to a local start: ``ray.init(num_cpus=...)`` is an error when
-connecting to an existing cluster.
+connecting to an existing cluster. The shared artifact store, if one is active, reaches every
+worker on every node through the job's ``runtime_env`` (see ``tasksim_ray.storage``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import ray
 
+from tasksim_ray import storage
 from tasksim_ray.config import RayConfig
+from tasksim_ray.errors import TasksimError
 
 
 def ensure_ray(cfg: RayConfig) -> None:
+    env = storage.worker_env()
     if not ray.is_initialized():
-        _start(cfg)
+        _start(cfg, {"env_vars": env} if env else None)
+    elif env and ray.get_runtime_context().runtime_env.get("env_vars", {}).get(storage.ENV) != env[storage.ENV]:
+        uri = json.loads(env[storage.ENV])["uri"]
+        raise TasksimError(f"storage.uri {uri}: Ray was started without this store in its runtime_env, so its "
+                           "workers cannot reach it; let tasksim start Ray, or start it with "
+                           "runtime_env={'env_vars': tasksim_ray.storage.worker_env()}")
     quiet_ray_data()
 
 
-def _start(cfg: RayConfig) -> None:
+def _start(cfg: RayConfig, runtime_env: dict | None) -> None:
     address = os.environ.get("RAY_ADDRESS") or cfg.address
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
         # address="local": always a fresh instance, never another user's `ray start` cluster
         ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.include_dashboard,
-                 logging_level=logging.WARNING, configure_logging=True)
+                 logging_level=logging.WARNING, configure_logging=True, runtime_env=runtime_env)
 
 
 def quiet_ray_data() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tasksim_ray.cache import is_complete
 from tasksim_ray.models.cgcnn import CGCNN
 from tasksim_ray.models.dmpnn import DMPNN
 
@@ -57,6 +58,8 @@ def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> N
 
 
 def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TaskModelInfo]:
+    if not (directory / "config.json").is_file():
+        is_complete(directory)  # trained on another node: fetch it from the shared store, if there
     info = TaskModelInfo(**json.loads((directory / "config.json").read_text()))
     model = build_model(info.backbone, info.hparams)
     state = torch.load(directory / "state_dict.pt", map_location=device, weights_only=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasksim_ray import storage
 from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.progress import Console
@@ -36,6 +37,9 @@ class Run:
     cfg: PipelineConfig
     console: Console
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        storage.activate(self.cfg.storage, self.cfg.workdir_path)  # this process and its Ray workers
 
     @property
     def artifacts(self) -> Path:

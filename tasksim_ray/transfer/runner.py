@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from tasksim_ray.cache import publish_dir
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.pipeline import run_pipeline
@@ -63,6 +64,7 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
             plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe}[study](ctx))
     results = run_studies(ctx, plans)
     paths = write_transfer_report(cfg.workdir_path / "report" / "transfer", results, ctx)
+    publish_dir(cfg.workdir_path / "report" / "transfer")
     return {"studies": results, "paths": {k: str(v) for k, v in paths.items()}, "timings": ctx.run.timings}
 
 
