@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tasksim_ray.cache import publish_dir
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.progress import Console
 from tasksim_ray.report import write_report
@@ -17,6 +18,7 @@ from tasksim_ray.similarity import METRICS
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import load_table, stage_featurize, stage_preprocess, stage_tasks
 from tasksim_ray.stages.embedding import stage_dataset_features, stage_embed, stage_probe
+from tasksim_ray.stages.published import stage_published
 from tasksim_ray.stages.similarity import SimilarityResult, stage_similarity
 from tasksim_ray.stages.training import stage_pretrain
 
@@ -47,13 +49,47 @@ def _report(run: Run, sim: SimilarityResult, selection: Selection, models: dict[
     }
 
 
+def _finish(run: Run, result: dict[str, Any], sim: SimilarityResult, models: dict[str, Any],
+            dropped: list[dict[str, Any]], n_probes: int, units: dict[str, str]) -> dict[str, Any]:
+    """Select the subset and write the report (the last two stages of both kinds of run)."""
+    cfg = run.cfg
+    with run.timed("select"):
+        selection = select_subset(sim.names, sim.matrices[cfg.selection.metric], cfg.selection.threshold)
+    report = _report(run, sim, selection, models, dropped, n_probes, units)
+    paths = write_report(cfg.workdir_path / "report", report, sim, selection)
+    publish_dir(cfg.workdir_path / "report")  # to the shared store, when one is configured
+    return result | report | {"paths": {k: str(v) for k, v in paths.items()},
+                              "matrices": {k: np.asarray(v) for k, v in sim.matrices.items()}}
+
+
+def run_published(run: Run, result: dict[str, Any], stop: int) -> dict[str, Any]:
+    """Published checkpoints as the task models: probe -> embed -> similarity -> report."""
+    ensure_ray(run.cfg.ray)
+    models = stage_published(run)
+    result["model_dirs"] = {t: str(m.directory) for t, m in models.items()}
+    if stop <= STAGES.index("pretrain"):
+        return result | {"artifact": str(next(iter(models.values())).directory.parent)}
+    probe = stage_probe(run, None, None)
+    if stop == STAGES.index("probe"):
+        return result | {"artifact": str(probe.path)}
+    embs = stage_embed(run, probe, models)
+    if stop == STAGES.index("embed"):
+        return result | {"artifact": str(run.artifacts / "embeddings")}
+    sim = stage_similarity(run, embs, probe, None, None)
+    units = {t: m.metrics.get("units", "") for t, m in models.items()}
+    return _finish(run, result, sim, models, [], probe.manifest["n_probes"], units)
+
+
 def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str = "report") -> dict[str, Any]:
-    """Run the stages up to ``until`` (reusing cached ones); the full run writes the report."""
+    """Run the stages up to ``until`` (reusing cached ones); the full run writes the report. With
+    ``published.path`` set, the task models are those checkpoints and nothing is trained."""
     if until not in STAGES:
         raise ValueError(f"unknown stage '{until}'; stages: {STAGES}")
     stop = STAGES.index(until)
     run = Run(cfg, console or Console())
     result: dict[str, Any] = {"stage": until, "timings": run.timings}
+    if cfg.published.path:
+        return run_published(run, result, stop)
     tasks = stage_tasks(run)
     if stop == 0:
         return result | {"artifact": str(tasks.path)}
@@ -76,10 +112,5 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
         return result | {"artifact": str(run.artifacts / "embeddings")}
     dataset_features = stage_dataset_features(run, feats, models) if "csi" in cfg.similarity.metrics else None
     sim = stage_similarity(run, embs, probe, tasks, dataset_features)
-    with run.timed("select"):
-        selection = select_subset(sim.names, sim.matrices[cfg.selection.metric], cfg.selection.threshold)
     units = {t.name: t.units for t in load_table(tasks).tasks}
-    report = _report(run, sim, selection, models, prep.manifest["dropped"], probe.manifest["n_probes"], units)
-    paths = write_report(cfg.workdir_path / "report", report, sim, selection)
-    return result | report | {"paths": {k: str(v) for k, v in paths.items()},
-                              "matrices": {k: np.asarray(v) for k, v in sim.matrices.items()}}
+    return _finish(run, result, sim, models, prep.manifest["dropped"], probe.manifest["n_probes"], units)
