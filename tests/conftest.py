@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +46,39 @@ def run_cli_until(args: list[str], ready: Callable[[], bool], stop: signal.Signa
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_processes(temp_dir: str) -> list[psutil.Process]:
+    """The processes of a Ray cluster started with ``--temp-dir=temp_dir``: those whose command line
+    names it, and their descendants (Ray's agents retitle themselves, dropping the path)."""
+    found: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if temp_dir in " ".join(p.info["cmdline"] or []):
+                found |= {c.pid: c for c in [p, *p.children(recursive=True)]}
+        except psutil.NoSuchProcess:
+            continue
+    return list(found.values())
+
+
+def stop_ray_processes(temp_dir: str) -> None:
+    """Stop exactly that cluster's processes (never `ray stop`: other Rays on this machine are not ours)."""
+    procs = ray_processes(temp_dir)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=15)

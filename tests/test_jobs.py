@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,46 +13,29 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tasksim_ray.submit import submit
 
-from .conftest import REPO, TINY_CONFIG
+from .conftest import REPO, TINY_CONFIG, free_port, stop_ray_processes
 
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_started(temp_dir: str) -> None:
-    """Stop exactly the Ray processes of this cluster: those whose command line names its temp dir."""
-    procs = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
-    for p in procs:
-        p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        p.kill()
-
-
-METRICS_PORT = _free_port()
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
 def head() -> Iterator[str]:
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")  # short: Ray's socket paths live under it
-    dashboard = _free_port()
+    dashboard = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"RAY_AUTH_MODE": "token", "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}"}
-    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
            # the agent's default ports are fixed: another Ray on this machine (the test session's) may hold them
-           f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-           f"--ray-client-server-port={_free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--ray-client-server-port={free_port()}",
            f"--metrics-export-port={METRICS_PORT}", "--num-cpus=2", f"--temp-dir={temp_dir}",
            "--disable-usage-stats"]
     try:
@@ -62,7 +44,7 @@ def head() -> Iterator[str]:
         yield f"http://127.0.0.1:{dashboard}"
     finally:
         os.environ.pop("RAY_AUTH_MODE", None)
-        _stop_started(temp_dir)
+        stop_ray_processes(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
