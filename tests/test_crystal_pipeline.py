@@ -74,7 +74,7 @@ def test_bad_structure_names_file_and_row(tmp_path: Path) -> None:
     src = REPO / "tests" / "data" / "crystals" / "tiny_tasks"
     data = tmp_path / "tasks"
     data.mkdir()
-    for f in src.iterdir():
+    for f in src.glob("*.json.gz"):
         doc = json.loads(gzip.open(f, "rt").read())
         if f.name.startswith("jarvis_dft_2d_eform"):
             site = doc["data"][5]["structure"]["sites"][0]
