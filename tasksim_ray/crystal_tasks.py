@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from tasksim_ray.config import DataConfig
-from tasksim_ray.crystals.loaders import (KNOWN_FILES, CrystalDataset, load_id_prop_folder, load_json_table,
-                                          load_table)
+from tasksim_ray.crystals.loaders import (KNOWN_FILES, CrystalDataset, file_stem, load_id_prop_folder,
+                                          load_json_table, load_table)
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.tasks import ID, Task, TaskTable
 
@@ -61,7 +61,7 @@ def load_crystal_tasks(cfg: DataConfig) -> TaskTable:
         tasks = [Task(t, ds.units.get(t, ""), "crystal") for t in ds.targets.columns]
         return TaskTable(_cap(frame, cfg), tasks)
     files = _table_files(path)
-    by_stem = {f.name.split(".")[0] if f.name.endswith(".json.gz") else f.stem: f for f in files}
+    by_stem = {file_stem(f): f for f in files}
     names = cfg.targets or list(by_stem)
     unknown = [n for n in names if n not in by_stem]
     if unknown:

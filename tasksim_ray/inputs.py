@@ -28,12 +28,10 @@ def featurize_inputs(kind: str, values: Sequence[str], where: str, row_ids: Sequ
         return featurize_many(list(values))
     from pymatgen.core import Structure
 
-    from tasksim_ray.crystals.graphs import GraphSettings, structure_to_graph
+    from tasksim_ray.crystals.graphs import GraphSettings, graphs_from_structures
 
     g = graph or CrystalGraphConfig()
     settings = GraphSettings(radius=g.radius, max_neighbors=g.max_neighbors, dmin=g.dmin, step=g.step)
-    graphs: list[Data | None] = []
-    for i, text in enumerate(values):
-        row = row_ids[i] if row_ids is not None else str(i)
-        graphs.append(structure_to_graph(Structure.from_dict(json.loads(text)), settings, f"{where}, row {row}"))
+    structures = [Structure.from_dict(json.loads(text)) for text in values]
+    graphs: list[Data | None] = list(graphs_from_structures(structures, settings, where, row_ids))
     return graphs, FeaturizeReport(len(graphs), noun="structures")

@@ -105,7 +105,7 @@ class CrystalDataset:
         return self.targets[target].to_numpy(dtype=np.float64)
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
     name = path.name
     for ext in (".json.gz", ".gz", ".json", ".csv", ".parquet", ".pkl", ".pickle"):
         if name.endswith(ext):
@@ -150,7 +150,7 @@ def _to_float(frame: pd.DataFrame, where: str) -> pd.DataFrame:
 def _from_frame(frame: pd.DataFrame, path: Path, structure_column: str, targets: Sequence[str] | None,
                 id_column: str | None, units: dict[str, str] | None) -> CrystalDataset:
     """Shared tail of the table loaders: pick columns, parse structures, coerce targets."""
-    stem = _stem(path)
+    stem = file_stem(path)
     known = KNOWN_FILES.get(stem)
     if structure_column not in frame.columns:
         raise TasksimError(f"{path}: no structure column '{structure_column}'; columns: {list(frame.columns)}")
@@ -215,7 +215,7 @@ def load_moe_task(path: str | Path, splits_dir: str | Path | None = None,
                   seeds: Sequence[int] = range(5)) -> CrystalDataset:
     """One MoE task file with its published splits (when ``splits_dir`` is given)."""
     path = Path(path)
-    known = KNOWN_FILES.get(_stem(path))
+    known = KNOWN_FILES.get(file_stem(path))
     if known is None or known.split_key is None:
         moe = sorted(k for k, v in KNOWN_FILES.items() if v.split_key)
         raise TasksimError(f"{path}: not a known MoE task file; known: {moe}")

@@ -24,7 +24,7 @@ from tasksim_ray.cache import file_complete, publish_json, stable_hash
 from tasksim_ray.config import CrystalMoEConfig, PipelineConfig
 from tasksim_ray.crystals.checkpoints import load_published
 from tasksim_ray.crystals.graphs import GraphSettings, graphs_from_structures
-from tasksim_ray.crystals.loaders import KNOWN_FILES, SPLIT_FILE, _stem, load_moe_task
+from tasksim_ray.crystals.loaders import KNOWN_FILES, SPLIT_FILE, file_stem, load_moe_task
 from tasksim_ray.crystals.moe_models import GatedExperts, cosine_lr, extractor_features, fit_features
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.graphstore import pack_graphs, unpack_graphs
@@ -52,7 +52,8 @@ def _fingerprint(path: Path) -> list[Any]:
 def task_files(cfg: CrystalMoEConfig) -> list[Path]:
     """The task files to run, in config order (default: every known MoE task file in tasks_dir)."""
     folder = Path(cfg.tasks_dir)
-    found = {_stem(p): p for p in sorted(folder.glob("*.json*")) if (k := KNOWN_FILES.get(_stem(p))) and k.split_key}
+    found = {file_stem(p): p for p in sorted(folder.glob("*.json*"))
+             if (k := KNOWN_FILES.get(file_stem(p))) and k.split_key}
     if not found:
         raise TasksimError(f"crystal_moe.tasks_dir {folder}: no MoE task files (*.json.gz)")
     names = cfg.tasks or sorted(found)
@@ -250,7 +251,7 @@ def run_study(pcfg: PipelineConfig, console: Console) -> list[dict[str, Any]]:
                                  root / "cache", threads)
         for key, seed, method in todo:
             ref = remote.remote(payload, seed, method, cfg, expert_set, threads)
-            pending[ref] = (key, f"{_stem(task)} seed {seed} {method}")
+            pending[ref] = (key, f"{file_stem(task)} seed {seed} {method}")
     console.print(f"\\[crystal-moe] {len(results)} cells cached, {len(pending)} to run")
     while pending:
         [ready], _ = ray.wait(list(pending), num_returns=1)

@@ -53,7 +53,7 @@ FOUNDATION_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 def stage_foundation_model(run: Run, name: str) -> Path:
     """The model folder of a shipped foundation model (its weights come from the installed package)."""
     backbone, hparams = FOUNDATION_MODELS[name]
-    package = backbone.split(".")[0]
+    package = backbone  # the foundation backbones are named after the package that ships their weights
 
     def build(out: Path) -> dict[str, Any]:
         model = build_model(backbone, hparams)
