@@ -28,9 +28,9 @@ import torch
 from scipy import stats
 from torch_geometric.data import Batch
 
-from tasksim_ray.crystals.checkpoints import load_published, predict
-from tasksim_ray.crystals.graphs import GraphSettings, graphs_from_structures
-from tasksim_ray.crystals.loaders import load_moe_task
+from tasksim_ray.data.crystal_files import load_moe_task
+from tasksim_ray.featurize.crystal import GraphSettings, graphs_from_structures
+from tasksim_ray.models.published import load_published, predict
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "expt_formation_enthalpy_combined_RC.json.gz"

@@ -6,7 +6,7 @@ featurised probe graphs and the same batch size:
 * featurisation (SMILES -> binary graph column, ``graph_table``): common to both, reported apart;
 * loop: in-process, ``torch.no_grad()``, per batch deserialise + ``Batch.from_data_list`` once,
   then ``model.embed`` for every task model; at 1 and 2 torch threads (2 = the cores Ray gets);
-* ray: ``tasksim_ray.embed.embed_table`` wall time end to end (Parquet in -> Parquet out,
+* ray: ``tasksim_ray.embedding.service.embed_table`` wall time end to end (Parquet in -> Parquet out,
   actor start-up included), on a local ``ray.init(num_cpus=2)``: the first ("cold") call, the
   next calls ("repeat"), and a steady-state estimate that leaves out the fixed cost measured
   by a one-batch call ("steady" = (t_M - t_B) * M / (M - B)). Ray Data builds new actor pools
@@ -47,13 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 IMPORT_PATHS = [str(ROOT), str(ROOT / "benchmarks")]  # tasksim_ray, embed_variants
 sys.path[:0] = IMPORT_PATHS
 
-from tasksim_ray.config import EmbedConfig, ModelConfig  # noqa: E402
-from tasksim_ray.embed import GRAPH, ID, embed_table, graph_table, read_embedded  # noqa: E402
-from tasksim_ray.graphstore import graph_from_bytes  # noqa: E402
-from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from tasksim_ray.probes import read_probe_file  # noqa: E402
-
 from embed_variants import VARIANTS, run_variant  # noqa: E402
+
+from tasksim_ray.config import EmbedConfig, ModelConfig  # noqa: E402
+from tasksim_ray.data.probes import read_probe_file  # noqa: E402
+from tasksim_ray.embedding.service import GRAPH, ID, embed_table, graph_table, read_embedded  # noqa: E402
+from tasksim_ray.featurize.graphstore import graph_from_bytes  # noqa: E402
+from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint  # noqa: E402
 
 SHARED = Path("/work/shared/data/molecules/qm9_motse")
 DEFAULT_PROBES = SHARED / "10000" / "train.csv"

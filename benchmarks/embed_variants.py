@@ -1,6 +1,6 @@
 """Prototype embedding-pipeline settings, timed by ``embed_throughput.py --variants``.
 
-Each one is ``tasksim_ray.embed.embed_table`` with one thing changed, to measure what the real
+Each one is ``tasksim_ray.embedding.service.embed_table`` with one thing changed, to measure what the real
 pipeline would gain from it; nothing here is used by tasksim_ray itself.
 
 * ``v2``/``v1``: ``read_parquet`` (V2 = Ray Data's default DataSourceV2 reader, which starts a
@@ -29,8 +29,8 @@ import ray
 import torch
 from torch_geometric.data import Batch
 
-from tasksim_ray.embed import GRAPH, ID, TaskEmbedder, emb_column
-from tasksim_ray.graphstore import graph_from_bytes
+from tasksim_ray.embedding.service import GRAPH, ID, TaskEmbedder, emb_column
+from tasksim_ray.featurize.graphstore import graph_from_bytes
 from tasksim_ray.models import load_checkpoint
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import pandas as pd
 
 from tasksim_ray.config import load_config
-from tasksim_ray.progress import Console
-from tasksim_ray.runtime import ensure_ray
+from tasksim_ray.infra.progress import Console
+from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.search.engine import clear_search, run_search
 
 REPO = Path(__file__).resolve().parents[1]

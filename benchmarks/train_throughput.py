@@ -47,16 +47,16 @@ except ImportError as exc:  # optional dependency: the `bench` extra
     raise SystemExit(f"this benchmark needs chemprop v2 ({exc}); see the module docstring") from None
 
 import tasksim_ray
-from tasksim_ray import train as ts_train
 from tasksim_ray.config import TrainConfig
-from tasksim_ray.featurize import featurize_many
+from tasksim_ray.featurize.molecule import featurize_many
 from tasksim_ray.models.dmpnn import DMPNN
+from tasksim_ray.training import loop as ts_train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_QM9 = Path("/work/shared/data/molecules/qm9_motse/10000")
 FALLBACK_CSV = REPO / "tests/data/qm9_motse_600.csv"
 OUT_JSON = REPO / "benchmarks/results/train_throughput.json"
-HIDDEN, DEPTH, VAL_BATCH = 300, 3, 256  # VAL_BATCH: what tasksim_ray.train.fit validates with
+HIDDEN, DEPTH, VAL_BATCH = 300, 3, 256  # VAL_BATCH: what tasksim_ray.training.loop.fit validates with
 CHEMPROP_AGG = {"mean": cnn.MeanAggregation, "sum": cnn.SumAggregation, "norm": cnn.NormAggregation}
 
 Run = dict[str, Any]
@@ -124,7 +124,7 @@ def timed_validation(log: list[np.ndarray]) -> Iterator[None]:
 
 def run_ours(train_g: list, y_train: np.ndarray, val_g: list, y_val: np.ndarray,
              args: argparse.Namespace, seed: int, mean: float, std: float) -> Run:
-    """Train our D-MPNN with ``tasksim_ray.train.fit``; validation time is split out of its timer."""
+    """Train our D-MPNN with ``tasksim_ray.training.loop.fit``; validation time is split out of its timer."""
     torch.manual_seed(seed)
     model = DMPNN(hidden_dim=HIDDEN, depth=DEPTH, aggregation=args.aggregation, ffn_hidden_dim=HIDDEN,
                   ffn_layers=2, n_tasks=1)

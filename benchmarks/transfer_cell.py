@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from tasksim_ray.config import DataConfig, FinetuneConfig, ModelConfig, MoEConfig, RegularizerConfig
-from tasksim_ray.featurize import featurize_many
+from tasksim_ray.data.molecules import load_moleculenet
+from tasksim_ray.featurize.molecule import featurize_many
 from tasksim_ray.models.dmpnn import DMPNN
-from tasksim_ray.tasks import load_moleculenet
-from tasksim_ray.train import FitOptions, fit, predict
-from tasksim_ray.transfer.finetune import finetune_options
-from tasksim_ray.transfer.moe import MixtureOfExperts, initial_theta, moe_options
-from tasksim_ray.transfer.sampler import BudgetSampler
+from tasksim_ray.models.moe import MixtureOfExperts, initial_theta
+from tasksim_ray.training.finetune import finetune_options, moe_options
+from tasksim_ray.training.loop import FitOptions, fit, predict
+from tasksim_ray.training.sampler import BudgetSampler
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "qm9_motse_600.csv"

@@ -21,9 +21,9 @@ import torch
 from ray.util.state import list_actors
 
 from tasksim_ray.config import EmbedConfig
-from tasksim_ray.embed import GRAPH, ID, TaskEmbedder, emb_column, embed_table, graph_table, read_embedded
+from tasksim_ray.embedding.service import GRAPH, ID, TaskEmbedder, emb_column, embed_table, graph_table, read_embedded
+from tasksim_ray.infra.runtime import quiet_ray_data
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
-from tasksim_ray.runtime import quiet_ray_data
 
 SMILES = ["CCO", "c1ccccc1", "CC(=O)O", "CCN", "C1CCCCC1", "OCCO", "CC#N", "CCOC", "c1ccncc1", "CC(C)O",
           "O=C=O", "CCCl", "CC(=O)N", "C1CCOC1", "CCS", "c1ccoc1", "NCCO", "CC=O", "CCCC", "OC(=O)CO"]

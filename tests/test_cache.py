@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tasksim_ray.cache import atomic_dir, is_complete, stable_hash, write_manifest
+from tasksim_ray.infra.cache import atomic_dir, is_complete, stable_hash, write_manifest
 
 
 def test_atomic_dir_leaves_nothing_when_interrupted(tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from pymatgen.core import Lattice, Structure
 from torch_geometric.data import Batch
 
-from tasksim_ray.cache import is_complete
-from tasksim_ray.crystals.checkpoints import import_published, load_published, predict, read_checkpoint, task_name
-from tasksim_ray.crystals.graphs import structure_to_graph
+from tasksim_ray.featurize.crystal import structure_to_graph
+from tasksim_ray.infra.cache import is_complete
 from tasksim_ray.models import load_checkpoint
 from tasksim_ray.models.cgcnn import CGCNN
-from tasksim_ray.transfer.finetune import encoder_groups
+from tasksim_ray.models.published import import_published, load_published, predict, read_checkpoint, task_name
+from tasksim_ray.training.finetune import encoder_groups
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "models"
 CHECKPOINTS = sorted(MODELS.glob("*/*.pth.tar"))

@@ -40,7 +40,7 @@ def test_launcher_config_validates(path: Path) -> None:
 def test_grafana_dashboard_plots_the_metrics_we_export() -> None:
     import inspect
 
-    from tasksim_ray import metrics
+    from tasksim_ray.infra import metrics
 
     dash = json.loads((REPO / "cluster" / "grafana" / "tasksim_dashboard.json").read_text())
     exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])

@@ -9,14 +9,14 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from tasksim_ray.crystals.graphs import (
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.featurize.crystal import (
     GraphSettings,
     atom_features,
     graphs_from_structures,
     neighbor_edges,
     structure_to_graph,
 )
-from tasksim_ray.errors import TasksimError
 
 
 def simple_cubic(a: float = 3.0, element: str = "Na") -> Structure:

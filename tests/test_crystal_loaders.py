@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from pymatgen.io.cif import CifWriter
 
-from tasksim_ray.crystals.loaders import (
+from tasksim_ray.data.crystal_files import (
     load_id_prop_folder,
     load_json_table,
     load_moe_task,

@@ -12,9 +12,10 @@ import torch
 from torch_geometric.data import Batch
 
 from tasksim_ray.config import parse_config
-from tasksim_ray.crystals.checkpoints import load_published
-from tasksim_ray.crystals.moe_report import write_report
-from tasksim_ray.crystals.moe_study import (
+from tasksim_ray.featurize.graphstore import unpack_graphs
+from tasksim_ray.infra.progress import Console
+from tasksim_ray.models.published import load_published
+from tasksim_ray.transfer.crystal_moe import (
     Experts,
     expert_files,
     prepare_task,
@@ -22,8 +23,7 @@ from tasksim_ray.crystals.moe_study import (
     train_cell,
     with_atom_features,
 )
-from tasksim_ray.graphstore import unpack_graphs
-from tasksim_ray.progress import Console
+from tasksim_ray.transfer.crystal_moe_report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "crystals" / "moe_study"

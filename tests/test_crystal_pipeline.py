@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tasksim_ray.cli import app
 from tasksim_ray.config import load_config
-from tasksim_ray.pipeline import run_pipeline
+from tasksim_ray.stages.pipeline import run_pipeline
 
 from .conftest import REPO
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from tasksim_ray.cache import read_manifest
 from tasksim_ray.config import load_config
-from tasksim_ray.graphstore import unpack_graphs
+from tasksim_ray.featurize.graphstore import unpack_graphs
+from tasksim_ray.infra.cache import read_manifest
+from tasksim_ray.infra.progress import Console
 from tasksim_ray.models import load_checkpoint
-from tasksim_ray.progress import Console
-from tasksim_ray.transfer.multitask import pretrain_subset, subset_dir
+from tasksim_ray.training.multitask import pretrain_subset, subset_dir
 from tasksim_ray.transfer.runner import build_context
 
 from .conftest import TINY_CONFIG

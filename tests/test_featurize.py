@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tasksim_ray.featurize import ATOM_FDIM, BOND_FDIM, featurize_many, smiles_to_graph
+from tasksim_ray.featurize.molecule import ATOM_FDIM, BOND_FDIM, featurize_many, smiles_to_graph
 
 
 @pytest.mark.parametrize("smiles, n_atoms, n_bonds", [

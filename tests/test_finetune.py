@@ -8,11 +8,11 @@ import torch
 
 from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig, RegularizerConfig
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.featurize import smiles_to_graph
+from tasksim_ray.featurize.molecule import smiles_to_graph
 from tasksim_ray.models.dmpnn import DMPNN
-from tasksim_ray.train import fit
-from tasksim_ray.transfer.finetune import finetune_options
-from tasksim_ray.transfer.moe import MixtureOfExperts, initial_theta, moe_options, top_k_gates
+from tasksim_ray.models.moe import MixtureOfExperts, initial_theta, top_k_gates
+from tasksim_ray.training.finetune import finetune_options, moe_options
+from tasksim_ray.training.loop import fit
 
 SMILES = ["CCO", "CC(=O)O", "c1ccccc1", "CCN", "OCC#N", "CC(C)C", "C1CCCCC1", "CCOC", "NC=O", "CCCl",
           "c1ccncc1", "CC=C"]

@@ -21,8 +21,8 @@ from torch_geometric.data import Batch, Data
 
 from tasksim_ray.config import FinetuneConfig
 from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint
-from tasksim_ray.train import fit
-from tasksim_ray.transfer.finetune import encoder_groups, finetune_options, head_names
+from tasksim_ray.training.finetune import encoder_groups, finetune_options, head_names
+from tasksim_ray.training.loop import fit
 
 CRYSTALS = Path(__file__).parent / "data" / "crystals" / "adapters" / "structures.json"
 ROWS = json.loads(CRYSTALS.read_text())

@@ -17,10 +17,10 @@ import json, os, sys, threading, time
 from pathlib import Path
 import ray, torch
 from tasksim_ray.config import EmbedConfig, RayConfig
-from tasksim_ray.embed import embed_table, graph_table, read_embedded
+from tasksim_ray.embedding.service import embed_table, graph_table, read_embedded
 from tasksim_ray.models import TaskModelInfo, save_checkpoint
 from tasksim_ray.models.dmpnn import DMPNN
-from tasksim_ray.runtime import ensure_ray
+from tasksim_ray.infra.runtime import ensure_ray
 
 work = Path(sys.argv[1])
 ensure_ray(RayConfig(num_cpus=2, num_gpus=1))

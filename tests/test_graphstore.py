@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from tasksim_ray.featurize import smiles_to_graph
-from tasksim_ray.graphstore import graph_from_bytes, graph_to_bytes, pack_graphs, unpack_graphs
+from tasksim_ray.featurize.graphstore import graph_from_bytes, graph_to_bytes, pack_graphs, unpack_graphs
+from tasksim_ray.featurize.molecule import smiles_to_graph
 
 
 def _crystal(n: int, e: int, seed: int) -> Data:

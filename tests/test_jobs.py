@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tasksim_ray.submit import submit
+from tasksim_ray.infra.submit import submit
 
 from .conftest import REPO, TINY_CONFIG, free_port, stop_ray_processes
 

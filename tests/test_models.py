@@ -3,7 +3,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Batch
 
-from tasksim_ray.featurize import smiles_to_graph
+from tasksim_ray.featurize.molecule import smiles_to_graph
 from tasksim_ray.models import TaskModelInfo, load_checkpoint, save_checkpoint
 from tasksim_ray.models.dmpnn import DMPNN
 

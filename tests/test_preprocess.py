@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from tasksim_ray.preprocess import filter_correlated, split_molecules
+from tasksim_ray.data.preprocess import filter_correlated, split_molecules
 
 
 def test_correlated_targets_dropped_in_column_order() -> None:

@@ -11,13 +11,14 @@ import optuna
 import pandas as pd
 import pytest
 
-from tasksim_ray.cache import write_manifest
 from tasksim_ray.config import load_config
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.progress import Console
+from tasksim_ray.infra.cache import write_manifest
+from tasksim_ray.infra.progress import Console
 from tasksim_ray.search.engine import build_job, run_search
 from tasksim_ray.search.space import SpaceSpec, decode, define_space, seed_points
-from tasksim_ray.transfer.multitask import combine_pools, subset_dir
+from tasksim_ray.training.multitask import subset_dir
+from tasksim_ray.training.subsets import combine_pools
 
 from .conftest import TINY_CONFIG, run_cli_until
 

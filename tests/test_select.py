@@ -3,7 +3,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from tasksim_ray.select import select_subset
+from tasksim_ray.similarity.select import select_subset
 
 
 def _brute_force(sim: np.ndarray, thr: float) -> tuple[int, float]:

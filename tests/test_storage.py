@@ -19,11 +19,11 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tasksim_ray import storage
-from tasksim_ray.cache import MANIFEST, atomic_dir, file_complete, is_complete, publish_json, write_manifest
 from tasksim_ray.config import RayConfig, StorageConfig
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.runtime import ensure_ray
+from tasksim_ray.infra import storage
+from tasksim_ray.infra.cache import MANIFEST, atomic_dir, file_complete, is_complete, publish_json, write_manifest
+from tasksim_ray.infra.runtime import ensure_ray
 
 from .conftest import REPO, TINY_CONFIG
 
@@ -126,9 +126,9 @@ def test_bad_store_is_a_one_line_error_naming_the_uri(tmp_path: Path, endpoint: 
 PIPELINE = """
 import json, sys
 import ray
-from tasksim_ray import storage
+from tasksim_ray.infra import storage
 from tasksim_ray.config import load_config
-from tasksim_ray.pipeline import run_pipeline
+from tasksim_ray.stages.pipeline import run_pipeline
 res = run_pipeline(load_config(sys.argv[1], json.loads(sys.argv[2])), until="embed")
 env = ray.get_runtime_context().runtime_env.get("env_vars", {})
 print("RESULT " + json.dumps({"timings": res["timings"], "workers_see_store": storage.ENV in env}))

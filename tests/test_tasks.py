@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 
 from tasksim_ray.config import DataConfig
+from tasksim_ray.data.sources import load_tasks
+from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.tasks import TaskTable, load_tasks
 
 from .conftest import TINY_DATA
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from tasksim_ray.transfer.budget import resolve_splits, task_counts
-from tasksim_ray.transfer.sampler import BudgetSampler
-from tasksim_ray.transfer.objectives import bss_penalty, l2sp_penalty, masked_mse, reference_weights
+from tasksim_ray.config.budget import resolve_splits, task_counts
+from tasksim_ray.training.objectives import bss_penalty, l2sp_penalty, masked_mse, reference_weights
+from tasksim_ray.training.sampler import BudgetSampler
 
 
 def _labels_with_gaps(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from tasksim_ray.config import load_config
-from tasksim_ray.progress import Console
+from tasksim_ray.infra.progress import Console
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_preprocess, stage_tasks
-from tasksim_ray.stages.transfer_data import TransferData, stage_transfer_data
+from tasksim_ray.transfer.data import TransferData, stage_transfer_data
 from tasksim_ray.transfer.runner import run_transfer
 
 from .conftest import TINY_CONFIG, run_cli_until

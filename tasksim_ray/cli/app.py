@@ -9,7 +9,7 @@ import typer
 import yaml
 
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.progress import Console
+from tasksim_ray.infra.progress import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Which tasks to pretrain on: task similarity from per-task models, on Ray.")

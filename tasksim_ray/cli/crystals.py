@@ -12,9 +12,9 @@ def crystal_moe(config: ConfigArg, set_: SetOpt = None) -> None:
     """STL vs TL vs MoE over the published CGCNN extractors, per task and split seed (crystal_moe section);
     writes <workdir>/report/crystal_moe/."""
     try:
-        from tasksim_ray.crystals.moe_report import write_report
-        from tasksim_ray.crystals.moe_study import run_study
-        from tasksim_ray.runtime import ensure_ray
+        from tasksim_ray.infra.runtime import ensure_ray
+        from tasksim_ray.transfer.crystal_moe import run_study
+        from tasksim_ray.transfer.crystal_moe_report import write_report
 
         cfg = load_config(config, overrides(set_))
         ensure_ray(cfg.ray)

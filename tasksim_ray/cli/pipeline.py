@@ -29,7 +29,7 @@ def similarity_table(names: list[str], sim: np.ndarray, subset: list[str], metri
 
 
 def _execute(cfg: PipelineConfig, until: str) -> dict[str, Any]:
-    from tasksim_ray.pipeline import run_pipeline  # heavy imports (torch, ray) only when running
+    from tasksim_ray.stages.pipeline import run_pipeline  # heavy imports (torch, ray) only when running
 
     return run_pipeline(cfg, console, until=until)
 

@@ -23,7 +23,7 @@ def submit(config: ConfigArg,
            arg: Annotated[list[str] | None, typer.Option(help="argument passed on to the job (repeatable)")] = None,
            ) -> None:
     """Submit jobs/<JOB>.py CONFIG to a Ray cluster, stream its logs, exit with its outcome."""
-    from tasksim_ray.submit import submit as submit_job
+    from tasksim_ray.infra.submit import submit as submit_job
 
     url = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     try:

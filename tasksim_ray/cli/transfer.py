@@ -33,7 +33,7 @@ def pretrain(config: ConfigArg, set_: SetOpt = None,
     try:
         cfg = _load(config, set_)
         if subset is None:
-            from tasksim_ray.pipeline import run_pipeline
+            from tasksim_ray.stages.pipeline import run_pipeline
 
             result = run_pipeline(cfg, console, until="pretrain")
             console.print(f"\\[pretrain] models: {result['artifact']}")

@@ -17,12 +17,31 @@ from pydantic import ValidationError, model_validator
 from tasksim_ray.config.base import Strict, first_error
 from tasksim_ray.config.crystals import CrystalMoEConfig
 from tasksim_ray.config.search import SearchConfig
-from tasksim_ray.config.stages import (BootstrapConfig, CrystalGraphConfig, CSIConfig, DataConfig, EmbedConfig,
-                                       MetricName, ModelConfig, PreprocessConfig, ProbeConfig, PublishedConfig,
-                                       RayConfig, SelectionConfig, SimilarityConfig, TrainConfig)
-from tasksim_ray.config.stages import StorageConfig
-from tasksim_ray.config.transfer import (DEFAULT_VARIANTS, BudgetConfig, FinetuneConfig, MoEConfig,
-                                         RegularizerConfig, TransferConfig)
+from tasksim_ray.config.stages import (
+    BootstrapConfig,
+    CrystalGraphConfig,
+    CSIConfig,
+    DataConfig,
+    EmbedConfig,
+    MetricName,
+    ModelConfig,
+    PreprocessConfig,
+    ProbeConfig,
+    PublishedConfig,
+    RayConfig,
+    SelectionConfig,
+    SimilarityConfig,
+    StorageConfig,
+    TrainConfig,
+)
+from tasksim_ray.config.transfer import (
+    DEFAULT_VARIANTS,
+    BudgetConfig,
+    FinetuneConfig,
+    MoEConfig,
+    RegularizerConfig,
+    TransferConfig,
+)
 from tasksim_ray.errors import TasksimError
 
 __all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig", "CrystalMoEConfig",

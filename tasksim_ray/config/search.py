@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from tasksim_ray.config.base import Strict as _Strict
 
+
 class SearchConfig(_Strict):
     """Ray Tune + Optuna search over a recipe: pretraining subset, budget split, sampling scheme and
     fine-tuning settings, for ``targets`` trained on ``size`` molecules of fold ``fold``.

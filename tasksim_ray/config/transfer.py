@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, model_validator
 from tasksim_ray.config.base import Strict as _Strict
 from tasksim_ray.config.base import first_error as _first_error
 
+
 class RegularizerConfig(_Strict):
     """L2-SP pulls transferred weights back to the pretrained ones; BSS shrinks the k smallest
     singular values of the batch feature matrix. ``none`` by default."""
@@ -70,14 +71,14 @@ class BudgetConfig(_Strict):
 
     @model_validator(mode="after")
     def _exact_split(self) -> BudgetConfig:
-        from tasksim_ray.transfer.budget import resolve_splits
+        from tasksim_ray.config.budget import resolve_splits
 
         resolve_splits(self.total, self.samples, self.epochs, self.splits)
         return self
 
     def resolved(self) -> list[tuple[int, int]]:
         """The (samples per epoch, epochs) splits this budget asks for."""
-        from tasksim_ray.transfer.budget import resolve_splits
+        from tasksim_ray.config.budget import resolve_splits
 
         return resolve_splits(self.total, self.samples, self.epochs, self.splits)
 

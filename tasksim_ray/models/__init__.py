@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasksim_ray.cache import is_complete
+from tasksim_ray.infra.cache import is_complete
 from tasksim_ray.models.cgcnn import CGCNN
 from tasksim_ray.models.dmpnn import DMPNN
 

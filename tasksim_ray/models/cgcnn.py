@@ -6,7 +6,7 @@ v_i <- softplus(v_i + BN2(sum_j sigmoid(filter_ij) * softplus(core_ij))). The cr
 the mean of the atoms after the last convolution; the head is softplus -> ``conv_to_fc`` ->
 softplus (-> ``fcs`` with softplus) -> ``fc_out`` (log-softmax over 2 classes for a classifier).
 Parameter names match txie-93/cgcnn, so the published checkpoints load with ``strict=True``.
-Graphs come from :func:`tasksim_ray.crystals.graphs.structure_to_graph`.
+Graphs come from :func:`tasksim_ray.featurize.crystal.structure_to_graph`.
 
 Which tensor ``embed`` returns: the mixture-of-experts study (Chang et al., npj Comput. Mater.
 2022; rees-c/MoE ``get_extractor``, default ``layer_to_extract_from='conv'``) takes as an

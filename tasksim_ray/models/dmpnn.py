@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
-from tasksim_ray.featurize import ATOM_FDIM, BOND_FDIM
+from tasksim_ray.featurize.molecule import ATOM_FDIM, BOND_FDIM
 from tasksim_ray.models.heads import mlp_head
 
 NORM_DIVISOR = 100.0

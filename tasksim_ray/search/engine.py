@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.progress import Console
+from tasksim_ray.infra.progress import Console
 from tasksim_ray.search.outputs import write_outputs
 from tasksim_ray.search.progress import SearchProgress
 from tasksim_ray.search.space import SpaceSpec, define_space, seed_points

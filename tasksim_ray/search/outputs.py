@@ -13,10 +13,10 @@ import pandas as pd
 import yaml
 from ray import tune
 
-from tasksim_ray.cache import write_text_atomic
 from tasksim_ray.config import PipelineConfig
-from tasksim_ray.figures import save_figure
-from tasksim_ray.progress import Console
+from tasksim_ray.infra.cache import write_text_atomic
+from tasksim_ray.infra.figures import save_figure
+from tasksim_ray.infra.progress import Console
 from tasksim_ray.search.space import decode
 from tasksim_ray.search.trainable import SearchJob
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from ray import tune
 
-from tasksim_ray.metrics import search_status
-from tasksim_ray.progress import Console
+from tasksim_ray.infra.metrics import search_status
+from tasksim_ray.infra.progress import Console
 
 
 class SearchProgress(tune.Callback):

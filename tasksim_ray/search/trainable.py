@@ -21,12 +21,13 @@ import torch
 from filelock import FileLock
 from ray import tune
 
-from tasksim_ray.cache import is_complete
-from tasksim_ray.graphstore import unpack_graphs
+from tasksim_ray.featurize.graphstore import unpack_graphs
+from tasksim_ray.infra.cache import is_complete
 from tasksim_ray.search.space import SpaceSpec, decode
-from tasksim_ray.train import Trainer
+from tasksim_ray.training.loop import Trainer
+from tasksim_ray.training.multitask import pretrain_subset, subset_dir
+from tasksim_ray.training.subsets import TaskPool, combine_pools
 from tasksim_ray.transfer.cells import CellData, finetune_setup, test_mae
-from tasksim_ray.transfer.multitask import TaskPool, combine_pools, pretrain_subset, subset_dir
 
 STATE_FILE = "trainers.pkl"
 

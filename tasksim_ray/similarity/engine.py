@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from tasksim_ray.cache import write_json_atomic
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.metrics import similarity_pairs
+from tasksim_ray.infra.cache import write_json_atomic
+from tasksim_ray.infra.metrics import similarity_pairs
 from tasksim_ray.similarity.inputs import check_embeddings
 from tasksim_ray.similarity.rsa import CHUNK, Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper
 

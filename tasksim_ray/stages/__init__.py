@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasksim_ray import storage
-from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.config import PipelineConfig
-from tasksim_ray.progress import Console
+from tasksim_ray.infra import storage
+from tasksim_ray.infra.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
+from tasksim_ray.infra.progress import Console
 
 
 @dataclass

@@ -11,14 +11,15 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from tasksim_ray import probes
-from tasksim_ray.cache import file_fingerprint
-from tasksim_ray.featurize import FeaturizeReport
-from tasksim_ray.graphstore import pack_graphs
-from tasksim_ray.inputs import featurize_inputs
-from tasksim_ray.preprocess import filter_correlated, split_molecules
+from tasksim_ray.data import probes
+from tasksim_ray.data.preprocess import filter_correlated, split_molecules
+from tasksim_ray.data.sources import load_tasks
+from tasksim_ray.data.tasks import ID, TaskTable
+from tasksim_ray.featurize.graphstore import pack_graphs
+from tasksim_ray.featurize.inputs import featurize_inputs
+from tasksim_ray.featurize.molecule import FeaturizeReport
+from tasksim_ray.infra.cache import file_fingerprint
 from tasksim_ray.stages import Run, Stage
-from tasksim_ray.tasks import ID, TaskTable, load_tasks
 
 
 def _data_fingerprint(run: Run) -> Any:

@@ -16,15 +16,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tasksim_ray import probes
-from tasksim_ray.cache import atomic_dir, is_complete, stable_hash, write_manifest
-from tasksim_ray.embed import GRAPH, ID, embed_table, graph_table, load_embedding, read_embedded, save_embedding
+from tasksim_ray.data import probes
+from tasksim_ray.data.tasks import ID as TABLE_ID
+from tasksim_ray.embedding.service import (
+    GRAPH,
+    ID,
+    embed_table,
+    graph_table,
+    load_embedding,
+    read_embedded,
+    save_embedding,
+)
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.graphstore import graph_to_bytes, unpack_graphs
-from tasksim_ray.pretrain import PretrainedModel
+from tasksim_ray.featurize.graphstore import graph_to_bytes, unpack_graphs
+from tasksim_ray.infra.cache import atomic_dir, is_complete, stable_hash, write_manifest
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, task_rows
-from tasksim_ray.tasks import ID as TABLE_ID
+from tasksim_ray.training.pretrain import PretrainedModel
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ def stage_probe(run: Run, tasks: Stage | None, prep: Stage | None) -> Stage:
     def build(out: Path) -> dict[str, Any]:
         frame, report = graph_table(inputs, ids, kind, f"probe set {cfg.probe.path or 'holdout'}", cfg.data.graph)
         run.log("probe", report.summary("probe set"))
-        probes.require_enough(frame, report)
+        probes.require_enough(frame, len(report.invalid_rows))
         frame.to_parquet(out / "probe.parquet", index=False)
         return {"n_probes": len(frame), "invalid": len(report.invalid_rows), "kind": kind}
 

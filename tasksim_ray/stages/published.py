@@ -9,16 +9,16 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from tasksim_ray.cache import file_fingerprint
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra.cache import file_fingerprint
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
-from tasksim_ray.pretrain import PretrainedModel
 from tasksim_ray.stages import Run
+from tasksim_ray.training.pretrain import PretrainedModel
 
 
 def stage_published(run: Run) -> dict[str, PretrainedModel]:
     """One model folder per published checkpoint (``published.tasks`` picks a subset)."""
-    from tasksim_ray.crystals.checkpoints import SUFFIX, import_published
+    from tasksim_ray.models.published import SUFFIX, import_published
 
     cfg = run.cfg.published
     src = Path(cfg.path or "")

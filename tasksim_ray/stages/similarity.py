@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.progress import task_progress
+from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.similarity import METRICS, SimilarityInputs
 from tasksim_ray.similarity.bootstrap import bootstrap_rsa
 from tasksim_ray.similarity.engine import RSAEngine

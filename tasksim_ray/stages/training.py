@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tasksim_ray.cache import stable_hash
-from tasksim_ray.pretrain import PretrainedModel, TaskData, pretrain_all
-from tasksim_ray.progress import task_progress
+from tasksim_ray.infra.cache import stable_hash
+from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, task_rows
+from tasksim_ray.training.pretrain import PretrainedModel, TaskData, pretrain_all
 
 
 def stage_pretrain(run: Run, tasks: Stage, feats: Stage) -> dict[str, PretrainedModel]:

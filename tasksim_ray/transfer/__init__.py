@@ -1,1 +1,2 @@
-"""Transfer from pretraining tasks: fine-tuning objectives and pretraining-budget sampling."""
+"""Transfer studies: learning-curve cells (scratch, fine-tuning, multi-task, mixture of experts) run
+on Ray, planned per study, analysed (AUC, gain, similarity vs gain) and reported."""

@@ -20,14 +20,14 @@ import ray
 import torch
 
 from tasksim_ray import __version__
-from tasksim_ray.cache import file_complete, publish_json, stable_hash
-from tasksim_ray.config import FinetuneConfig, MoEConfig, ModelConfig
-from tasksim_ray.graphstore import unpack_graphs
+from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig
+from tasksim_ray.featurize.graphstore import unpack_graphs
+from tasksim_ray.infra.cache import file_complete, publish_json, stable_hash
 from tasksim_ray.models import build_model, load_checkpoint
-from tasksim_ray.pretrain import model_hparams
-from tasksim_ray.train import FitOptions, fit, predict
-from tasksim_ray.transfer.finetune import finetune_options
-from tasksim_ray.transfer.moe import MixtureOfExperts, initial_theta, moe_options
+from tasksim_ray.models.moe import MixtureOfExperts, initial_theta
+from tasksim_ray.training.finetune import finetune_options, moe_options
+from tasksim_ray.training.loop import FitOptions, fit, predict
+from tasksim_ray.training.pretrain import model_hparams
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from matplotlib.ticker import FuncFormatter, LogLocator
 
-from tasksim_ray.figures import plt, save_figure
+from tasksim_ray.infra.figures import plt, save_figure
 from tasksim_ray.transfer.analysis import CurveSummary, SimGain
 
 MAX_POINT_LABELS = 30  # beyond this, per-point labels overlap into noise

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tasksim_ray.cache import write_json_atomic, write_text_atomic
+from tasksim_ray.infra.cache import write_json_atomic, write_text_atomic
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import CurveSummary, SimGain
 

@@ -7,19 +7,29 @@ from typing import Any
 
 import ray
 
-from tasksim_ray.cache import publish_dir
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.pipeline import run_pipeline
-from tasksim_ray.progress import Console
+from tasksim_ray.infra.cache import publish_dir
+from tasksim_ray.infra.progress import Console
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_preprocess, stage_tasks
-from tasksim_ray.stages.transfer_data import TransferData, stage_transfer_data
+from tasksim_ray.stages.pipeline import run_pipeline
+from tasksim_ray.training.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
-from tasksim_ray.transfer.multitask import SubsetModel, subset_model
+from tasksim_ray.transfer.data import TransferData, stage_transfer_data
 from tasksim_ray.transfer.report import write_transfer_report
-from tasksim_ray.transfer.study import (SCRATCH, Context, Plan, SimilarityView, plan_curves, plan_matrix, plan_moe,
-                                        plan_strategies, plan_subset, run_studies)
+from tasksim_ray.transfer.study import (
+    SCRATCH,
+    Context,
+    Plan,
+    SimilarityView,
+    plan_curves,
+    plan_matrix,
+    plan_moe,
+    plan_strategies,
+    plan_subset,
+    run_studies,
+)
 
 STUDIES = ("curves", "matrix", "subset", "moe", "strategies")
 

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import ray
 
-from tasksim_ray.progress import task_progress
+from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.stages import Run
-from tasksim_ray.stages.transfer_data import TransferData
+from tasksim_ray.training.multitask import submit_subsets, subset_model
 from tasksim_ray.transfer.analysis import auc, fold_gains, gain_matrix, mean_se, similarity_vs_gain, summarise_curve
 from tasksim_ray.transfer.cells import CellData, CellSettings, Recipe, cell_key, run_cells
-from tasksim_ray.transfer.multitask import submit_subsets, subset_model
+from tasksim_ray.transfer.data import TransferData
 
 SCRATCH = Recipe("scratch", "scratch")
 Job = tuple[CellData, Recipe]

@@ -23,9 +23,9 @@ from numpy._core.multiarray import scalar as _np_scalar
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from tasksim_ray.cache import atomic_dir, stable_hash, write_manifest
-from tasksim_ray.crystals.graphs import GraphSettings
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.featurize.crystal import GraphSettings
+from tasksim_ray.infra.cache import atomic_dir, stable_hash, write_manifest
 from tasksim_ray.models import TaskModelInfo, save_checkpoint
 from tasksim_ray.models.cgcnn import CGCNN
 

@@ -19,15 +19,15 @@ import torch
 from ray import train
 from ray.train.torch import TorchTrainer, prepare_model
 
-from tasksim_ray.cache import atomic_dir, write_manifest
 from tasksim_ray.config import BudgetConfig, ModelConfig
-from tasksim_ray.graphstore import unpack_graphs
+from tasksim_ray.featurize.graphstore import unpack_graphs
+from tasksim_ray.infra.cache import atomic_dir, write_manifest
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
-from tasksim_ray.pretrain import model_hparams
-from tasksim_ray.train import masked_mae, predict, with_targets
-from tasksim_ray.transfer.multitask import SubsetData, flatten_pools
-from tasksim_ray.transfer.objectives import masked_mse
-from tasksim_ray.transfer.sampler import BudgetSampler
+from tasksim_ray.training.loop import masked_mae, predict, with_targets
+from tasksim_ray.training.objectives import masked_mse
+from tasksim_ray.training.pretrain import model_hparams
+from tasksim_ray.training.sampler import BudgetSampler
+from tasksim_ray.training.subsets import SubsetData, flatten_pools
 
 
 def _worker_loop(config: dict[str, Any]) -> None:

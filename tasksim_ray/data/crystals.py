@@ -15,10 +15,16 @@ import numpy as np
 import pandas as pd
 
 from tasksim_ray.config import DataConfig
-from tasksim_ray.crystals.loaders import (KNOWN_FILES, CrystalDataset, file_stem, load_id_prop_folder,
-                                          load_json_table, load_table)
+from tasksim_ray.data.crystal_files import (
+    KNOWN_FILES,
+    CrystalDataset,
+    file_stem,
+    load_id_prop_folder,
+    load_json_table,
+    load_table,
+)
+from tasksim_ray.data.tasks import ID, Task, TaskTable
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.tasks import ID, Task, TaskTable
 
 STRUCTURE = "structure"
 TABLE_SUFFIXES = (".json.gz", ".json", ".csv", ".parquet", ".pkl", ".pickle")

@@ -2,7 +2,7 @@
 
 Resources are passed only to a local start: ``ray.init(num_cpus=...)`` is an error when
 connecting to an existing cluster. The shared artifact store, if one is active, reaches every
-worker on every node through the job's ``runtime_env`` (see ``tasksim_ray.storage``).
+worker on every node through the job's ``runtime_env`` (see ``tasksim_ray.infra.storage``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import os
 
 import ray
 
-from tasksim_ray import storage
 from tasksim_ray.config import RayConfig
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra import storage
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -26,7 +26,7 @@ def ensure_ray(cfg: RayConfig) -> None:
         uri = json.loads(env[storage.ENV])["uri"]
         raise TasksimError(f"storage.uri {uri}: Ray was started without this store in its runtime_env, so its "
                            "workers cannot reach it; let tasksim start Ray, or start it with "
-                           "runtime_env={'env_vars': tasksim_ray.storage.worker_env()}")
+                           "runtime_env={'env_vars': tasksim_ray.infra.storage.worker_env()}")
     quiet_ray_data()
 
 

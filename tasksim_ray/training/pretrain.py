@@ -16,11 +16,11 @@ import ray
 import torch
 
 from tasksim_ray import __version__
-from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.config import ModelConfig, TrainConfig
-from tasksim_ray.graphstore import unpack_graphs
+from tasksim_ray.featurize.graphstore import unpack_graphs
+from tasksim_ray.infra.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
-from tasksim_ray.train import FitOptions, fit
+from tasksim_ray.training.loop import FitOptions, fit
 
 
 @dataclass(frozen=True)

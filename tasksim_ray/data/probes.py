@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasksim_ray.data.tasks import ID, TaskTable, read_table
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.featurize import FeaturizeReport
-from tasksim_ray.tasks import ID, TaskTable, read_table
 
 
 def qm9pack_version() -> str:
@@ -38,7 +37,7 @@ def read_probe_file(path: Path, size: int, seed: int) -> tuple[str, list[str], l
     if not path.exists():
         raise TasksimError(f"{path}: probe file not found")
     if is_crystal_file(path):
-        from tasksim_ray.crystal_tasks import read_structures
+        from tasksim_ray.data.crystals import read_structures
 
         ids, inputs = read_structures(path)
         kind = "crystal"
@@ -74,7 +73,7 @@ def holdout_probes(table: TaskTable, test_rows: np.ndarray, size: int, seed: int
     return frame[table.input_column].tolist(), frame[ID].astype(str).tolist()
 
 
-def require_enough(frame: pd.DataFrame, report: FeaturizeReport) -> None:
+def require_enough(frame: pd.DataFrame, n_invalid: int) -> None:
     if len(frame) < 3:
         raise TasksimError(f"probe set has {len(frame)} valid molecules after skipping "
-                           f"{len(report.invalid_rows)} invalid SMILES; at least 3 are needed")
+                           f"{n_invalid} invalid SMILES; at least 3 are needed")

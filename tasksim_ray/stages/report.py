@@ -9,10 +9,10 @@ import numpy as np
 from scipy.cluster.hierarchy import dendrogram, linkage
 from scipy.spatial.distance import pdist, squareform
 
-from tasksim_ray.cache import write_json_atomic, write_text_atomic
-from tasksim_ray.figures import plt, save_figure
-from tasksim_ray.select import Selection
+from tasksim_ray.infra.cache import write_json_atomic, write_text_atomic
+from tasksim_ray.infra.figures import plt, save_figure
 from tasksim_ray.similarity import METRICS
+from tasksim_ray.similarity.select import Selection
 from tasksim_ray.stages.similarity import SimilarityResult
 
 

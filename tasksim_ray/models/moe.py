@@ -14,10 +14,9 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from tasksim_ray.config import MoEConfig, ModelConfig
+from tasksim_ray.config import ModelConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.models.heads import mlp_head
-from tasksim_ray.train import FitOptions
 
 
 def top_k_gates(theta: Tensor, k: int) -> Tensor:
@@ -71,25 +70,3 @@ class MixtureOfExperts(nn.Module):
 
     def gate_penalty(self) -> Tensor:
         return (self.theta @ self.theta - 1.0) ** 2
-
-
-def moe_options(model: MixtureOfExperts, cfg: MoEConfig, max_epochs: int, patience: int,
-                batch_size: int) -> FitOptions:
-    """Freeze every expert but its last encoder layer; expert_lr for those, head_lr for the rest."""
-    last = [f"experts.{i}.{e.ENCODER_LAYERS[-1]}." for i, e in enumerate(model.experts)]
-    expert_params, other_params = [], []
-    for name, p in model.named_parameters():
-        if name.startswith("experts."):
-            p.requires_grad_(any(name.startswith(prefix) for prefix in last))
-            if p.requires_grad:
-                expert_params.append(p)
-        else:
-            other_params.append(p)
-
-    def make_optimizer(_: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam([{"params": expert_params, "lr": cfg.expert_lr},
-                                 {"params": other_params, "lr": cfg.head_lr}])
-
-    penalty = (lambda z: cfg.penalty * model.gate_penalty()) if cfg.penalty > 0 else None  # noqa: E731
-    return FitOptions(max_epochs, patience, batch_size, make_optimizer=make_optimizer, penalty=penalty)
-

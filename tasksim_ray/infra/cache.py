@@ -5,7 +5,7 @@ config and the keys of its inputs, so a rerun finds finished work and a changed 
 only the stages downstream of it. A directory is built under a temporary name and renamed into
 place when complete, so an interrupted stage never leaves a half-written artifact behind.
 
-With a shared store (``tasksim_ray.storage``) these are also the hooks that mirror artifacts:
+With a shared store (``tasksim_ray.infra.storage``) these are also the hooks that mirror artifacts:
 ``atomic_dir`` publishes a directory before committing it locally, manifest last, and
 ``is_complete`` downloads an artifact that is finished in the store but missing here.
 """
@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tasksim_ray import storage
+from tasksim_ray.infra import storage
 
 MANIFEST = "manifest.json"
 

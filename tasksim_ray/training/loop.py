@@ -24,8 +24,8 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from tasksim_ray.config import TrainConfig
-from tasksim_ray.metrics import epoch_done
-from tasksim_ray.transfer.objectives import masked_mse
+from tasksim_ray.infra.metrics import epoch_done
+from tasksim_ray.training.objectives import masked_mse
 
 
 @dataclass

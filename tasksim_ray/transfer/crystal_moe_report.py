@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from tasksim_ray.cache import write_json_atomic, write_text_atomic
 from tasksim_ray.config import CrystalMoEConfig
-from tasksim_ray.crystals.checkpoints import task_name
-from tasksim_ray.figures import plt, save_figure
+from tasksim_ray.infra.cache import write_json_atomic, write_text_atomic
+from tasksim_ray.infra.figures import plt, save_figure
+from tasksim_ray.models.published import task_name
 
 METHODS = {"stl": "STL", "tl": "TL", "moe": "MoE"}
 

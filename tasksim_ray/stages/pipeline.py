@@ -8,17 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from tasksim_ray.cache import publish_dir
 from tasksim_ray.config import PipelineConfig
-from tasksim_ray.progress import Console
-from tasksim_ray.report import write_report
-from tasksim_ray.runtime import ensure_ray
-from tasksim_ray.select import Selection, select_subset
+from tasksim_ray.infra.cache import publish_dir
+from tasksim_ray.infra.progress import Console
+from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.similarity import METRICS
+from tasksim_ray.similarity.select import Selection, select_subset
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import load_table, stage_featurize, stage_preprocess, stage_tasks
 from tasksim_ray.stages.embedding import stage_dataset_features, stage_embed, stage_probe
 from tasksim_ray.stages.published import stage_published
+from tasksim_ray.stages.report import write_report
 from tasksim_ray.stages.similarity import SimilarityResult, stage_similarity
 from tasksim_ray.stages.training import stage_pretrain
 

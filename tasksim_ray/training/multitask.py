@@ -14,63 +14,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 
 from tasksim_ray import __version__
-from tasksim_ray.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.config import BudgetConfig, ModelConfig
-from tasksim_ray.graphstore import unpack_graphs
+from tasksim_ray.featurize.graphstore import unpack_graphs
+from tasksim_ray.infra.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
-from tasksim_ray.pretrain import model_hparams
-from tasksim_ray.train import FitOptions, fit
-from tasksim_ray.transfer.sampler import BudgetSampler
-
-
-@dataclass(frozen=True)
-class SubsetData:
-    """Pools of labelled training molecules (graph-store positions) per task, and validation."""
-
-    tasks: tuple[str, ...]
-    pool_pos: tuple[np.ndarray, ...]
-    pool_y: tuple[np.ndarray, ...]
-    val_pos: np.ndarray
-    val_y: np.ndarray  # (n_val, n_tasks), NaN where a molecule lacks a label
-    content_key: str
-
-    @property
-    def n_labels(self) -> int:
-        return int(sum(len(p) for p in self.pool_pos))
-
-
-@dataclass(frozen=True)
-class TaskPool:
-    """One task's pretraining pool and validation molecules: table rows, store positions, labels."""
-
-    task: str
-    rows: list[int]
-    pos: np.ndarray
-    y: np.ndarray
-    val_rows: list[int]
-    val_pos: np.ndarray
-    val_y: np.ndarray
-
-
-def combine_pools(tasks_key: str, pools: list[TaskPool]) -> SubsetData:
-    """A subset's pretraining data from its tasks' pools; validation on the union of their
-    validation molecules, each task labelled where it has a label (NaN elsewhere)."""
-    val_rows = sorted({r for p in pools for r in p.val_rows})
-    where = {r: i for i, r in enumerate(val_rows)}
-    val_pos = np.zeros(len(val_rows), dtype=int)
-    val_y = np.full((len(val_rows), len(pools)), np.nan)
-    for t, p in enumerate(pools):
-        idx = [where[r] for r in p.val_rows]
-        val_pos[idx] = p.val_pos
-        val_y[idx, t] = p.val_y
-    key = stable_hash(tasks_key, [p.task for p in pools], [p.rows for p in pools], val_rows)
-    return SubsetData(tuple(p.task for p in pools), tuple(p.pos for p in pools), tuple(p.y for p in pools),
-                      val_pos, val_y, key)
+from tasksim_ray.training.loop import FitOptions, fit
+from tasksim_ray.training.pretrain import model_hparams
+from tasksim_ray.training.sampler import BudgetSampler
+from tasksim_ray.training.subsets import SubsetData, flatten_pools
 
 
 @dataclass(frozen=True)
@@ -81,30 +36,12 @@ class SubsetModel:
     metrics: dict[str, Any]
 
 
-def flatten_pools(graphs: list, data: SubsetData) -> tuple[list, np.ndarray, list[np.ndarray], np.ndarray,
-                                                             np.ndarray]:
-    """One sample per (molecule, task) label: graphs, (n, T) labels with NaN off the task's column,
-    each task's sample indices, and per-task label mean and std."""
-    n_tasks = len(data.tasks)
-    flat_graphs, rows, pools, start = [], [], [], 0
-    for t, (pos, y) in enumerate(zip(data.pool_pos, data.pool_y)):
-        flat_graphs += [graphs[i] for i in pos]
-        block = np.full((len(pos), n_tasks), np.nan)
-        block[:, t] = y
-        rows.append(block)
-        pools.append(np.arange(start, start + len(pos)))
-        start += len(pos)
-    mean = np.array([float(np.mean(y)) for y in data.pool_y])
-    std = np.array([float(np.std(y)) or 1.0 for y in data.pool_y])
-    return flat_graphs, np.concatenate(rows), pools, mean, std
-
-
 def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig,
                     split: tuple[int, int], seed: int, out_dir: str, num_threads: int = 1) -> dict[str, Any]:
     """Train one multi-task model and write its checkpoint folder atomically (a Ray task body);
     with ``budget.workers`` > 1 the training runs data-parallel on Ray Train workers."""
     if budget.workers > 1:
-        from tasksim_ray.transfer.distributed import pretrain_subset_ray_train
+        from tasksim_ray.training.distributed import pretrain_subset_ray_train
 
         pretrain_subset_ray_train(ray.put(store), data, model_cfg, budget, split, seed, out_dir,
                                   str(Path(out_dir).parent.resolve() / "_ray_train"))

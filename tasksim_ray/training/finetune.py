@@ -17,10 +17,11 @@ from fnmatch import fnmatch
 import torch
 from torch import Tensor, nn
 
-from tasksim_ray.config import FinetuneConfig
+from tasksim_ray.config import FinetuneConfig, MoEConfig
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.train import FitOptions
-from tasksim_ray.transfer.objectives import bss_penalty, l2sp_penalty, reference_weights
+from tasksim_ray.models.moe import MixtureOfExperts
+from tasksim_ray.training.loop import FitOptions
+from tasksim_ray.training.objectives import bss_penalty, l2sp_penalty, reference_weights
 
 
 def encoder_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
@@ -93,3 +94,25 @@ def finetune_options(model: nn.Module, cfg: FinetuneConfig, pretrained: bool) ->
         penalty = lambda z: reg.weight * bss_penalty(z, reg.bss_k)  # noqa: E731
     return FitOptions(cfg.max_epochs, cfg.patience, cfg.batch_size, cfg.lr, make_optimizer=make_optimizer,
                       penalty=penalty, on_epoch_start=on_epoch)
+
+
+def moe_options(model: MixtureOfExperts, cfg: MoEConfig, max_epochs: int, patience: int,
+                batch_size: int) -> FitOptions:
+    """Freeze every expert but its last encoder layer; expert_lr for those, head_lr for the rest."""
+    last = [f"experts.{i}.{e.ENCODER_LAYERS[-1]}." for i, e in enumerate(model.experts)]
+    expert_params, other_params = [], []
+    for name, p in model.named_parameters():
+        if name.startswith("experts."):
+            p.requires_grad_(any(name.startswith(prefix) for prefix in last))
+            if p.requires_grad:
+                expert_params.append(p)
+        else:
+            other_params.append(p)
+
+    def make_optimizer(_: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam([{"params": expert_params, "lr": cfg.expert_lr},
+                                 {"params": other_params, "lr": cfg.head_lr}])
+
+    penalty = (lambda z: cfg.penalty * model.gate_penalty()) if cfg.penalty > 0 else None  # noqa: E731
+    return FitOptions(max_epochs, patience, batch_size, make_optimizer=make_optimizer, penalty=penalty)
+

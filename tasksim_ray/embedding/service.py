@@ -22,12 +22,13 @@ from ray.data import ActorPoolStrategy
 from torch_geometric.data import Batch
 
 from tasksim_ray.config import CrystalGraphConfig, EmbedConfig
-from tasksim_ray.featurize import FeaturizeReport
-from tasksim_ray.graphstore import graph_from_bytes, graph_to_bytes
-from tasksim_ray.inputs import INPUT_COLUMNS, featurize_inputs
-from tasksim_ray.metrics import probes_embedded
+from tasksim_ray.data.tasks import INPUT_COLUMNS
+from tasksim_ray.featurize.graphstore import graph_from_bytes, graph_to_bytes
+from tasksim_ray.featurize.inputs import featurize_inputs
+from tasksim_ray.featurize.molecule import FeaturizeReport
+from tasksim_ray.infra.metrics import probes_embedded
+from tasksim_ray.infra.runtime import cluster_cpus, cluster_gpus
 from tasksim_ray.models import load_checkpoint
-from tasksim_ray.runtime import cluster_cpus, cluster_gpus
 
 ID, GRAPH = "id", "graph"
 

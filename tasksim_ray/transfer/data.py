@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasksim_ray.cache import stable_hash
+from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.graphstore import pack_graphs
+from tasksim_ray.featurize.graphstore import pack_graphs
+from tasksim_ray.infra.cache import stable_hash
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import featurize_rows, labelled_rows, load_table
-from tasksim_ray.tasks import TaskTable
+from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
 from tasksim_ray.transfer.cells import CellData
-from tasksim_ray.transfer.multitask import SubsetData, TaskPool, combine_pools
 
 
 def _labelled(labels: np.ndarray, order: np.ndarray, limit: int) -> list[int]:

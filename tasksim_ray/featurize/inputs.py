@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Literal
 
 from torch_geometric.data import Data
 
 from tasksim_ray.config import CrystalGraphConfig
-from tasksim_ray.featurize import FeaturizeReport, featurize_many
-
-InputKind = Literal["molecule", "crystal"]
-INPUT_COLUMNS: dict[str, str] = {"molecule": "smiles", "crystal": "structure"}
+from tasksim_ray.featurize.molecule import FeaturizeReport, featurize_many
 
 
 def featurize_inputs(kind: str, values: Sequence[str], where: str, row_ids: Sequence[str] | None = None,
@@ -28,7 +24,7 @@ def featurize_inputs(kind: str, values: Sequence[str], where: str, row_ids: Sequ
         return featurize_many(list(values))
     from pymatgen.core import Structure
 
-    from tasksim_ray.crystals.graphs import GraphSettings, graphs_from_structures
+    from tasksim_ray.featurize.crystal import GraphSettings, graphs_from_structures
 
     g = graph or CrystalGraphConfig()
     settings = GraphSettings(radius=g.radius, max_neighbors=g.max_neighbors, dmin=g.dmin, step=g.step)

@@ -3,7 +3,7 @@
 A budget C = N x E fixes the number of samples seen in pretraining; trading samples per epoch (N) against epochs (E)
 at a fixed C separates "more distinct labels" from "more passes over the same labels". ``BudgetSampler`` draws each
 epoch's N samples across tasks by a sampling scheme and records how many distinct labels were actually used
-(``tasksim_ray.transfer.sampler``; this module stays free of torch so configs can validate budgets cheaply).
+(``tasksim_ray.training.sampler``; this module stays free of torch so configs can validate budgets cheaply).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
 
 from tasksim_ray.models.cgcnn import CGCNN, ConvLayer
-from tasksim_ray.train import TrainResult
-from tasksim_ray.transfer.moe import top_k_gates
+from tasksim_ray.models.moe import top_k_gates
+from tasksim_ray.training.loop import TrainResult
 
 
 @torch.no_grad()
@@ -104,7 +104,7 @@ def cosine_lr(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float) -> C
 def fit_features(model: GatedExperts, feats: Tensor, y: np.ndarray, train: np.ndarray, val: np.ndarray,
                  optimizer: torch.optim.Optimizer, max_epochs: int, patience: int, batch_size: int, seed: int,
                  mean: float, std: float, penalty: Callable[[], Tensor] | None = None) -> TrainResult:
-    """``tasksim_ray.train.fit`` for precomputed features ``feats`` (n, experts, d): plain tensor
+    """``tasksim_ray.training.loop.fit`` for precomputed features ``feats`` (n, experts, d): plain tensor
     batches (no graph collation, which would cost more than the model), the same standardised MSE,
     early stopping on validation MAE and restoring of the best weights, cosine-annealed lr."""
     torch.manual_seed(seed)

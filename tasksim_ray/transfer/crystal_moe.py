@@ -20,18 +20,18 @@ import torch
 from torch_geometric.data import Data
 
 from tasksim_ray import __version__
-from tasksim_ray.cache import file_complete, publish_json, stable_hash
 from tasksim_ray.config import CrystalMoEConfig, PipelineConfig
-from tasksim_ray.crystals.checkpoints import load_published
-from tasksim_ray.crystals.graphs import GraphSettings, graphs_from_structures
-from tasksim_ray.crystals.loaders import KNOWN_FILES, SPLIT_FILE, file_stem, load_moe_task
-from tasksim_ray.crystals.moe_models import GatedExperts, cosine_lr, extractor_features, fit_features
+from tasksim_ray.data.crystal_files import KNOWN_FILES, SPLIT_FILE, file_stem, load_moe_task
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.graphstore import pack_graphs, unpack_graphs
+from tasksim_ray.featurize.crystal import GraphSettings, graphs_from_structures
+from tasksim_ray.featurize.graphstore import pack_graphs, unpack_graphs
+from tasksim_ray.infra.cache import file_complete, publish_json, stable_hash
+from tasksim_ray.infra.progress import Console
 from tasksim_ray.models.cgcnn import CGCNN
-from tasksim_ray.progress import Console
-from tasksim_ray.train import FitOptions, fit, predict
-from tasksim_ray.transfer.moe import initial_theta
+from tasksim_ray.models.moe import initial_theta
+from tasksim_ray.models.published import load_published
+from tasksim_ray.training.loop import FitOptions, fit, predict
+from tasksim_ray.transfer.crystal_moe_models import GatedExperts, cosine_lr, extractor_features, fit_features
 
 Payload = dict[str, Any]
 

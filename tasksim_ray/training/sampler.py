@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from tasksim_ray.transfer.budget import task_counts
+from tasksim_ray.config.budget import task_counts
 
 
 class BudgetSampler(Sampler[int]):

@@ -1,1 +1,0 @@
-"""Crystal tasks: dataset loaders, CGCNN crystal graphs and the published CGCNN checkpoints."""

@@ -1,0 +1,88 @@
+"""Tasks and task tables.
+
+A :class:`Task` is one regression target. Tasks that share inputs live in one
+:class:`TaskTable`: rows are molecules, one column per target, and a missing label (NaN) means
+the molecule is simply not part of that task. Tables are stored as Parquet with the task
+metadata in the schema, so the artifact is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasksim_ray.errors import TasksimError
+
+ID, SMILES = "mol_id", "smiles"
+InputKind = Literal["molecule", "crystal"]
+INPUT_COLUMNS: dict[str, str] = {"molecule": "smiles", "crystal": "structure"}
+_META_KEY = b"tasksim.tasks"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    units: str = ""
+    input_kind: str = "molecule"
+
+
+@dataclass
+class TaskTable:
+    frame: pd.DataFrame  # columns: mol_id, the input (smiles or structure), then one column per task
+    tasks: list[Task]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def labels(self, name: str) -> np.ndarray:
+        return self.frame[name].to_numpy(dtype=np.float64)
+
+    @property
+    def kind(self) -> str:
+        """The input kind every task of this table shares: ``molecule`` or ``crystal``."""
+        return self.tasks[0].input_kind if self.tasks else "molecule"
+
+    @property
+    def input_column(self) -> str:
+        return INPUT_COLUMNS[self.kind]
+
+    def inputs(self) -> np.ndarray:
+        """Each row's input: a SMILES string, or a crystal structure as JSON."""
+        return self.frame[self.input_column].to_numpy()
+
+    def subset(self, names: list[str]) -> TaskTable:
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise TasksimError(f"unknown task name(s) {unknown}; available: {self.names}")
+        by_name = {t.name: t for t in self.tasks}
+        return TaskTable(self.frame[[ID, self.input_column, *names]], [by_name[n] for n in names])
+
+    def save(self, path: Path) -> None:
+        table = pa.Table.from_pandas(self.frame, preserve_index=False)
+        meta = {**(table.schema.metadata or {}), _META_KEY: json.dumps([asdict(t) for t in self.tasks])}
+        pq.write_table(table.replace_schema_metadata(meta), path)
+
+    @classmethod
+    def load(cls, path: Path) -> TaskTable:
+        table = pq.read_table(path)
+        tasks = [Task(**t) for t in json.loads(table.schema.metadata[_META_KEY])]
+        return cls(table.to_pandas(), tasks)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise TasksimError(f"{path}: data file not found")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
+        raise TasksimError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
