@@ -35,6 +35,26 @@ def test_launcher_config_validates(path: Path) -> None:
     text = path.read_text().lower()
     assert "dashboard-host=0.0.0.0" not in text  # the dashboard is reached through a tunnel
     assert not any(word in text for word in ("aws_secret", "access_key", "private_key:"))
+    assert starts_with_token_auth(config), "a node could start Ray without token auth"
+
+
+def starts_with_token_auth(config: dict[str, Any]) -> bool:
+    """Every `ray start` a launcher config runs has RAY_AUTH_MODE=token in force, and the token file is
+    mounted on the nodes; a config that starts no Ray itself (the fake provider's) passes."""
+    commands = config.get("head_start_ray_commands", []) + config.get("worker_start_ray_commands", [])
+    starts = [c for c in commands if "ray start" in c]
+    if not starts:
+        return True
+    token_file = any(k.rstrip("/").endswith(".ray/auth_token") for k in (config.get("file_mounts") or {}))
+    return token_file and all(c.split("ray start")[0].count("RAY_AUTH_MODE=token") == 1 for c in starts)
+
+
+def test_a_config_without_token_auth_is_caught() -> None:
+    config = yaml.safe_load((REPO / "cluster" / "aws" / "cluster.yaml").read_text())
+    assert starts_with_token_auth(config)
+    plain = [c.replace("export RAY_AUTH_MODE=token;", "") for c in config["head_start_ray_commands"]]
+    assert not starts_with_token_auth(config | {"head_start_ray_commands": plain})
+    assert not starts_with_token_auth(config | {"file_mounts": {}})
 
 
 def test_grafana_dashboard_plots_the_metrics_we_export() -> None:

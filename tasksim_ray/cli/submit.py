@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from typing import Annotated
 
 import typer
 
 from tasksim_ray.cli.app import ConfigArg, app, console, fail
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra.submit import ALLOWED
+
+
+def _print_upload(files: list[str]) -> None:
+    """What leaves this machine: a count per allowed folder, and each file outside them by name."""
+    folders = Counter(f.split("/", 1)[0] for f in files if "/" in f and f.split("/", 1)[0] in ALLOWED)
+    single = [f for f in files if f.split("/", 1)[0] not in folders]
+    parts = [f"{name}/ ({n} files)" for name, n in sorted(folders.items())] + single
+    console.print(f"uploading {len(files)} files: {', '.join(parts)}")
 
 
 @app.command()
@@ -22,7 +32,8 @@ def submit(config: ConfigArg,
            image: Annotated[str | None, typer.Option(help="container image for the job")] = None,
            arg: Annotated[list[str] | None, typer.Option(help="argument passed on to the job (repeatable)")] = None,
            ) -> None:
-    """Submit jobs/<JOB>.py CONFIG to a Ray cluster, stream its logs, exit with its outcome."""
+    """Submit jobs/<JOB>.py CONFIG to a Ray cluster, stream its logs, exit with its outcome. Run it from
+    the project folder: the package, jobs/, configs/, the config and the data files it names travel."""
     from tasksim_ray.infra.submit import submit as submit_job
 
     url = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
@@ -30,7 +41,7 @@ def submit(config: ConfigArg,
         if not url:
             raise TasksimError("no job server: give --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
         outcome = submit_job(url, job, str(config), arg, pip=pip, image=image,
-                             on_log=lambda text: sys.stdout.write(text))
+                             on_log=lambda text: sys.stdout.write(text), on_upload=_print_upload)
     except TasksimError as exc:
         fail(exc)
     style = "green" if outcome.succeeded else "red"
