@@ -187,6 +187,36 @@ def test_mace_trains_and_foundation_file_reproduces_it(tmp_path: Path) -> None:
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == UNSAFE_LOAD_BEFORE
 
 
+class _Marker:
+    """Unpickling this writes a file: proof that a load ran code from the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "code ran"))
+
+
+def test_a_model_folder_cannot_make_the_loader_unpickle(tmp_path: Path) -> None:
+    """An edited config.json naming a pickle and trust_pickle (e.g. in a shared store) loads the weights
+    from the state dict and never opens that file."""
+    from tasksim_ray.models.mace import MACEBackbone
+
+    hp = HPARAMS["mace"]
+    model = MACEBackbone(**hp).eval()
+    save_checkpoint(tmp_path / "ckpt", model, TaskModelInfo("mace", hp, "e_form", "eV/atom", 0.0, 1.0))
+    marker = tmp_path / "pwned"
+    torch.save(_Marker(marker), tmp_path / "evil.model")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["hparams"] |= {"foundation_file": str(tmp_path / "evil.model"), "trust_pickle": True}
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert not marker.exists()
+    batch = batch_of(*(r["id"] for r in ROWS))
+    with torch.no_grad():
+        assert torch.equal(loaded.embed_nodes(batch), model.embed_nodes(batch))
+
+
 def test_registry_imports_foundation_libraries_only_on_build() -> None:
     code = ("import sys, tasksim_ray.models as m; "
             "assert not {'chgnet', 'mace', 'alignn', 'e3nn'} & set(sys.modules), sorted(sys.modules); "

@@ -28,6 +28,12 @@ BACKBONES: dict[str, type[nn.Module] | str] = {"dmpnn": DMPNN, "cgcnn": CGCNN,
                                                "alignn": "tasksim_ray.models.alignn:ALIGNNBackbone"}
 
 
+# constructor arguments that read a file when a model is first built (a foundation model's weights, and
+# the permission to unpickle it). A saved model's weights are all in its state dict, so a model folder
+# is rebuilt without them: trust comes from the user's run config, never from an artifact's config.json.
+BUILD_ONLY_HPARAMS = ("foundation_file", "trust_pickle")
+
+
 @dataclass
 class TaskModelInfo:
     """What a checkpoint knows about itself: enough to rebuild it and undo target scaling."""
@@ -61,7 +67,7 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tupl
     if not (directory / "config.json").is_file():
         is_complete(directory)  # trained on another node: fetch it from the shared store, if there
     info = TaskModelInfo(**json.loads((directory / "config.json").read_text()))
-    model = build_model(info.backbone, info.hparams)
+    model = build_model(info.backbone, {k: v for k, v in info.hparams.items() if k not in BUILD_ONLY_HPARAMS})
     state = torch.load(directory / "state_dict.pt", map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), info
