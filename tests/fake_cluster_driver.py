@@ -21,7 +21,8 @@ import torch
 from ray.util.state import list_actors
 
 from tasksim_ray.config import EmbedConfig
-from tasksim_ray.embedding.service import GRAPH, ID, TaskEmbedder, emb_column, embed_table, graph_table, read_embedded
+from tasksim_ray.embedding.hosts import ModelHost
+from tasksim_ray.embedding.service import GRAPH, ID, embed_table, graph_table, read_embedded
 from tasksim_ray.infra.runtime import quiet_ray_data
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
 
@@ -54,21 +55,18 @@ class Watcher(threading.Thread):
 
 
 def placement(address: str) -> list[dict[str, Any]]:
-    """Every embedding actor the cluster ran (Ray Data's ``MapWorker(MapBatches(TaskEmbedder))``),
+    """Every model host the cluster ran (``ModelHost`` actors),
     alive or dead: its node, what it asked for, whether it was restarted. The address is named:
     without it the state API refuses a machine that runs several Rays."""
     actors = list_actors(address, detail=True, limit=1000, raise_on_missing_output=False)
     return [{"node": a.node_id, "gpu": a.required_resources.get("GPU", 0.0), "restarts": a.num_restarts}
-            for a in actors if "TaskEmbedder" in a.class_name]
+            for a in actors if "ModelHost" in a.class_name]
 
 
 def local_embeddings(frame: Any, dirs: dict[str, Path]) -> dict[str, np.ndarray]:
     """The same graphs through the same checkpoints, in this process."""
-    out = {}
-    for name, directory in dirs.items():
-        batch = TaskEmbedder(str(directory), emb_column(name), task=name)({GRAPH: frame[GRAPH].to_numpy()})
-        out[name] = batch[emb_column(name)]
-    return out
+    host = ModelHost(budget_bytes=1 << 30)
+    return host.embed(frame[GRAPH].to_numpy(), {name: str(d) for name, d in dirs.items()})
 
 
 def main(address: str, work: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The ``tasksim`` command: one subcommand per verb, split by concern (pipeline, transfer, search, submit)."""
 
-from tasksim_ray.cli import crystals, pipeline, search, submit, transfer  # noqa: F401  (importing registers the verbs)
+from tasksim_ray.cli import crystals, pipeline, search, serve, submit, transfer  # noqa: F401  (registers the verbs)
 from tasksim_ray.cli.app import app
 
 

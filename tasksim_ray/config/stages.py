@@ -116,12 +116,16 @@ class ProbeConfig(_Strict):
 
 
 class EmbedConfig(_Strict):
-    """``use_gpu``: ``auto`` asks for ``gpu_fraction`` of a GPU per actor when the cluster has GPUs
-    now; ``always`` also when it has none yet, for clusters whose GPU workers autoscale from zero
-    (the pending GPU request is what scales them up); ``never`` keeps embedding on CPUs."""
+    """The embedding service's model hosts (``embedding/hosts.py``): ``hosts`` actors (None: one per
+    CPU, or one per ``gpu_fraction`` of each GPU when GPUs are used), each holding task models up to
+    ``host_memory_gb`` and asking Ray for ``num_cpus``. ``use_gpu``: ``auto`` uses GPUs when the
+    cluster has some now; ``always`` also when it has none yet, for clusters whose GPU workers
+    autoscale from zero (the pending GPU request is what scales them up); ``never`` keeps
+    embedding on CPUs."""
 
     batch_size: int = Field(default=128, gt=0)
-    actors_per_task: int = Field(default=1, ge=1)
+    hosts: int | None = Field(default=None, ge=1)
+    host_memory_gb: float = Field(default=2.0, gt=0)
     num_cpus: float = Field(default=0.5, gt=0)
     gpu_fraction: float = Field(default=0.25, gt=0, le=1)
     use_gpu: Literal["auto", "always", "never"] = "auto"

@@ -1,15 +1,16 @@
-"""The embedding service: per-task models held by Ray actors, inputs streamed by Ray Data.
+"""The embedding service: task models held by warm model hosts (``hosts.py``), inputs streamed by
+Ray Data.
 
-Molecules and crystals are featurised once into a binary graph column; Ray Data then streams
-blocks through one actor pool per model (``map_batches`` with ``ActorPoolStrategy``), each actor
-adding that model's embedding column, and writes Parquet. With GPUs in the cluster each actor asks
-for a fraction of one, so several task models share a device. Graph-level layers give one vector
-per input; ``node`` gives each input's per-atom vectors (stored as float32 bytes + atom count).
+Molecules and crystals are featurised once into a binary graph column; Ray Data streams the table in
+batches to the hosts, each batch is embedded by every model asked for, and the result is written
+as Parquet. With GPUs each host asks for a fraction of one, so several hosts share a device.
+Graph-level layers give one vector per input; ``node`` gives each input's per-atom vectors (stored as
+float32 bytes + atom count).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +18,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-import torch
-from ray.data import ActorPoolStrategy
-from torch_geometric.data import Batch
 
 from tasksim_ray.config import CrystalGraphConfig, EmbedConfig
 from tasksim_ray.data.tasks import INPUT_COLUMNS
-from tasksim_ray.featurize.graphstore import graph_from_bytes, graph_to_bytes
+from tasksim_ray.embedding.hosts import HostGroup
+from tasksim_ray.featurize.graphstore import graph_to_bytes
 from tasksim_ray.featurize.inputs import featurize_inputs
 from tasksim_ray.featurize.molecule import FeaturizeReport
-from tasksim_ray.infra.metrics import probes_embedded
-from tasksim_ray.infra.runtime import cluster_cpus, cluster_gpus
-from tasksim_ray.models import load_checkpoint
 
 ID, GRAPH = "id", "graph"
 
@@ -47,68 +43,39 @@ def graph_table(inputs: list[str], ids: list[str], kind: str = "molecule", where
                          GRAPH: [graph_to_bytes(graphs[i]) for i in keep]}), report
 
 
-class TaskEmbedder:
-    """Holds one model; called by Ray Data on batches of serialised graphs."""
-
-    def __init__(self, model_dir: str, column: str, layer: str = "graph", num_threads: int = 1,
-                 task: str = "") -> None:
-        torch.set_num_threads(num_threads)
-        self.task = task
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, _ = load_checkpoint(Path(model_dir), self.device)
-        self.column, self.layer = column, layer
-
-    @torch.no_grad()
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        graphs = Batch.from_data_list([graph_from_bytes(b) for b in batch[GRAPH]]).to(self.device)
-        probes_embedded(self.task, graphs.num_graphs)
-        if self.layer != "node":  # "graph": the backbone's default graph-level layer
-            emb = self.model.embed(graphs) if self.layer == "graph" else self.model.embed(graphs, self.layer)
-            batch[self.column] = emb.float().cpu().numpy()
-            return batch
-        nodes = self.model.embed_nodes(graphs).float().cpu().numpy()
-        counts = torch.bincount(graphs.batch, minlength=graphs.num_graphs).cpu().numpy()
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        batch[self.column] = np.array([nodes[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object)
-        batch[f"{self.column}__n"] = counts
-        return batch
+def _batches(table: Path, batch_size: int, ids: list[str]) -> Iterator[list[bytes]]:
+    """The table's graphs in consecutive batches of ``batch_size``, streamed by Ray Data (the same
+    batch boundaries whatever the block layout, so the embeddings are the same bytes)."""
+    ds = ray.data.read_parquet(str(table)).select_columns([ID, GRAPH])
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        ids += batch.column(ID).to_pylist()
+        yield batch.column(GRAPH).to_pylist()
 
 
-@dataclass(frozen=True)
-class ActorResources:
-    num_cpus: float
-    num_gpus: float
+def _column(values: np.ndarray) -> pa.Array:
+    if values.dtype == object:
+        return pa.array(list(values), type=pa.binary())
+    if values.ndim == 1:
+        return pa.array(values)
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
 
 
-def actor_resources(cfg: EmbedConfig, n_models: int) -> ActorResources:
-    """Fractional GPUs per ``cfg.use_gpu`` (``always`` on a cluster that autoscales GPUs from zero,
-    where there are none to see yet); the CPU share is capped so that every model's actor pool
-    starts at once (a chained pipeline needs all of them alive) and one CPU stays free for Ray
-    Data's read and write tasks."""
-    n_actors = n_models * cfg.actors_per_task
-    share = min(cfg.num_cpus, max(cluster_cpus() - 1.0, 0.5) / n_actors)
-    gpu = cfg.use_gpu == "always" or (cfg.use_gpu == "auto" and cluster_gpus() > 0)
-    return ActorResources(num_cpus=share, num_gpus=cfg.gpu_fraction if gpu else 0.0)
-
-
-def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_dir: Path, layer: str = "graph") -> None:
-    """Stream an (id, graph) Parquet table through every model and write ``id`` + embeddings."""
-    res = actor_resources(cfg, len(model_dirs))
-    ds = ray.data.read_parquet(str(table))
-    columns = [ID]
-    for name, directory in model_dirs.items():
-        ds = ds.map_batches(
-            TaskEmbedder,
-            fn_constructor_kwargs={"model_dir": str(directory), "column": emb_column(name), "layer": layer,
-                                   "task": name},
-            batch_size=cfg.batch_size,
-            batch_format="numpy",
-            compute=ActorPoolStrategy(size=cfg.actors_per_task),
-            num_cpus=res.num_cpus,
-            num_gpus=res.num_gpus,
-        )
-        columns += [emb_column(name)] + ([f"{emb_column(name)}__n"] if layer == "node" else [])
-    ds.select_columns(columns).write_parquet(str(out_dir))
+def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_dir: Path, layer: str = "graph",
+                hosts: HostGroup | None = None) -> None:
+    """Stream an (id, graph) Parquet table through every model on the model hosts (``hosts``, or a
+    group started for this call) and write ``id`` + one embedding column per model as Parquet."""
+    group = hosts or HostGroup(cfg, len(model_dirs))
+    try:
+        ids: list[str] = []
+        models = {name: str(Path(d).resolve()) for name, d in model_dirs.items()}
+        parts = list(group.map(_batches(table, cfg.batch_size, ids), models, layer))
+    finally:
+        if hosts is None:
+            group.close()
+    columns = {ID: pa.array(ids)} | {emb_column(k): _column(np.concatenate([p[k] for p in parts])) for k in parts[0]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), out_dir / "part-0.parquet")
 
 
 def read_embedded(directory: Path, names: list[str], layer: str = "graph") -> tuple[list[str], dict[str, np.ndarray | list[np.ndarray]]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasksim_ray.config import PipelineConfig
+from tasksim_ray.embedding.hosts import HostGroup
 from tasksim_ray.infra import storage
 from tasksim_ray.infra.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
 from tasksim_ray.infra.progress import Console
@@ -34,9 +35,12 @@ class Stage:
 
 @dataclass
 class Run:
+    """One run of the pipeline or a study: its config, console, stage timings and model hosts."""
+
     cfg: PipelineConfig
     console: Console
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _hosts: HostGroup | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         storage.activate(self.cfg.storage, self.cfg.workdir_path)  # this process and its Ray workers
@@ -44,6 +48,20 @@ class Run:
     @property
     def artifacts(self) -> Path:
         return self.cfg.workdir_path / "artifacts"
+
+    def hosts(self, n_models: int = 1) -> HostGroup:
+        """The run's model hosts, started on first use and shared by every stage that embeds."""
+        if self._hosts is None:
+            self._hosts = HostGroup(self.cfg.embed, n_models)
+            plan = self._hosts.plan
+            self.log("embed", f"{plan.n_hosts} model hosts ({plan.num_cpus:g} CPU, {plan.num_gpus:g} GPU each)")
+        return self._hosts
+
+    def release_hosts(self) -> None:
+        """Free the hosts' resources for the stages that follow (Ray also ends them when the run goes)."""
+        if self._hosts is not None:
+            self._hosts.close()
+            self._hosts = None
 
     def log(self, stage: str, message: str) -> None:
         self.console.print(f"\\[{stage}] {message}", highlight=False)

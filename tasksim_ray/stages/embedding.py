@@ -91,10 +91,10 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
     with run.timed("embed", cached=not missing):
         if missing:
             run.log("embed", f"embedding {len(missing)} of {len(out)} tasks (the rest are cached)")
-            with run.console.status(f"Ray Data: probe set through {len(missing)} task models"), \
+            with run.console.status(f"Ray Data: probe set through {len(missing)} task models on the hosts"), \
                     tempfile.TemporaryDirectory(dir=run.artifacts) as scratch:
                 embed_table(probe.path / "probe.parquet", {t: models[t].directory for t in missing},
-                            cfg.embed, Path(scratch) / "raw", layer)
+                            cfg.embed, Path(scratch) / "raw", layer, run.hosts(len(models)))
                 ids, embs = read_embedded(Path(scratch) / "raw", missing, layer)
                 for t in missing:
                     with atomic_dir(out[t].path) as tmp:
@@ -133,7 +133,7 @@ def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedM
         pd.DataFrame({ID: ids, GRAPH: blobs}).to_parquet(out / "inputs.parquet", index=False)
         with run.console.status(f"Ray Data: every task's inputs through the '{shared}' model"):
             embed_table(out / "inputs.parquet", {"shared": shared_dir}, run.cfg.embed,
-                        out / "raw", csi.level)
+                        out / "raw", csi.level, run.hosts(len(models)))
         got_ids, embs = read_embedded(out / "raw", ["shared"], csi.level)
         arrays: dict[str, np.ndarray] = {}
         owner = np.array([i.split("|")[0] for i in got_ids])

@@ -51,6 +51,7 @@ def stage_similarity(run: Run, embs: dict[str, TaskEmbedding], probe: Stage, tas
                      dataset_features: Stage | None) -> SimilarityResult:
     cfg = run.cfg.similarity
     names = list(embs)
+    run.release_hosts()  # the similarity engine's Ray tasks get the CPUs the hosts held
 
     def build(out: Path) -> dict[str, Any]:
         loaded: dict[str, np.ndarray] = {}

@@ -1,0 +1,39 @@
+"""``tasksim serve CONFIG``: the run's task models as an HTTP embedding service (Ray Serve)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
+from tasksim_ray.config import load_config
+from tasksim_ray.config.stages import CRYSTAL_SOURCES
+from tasksim_ray.errors import TasksimError
+
+
+@app.command()
+def serve(config: ConfigArg, sets: SetOpt = None,
+          port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 8000,
+          replicas: Annotated[int, typer.Option(help="replicas of the model host", min=1)] = 1) -> None:
+    """Train (or reuse) the config's task models, then serve their embeddings on 127.0.0.1 until Ctrl-C:
+    POST /embed {"task": NAME, "inputs": [SMILES or structure JSON, ...]}."""
+    from tasksim_ray.embedding.serving import deploy
+    from tasksim_ray.stages.pipeline import run_pipeline
+
+    try:
+        cfg = load_config(config, overrides(sets))
+        result = run_pipeline(cfg, console, until="pretrain")
+        kind = "crystal" if cfg.published.path or cfg.data.source in CRYSTAL_SOURCES else "molecule"
+        url = deploy(result["model_dirs"], kind, cfg.data.graph, port=port, replicas=replicas,
+                     num_cpus=cfg.embed.num_cpus, num_gpus=0.0)
+    except TasksimError as exc:
+        fail(exc)
+    console.print(f"serving {len(result['model_dirs'])} task models at [bold]{url}[/bold] (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopped")
+

@@ -1,0 +1,143 @@
+"""Model hosts: a few warm Ray actors that hold many task models and embed batches for any of them.
+
+Starting an actor costs seconds (a process that imports torch and torch_geometric), a forward pass
+over a probe batch costs milliseconds, so actors follow the resources, not the models: one host per
+CPU, or per GPU fraction asked when GPUs are used. A host loads a model on first use and keeps it,
+evicting the least recently used ones beyond its memory budget. A batch's graphs are deserialised
+and collated once, then run through every model asked for.
+
+A :class:`HostGroup` belongs to one run: the stages that embed (probe embeddings, CSI dataset
+features, MoE extractor features) share it, and :meth:`HostGroup.close` frees its resources.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from tasksim_ray.config import EmbedConfig
+from tasksim_ray.featurize.graphstore import graph_from_bytes
+from tasksim_ray.infra.metrics import probes_embedded
+from tasksim_ray.infra.runtime import cluster_cpus, cluster_gpus
+from tasksim_ray.models import load_checkpoint
+
+Embedded = dict[str, np.ndarray]  # model name -> values (node level adds "<name>__n" atom counts)
+
+
+def model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+@torch.no_grad()
+def embed_batch(model: nn.Module, batch: Batch, layer: str = "graph", name: str = "model") -> Embedded:
+    """One model on one collated batch: ``name`` -> (n, dim) float32 rows, or for ``node`` each
+    input's atom vectors as float32 bytes plus ``<name>__n``, the atom counts."""
+    probes_embedded(name, batch.num_graphs)
+    if layer != "node":  # "graph": the backbone's default graph-level layer
+        emb = model.embed(batch) if layer == "graph" else model.embed(batch, layer)
+        return {name: emb.float().cpu().numpy()}
+    nodes = model.embed_nodes(batch).float().cpu().numpy()
+    counts = torch.bincount(batch.batch, minlength=batch.num_graphs).cpu().numpy()
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    rows = np.array([nodes[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object)
+    return {name: rows, f"{name}__n": counts}
+
+
+class ModelHost:
+    """Holds task models (LRU within ``budget_bytes``) and embeds serialised graphs with them."""
+
+    def __init__(self, budget_bytes: int, num_threads: int = 1) -> None:
+        torch.set_num_threads(num_threads)
+        gpu = bool(ray.get_gpu_ids()) if ray.is_initialized() else False
+        self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        self.budget = budget_bytes
+        self.models: OrderedDict[str, tuple[nn.Module, int]] = OrderedDict()
+        self.loads = 0
+
+    def model(self, directory: str) -> nn.Module:
+        """The model saved in ``directory``, loaded on first use; least recently used ones beyond
+        the budget are dropped (the one just asked for always stays)."""
+        if directory in self.models:
+            self.models.move_to_end(directory)
+            return self.models[directory][0]
+        model, _ = load_checkpoint(Path(directory), self.device)
+        self.loads += 1
+        self.models[directory] = (model, model_bytes(model))
+        while len(self.models) > 1 and sum(size for _, size in self.models.values()) > self.budget:
+            self.models.popitem(last=False)
+        return model
+
+    def embed(self, graphs: Iterable[bytes], models: dict[str, str], layer: str = "graph") -> Embedded:
+        """Each of ``models`` (name -> model folder) on one batch of serialised graphs."""
+        batch = Batch.from_data_list([graph_from_bytes(b) for b in graphs]).to(self.device)
+        return {k: v for name, d in models.items() for k, v in embed_batch(self.model(d), batch, layer, name).items()}
+
+    def stats(self) -> dict[str, int | str]:
+        return {"pid": os.getpid(), "loaded": len(self.models), "loads": self.loads, "device": str(self.device)}
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """How many hosts and what each asks of Ray."""
+
+    n_hosts: int
+    num_cpus: float
+    num_gpus: float
+
+
+def plan_hosts(cfg: EmbedConfig, n_models: int) -> HostPlan:
+    """One host per GPU fraction (at most one per model; ``use_gpu: always`` also before an
+    autoscaling cluster shows its first GPU, counting one) or per CPU; ``embed.hosts`` overrides the
+    count. The hosts' CPU shares leave one CPU free for Ray Data's read tasks."""
+    gpus, cpus = cluster_gpus(), cluster_cpus()
+    use_gpu = cfg.use_gpu == "always" or (cfg.use_gpu == "auto" and gpus > 0)
+    if use_gpu:
+        slots = int(max(gpus, 1.0) / cfg.gpu_fraction + 1e-9)
+        n = cfg.hosts or max(1, min(slots, n_models))
+    else:
+        n = cfg.hosts or max(1, int(cpus))
+    share = min(cfg.num_cpus, max(cpus - 1.0, 0.5) / n)
+    return HostPlan(n, share, cfg.gpu_fraction if use_gpu else 0.0)
+
+
+class HostGroup:
+    """A run's model hosts, started on first use and fed batch by batch (a bounded number in flight
+    per host, so the object store holds only a few batches at a time)."""
+
+    def __init__(self, cfg: EmbedConfig, n_models: int = 1) -> None:
+        self.cfg = cfg
+        self.plan = plan_hosts(cfg, n_models)
+        budget = int(cfg.host_memory_gb * 1024**3)
+        actor = ray.remote(ModelHost).options(num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus)
+        threads = max(1, round(self.plan.num_cpus))
+        self.hosts = [actor.remote(budget, threads) for _ in range(self.plan.n_hosts)]
+
+    def map(self, batches: Iterable[list[bytes]], models: dict[str, str], layer: str = "graph",
+            in_flight: int = 2) -> Iterator[Embedded]:
+        """Embedded batches in the order given, spread round-robin over the hosts."""
+        pending: list[ray.ObjectRef] = []
+        limit = in_flight * len(self.hosts)
+        for i, graphs in enumerate(batches):
+            pending.append(self.hosts[i % len(self.hosts)].embed.remote(graphs, models, layer))
+            if len(pending) >= limit:
+                yield ray.get(pending.pop(0))
+        for ref in pending:
+            yield ray.get(ref)
+
+    def stats(self) -> list[dict[str, int | str]]:
+        return ray.get([h.stats.remote() for h in self.hosts])
+
+    def close(self) -> None:
+        for host in self.hosts:
+            ray.kill(host)
+        self.hosts = []
