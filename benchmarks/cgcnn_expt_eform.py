@@ -28,7 +28,7 @@ import torch
 from scipy import stats
 from torch_geometric.data import Batch
 
-from tasksim_ray.data.crystal_files import load_moe_task
+from tasksim_ray.data.splits import load_moe_task
 from tasksim_ray.featurize.crystal import GraphSettings, graphs_from_structures
 from tasksim_ray.models.published import load_published, predict
 

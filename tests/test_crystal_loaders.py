@@ -1,4 +1,4 @@
-"""Crystal dataset loaders on the shipped subsets (and the full shared files where present)."""
+"""Crystal dataset loaders and split sources on the shipped subsets (and the full shared files where present)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,10 @@ import pandas as pd
 import pytest
 from pymatgen.io.cif import CifWriter
 
-from tasksim_ray.data.crystal_files import (
-    load_id_prop_folder,
-    load_json_table,
-    load_moe_task,
-    load_published_splits,
-    load_table,
-)
+from tasksim_ray.config import DataConfig, SplitConfig
+from tasksim_ray.data.crystal_files import load_id_prop_folder, load_json_table, load_table
+from tasksim_ray.data.sources import load_tasks
+from tasksim_ray.data.splits import load_moe_task, load_published_splits, load_splits
 from tasksim_ray.errors import TasksimError
 
 DATA = Path(__file__).resolve().parent / "data" / "crystals"
@@ -45,7 +42,7 @@ def test_full_moe_split_sizes() -> None:
     splits = load_published_splits(SHARED / "moe_splits", "expt_eform", 1709)
     assert len(splits) == 5 and all(tuple(map(len, s)) == (1196, 257, 256) for s in splits)
     assert splits[0][0][:3].tolist() == [1693, 634, 1214]
-    with pytest.raises(TasksimError, match=r"seed0_correctedExptEf.json: 'expt_eform' train index \d+ out of range"):
+    with pytest.raises(TasksimError, match=r"seed0_correctedExptEf.json: 'expt_eform': train index \d+ out of range"):
         load_published_splits(SHARED / "moe_splits", "expt_eform", 12, seeds=[0])
     ds = load_moe_task(SHARED / "moe_tasks" / "jarvis_dft_2d_dielectric_tbmbj_2022-04-11.json.gz", SHARED / "moe_splits")
     assert len(ds) == 120 and not ds.targets.isna().any().any()
@@ -96,7 +93,9 @@ def test_matminer_tables_in_every_cell_form(tmp_path: Path) -> None:
     cells = [structures[0], structures[1].as_dict(), json.dumps(structures[2].as_dict()), str(CifWriter(structures[3]))]
     frame = pd.DataFrame({"mpid": base.ids[:4], "structure": cells, "y": [1.0, None, 3.0, 4.0], "formula": list("abcd")})
     frame.to_pickle(tmp_path / "t.pkl")
-    ds = load_table(tmp_path / "t.pkl", units={"y": "eV"})
+    with pytest.raises(TasksimError, match=r"t.pkl: reading a pickle runs code"):
+        load_table(tmp_path / "t.pkl")
+    ds = load_table(tmp_path / "t.pkl", units={"y": "eV"}, trust_pickle=True)
     assert ds.ids == base.ids[:4] and list(ds.targets.columns) == ["y"] and ds.units == {"y": "eV"}
     assert np.isnan(ds.labels("y")[1])
     assert [s.composition for s in ds.structures] == [s.composition for s in structures]
@@ -114,3 +113,77 @@ def test_matminer_tables_in_every_cell_form(tmp_path: Path) -> None:
         load_table(tmp_path / "t.csv", targets=["gap"])
     with pytest.raises(TasksimError, match=r"nope.csv: file not found"):
         load_table(tmp_path / "nope.csv")
+
+
+def _table(path: Path) -> object:
+    return load_tasks(DataConfig(source="crystals", path=str(path)))
+
+
+def test_published_splits_map_onto_task_rows() -> None:
+    table = _table(EXPT)
+    assert table.names == ["expt_eform"]  # the known file's short alias, which is also its split key
+    cfg = SplitConfig(kind="published", path=str(MOE / "moe_splits"), seeds=[0, 1])
+    splits = load_splits(cfg, table, "expt_eform")
+    assert [s.tolist() for s in splits[0]] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert splits[1][1].tolist() == [6, 5]  # published order kept
+    with pytest.raises(TasksimError, match=r"seed0_correctedExptEf.json: no split key 'nope'"):
+        load_splits(cfg.model_copy(update={"key": "nope"}), table, "expt_eform")
+
+
+def test_split_errors_name_file_and_key(tmp_path: Path) -> None:
+    table = _table(EXPT)
+    doc = json.loads((MOE / "moe_splits" / "task_partition_indices_seed0_correctedExptEf.json").read_text())
+    for name, parts in {"range": [[0, 1], [2], [12]], "overlap": [[0, 1], [1], [3]]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "mine_seed0.json").write_text(json.dumps({**doc, "expt_eform": parts}))
+        cfg = SplitConfig(kind="published", path=str(folder))
+        message = r"test index 12 out of range for 12 rows" if name == "range" else r"row 1 appears twice"
+        with pytest.raises(TasksimError, match=rf"mine_seed0.json: 'expt_eform': {message}"):
+            load_splits(cfg, table, "expt_eform")
+    with pytest.raises(TasksimError, match=r"no \*_seed3\*.json files"):
+        load_splits(SplitConfig(kind="published", path=str(MOE / "moe_splits"), seeds=[3]), table, "expt_eform")
+
+
+def test_file_column_and_random_splits(tmp_path: Path) -> None:
+    table = _table(EXPT)
+    csv = tmp_path / "split.csv"
+    csv.write_text("row,split\n" + "".join(f"{i},{'train' if i < 8 else 'test' if i < 10 else 'val'}\n"
+                                         for i in range(12)))
+    (train, val, test), = load_splits(SplitConfig(kind="file", path=str(csv)), table, "expt_eform")
+    assert train.tolist() == list(range(8)) and test.tolist() == [8, 9] and val.tolist() == [10, 11]
+    as_json = tmp_path / "split.json"
+    as_json.write_text(json.dumps([[3, 4], [5], [99]]))
+    with pytest.raises(TasksimError, match=r"split.json: test index 99 out of range for 12 rows"):
+        load_splits(SplitConfig(kind="file", path=str(as_json)), table, "expt_eform")
+    # a split column of the user's data file
+    with gzip.open(EXPT, "rt") as fh:
+        doc = json.load(fh)
+    for i, row in enumerate(doc["data"]):
+        row["fold"] = ["train", "val", "test"][i % 3]
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps(doc))
+    table = _table(mine)
+    (train, val, test), = load_splits(SplitConfig(kind="column", column="fold"), table, "e_form expt")
+    assert train.tolist() == [0, 3, 6, 9] and val.tolist() == [1, 4, 7, 10] and test.tolist() == [2, 5, 8, 11]
+    with pytest.raises(TasksimError, match=r"mine.json: no split column 'part'"):
+        load_splits(SplitConfig(kind="column", column="part"), table, "e_form expt")
+    # seeded random fractions of the labelled rows: reproducible, disjoint, covering
+    cfg = SplitConfig(kind="random", seeds=[0, 1], fractions=(0.5, 0.25, 0.25))
+    first, again = load_splits(cfg, table, "e_form expt"), load_splits(cfg, table, "e_form expt")
+    assert all(np.array_equal(a, b) for s, t in zip(first, again) for a, b in zip(s, t))
+    assert [len(p) for p in first[0]] == [6, 3, 3] and sorted(np.concatenate(first[1]).tolist()) == list(range(12))
+    assert not np.array_equal(first[0][0], first[1][0])
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared data not at ../shared/data")
+def test_published_splits_of_every_shared_moe_file() -> None:
+    """Each MoE task file's table (all its numeric columns) takes its published splits by its known key."""
+    cfg = SplitConfig(kind="published", path=str(SHARED / "moe_splits"), seeds=[0, 1, 2, 3, 4])
+    for name in ("jarvis_dft_2d_dielectric_tbmbj_2022-04-11", "log_piezoelectric_tensor_RC"):
+        table = _table(SHARED / "moe_tasks" / f"{name}.json.gz")
+        for task in table.names:
+            splits = load_splits(cfg, table, task)
+            rows = [np.concatenate(s) for s in splits]  # disjoint parts; the piezo split leaves one row out
+            assert len(splits) == 5 and all(len(set(r)) == len(r) >= len(table.frame) - 1 for r in rows), task
+    assert table.names == ["piezoelectric_tensor", "log_piezoelectric_tensor"]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 CONFIG = REPO / "configs" / "crystal_tiny.yaml"
 EXTRACTORS = REPO.parent / "shared" / "data" / "models" / "cgcnn_moe_extractors"
-TASKS = ["expt_formation_enthalpy_combined_RC", "jarvis_dft_2d_eform_2022-04-11", "jarvis_dft_2d_exfol_energy"]
+TASKS = ["expt_eform", "jarvis_2d_eform", "jarvis_2d_exfoliation"]  # the known files' short aliases
 
 
 @pytest.fixture(scope="module")

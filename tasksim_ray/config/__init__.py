@@ -23,6 +23,7 @@ from tasksim_ray.config.stages import (
     CSIConfig,
     DataConfig,
     EmbedConfig,
+    FileConfig,
     MetricName,
     ModelConfig,
     PreprocessConfig,
@@ -31,6 +32,7 @@ from tasksim_ray.config.stages import (
     RayConfig,
     SelectionConfig,
     SimilarityConfig,
+    SplitConfig,
     StorageConfig,
     TrainConfig,
 )
@@ -45,9 +47,9 @@ from tasksim_ray.config.transfer import (
 from tasksim_ray.errors import TasksimError
 
 __all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig", "CrystalMoEConfig",
-           "DataConfig", "EmbedConfig", "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig",
+           "DataConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig",
            "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "SearchConfig",
-           "SelectionConfig", "SimilarityConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
+           "SelectionConfig", "SimilarityConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
 
 class PipelineConfig(Strict):

@@ -22,13 +22,50 @@ class CrystalGraphConfig(_Strict):
     step: float = Field(default=0.2, gt=0)
 
 
+class SplitConfig(_Strict):
+    """Where a study's (train, val, test) rows come from, one triple per seed: ``random`` (seeded
+    ``fractions``), ``published`` (a folder of ``*_seed{seed}*.json`` files, ``{key: [train, val, test]}``
+    row positions as the mixture-of-experts study ships them; ``key`` defaults to the task file's
+    known split key, else the task name), ``column`` (a column of the data file holding
+    ``train``/``val``/``test``) or ``file`` (a CSV with ``row,split`` or a JSON ``[train, val, test]``)."""
+
+    kind: Literal["random", "published", "column", "file"] = "random"
+    path: str | None = None
+    key: str | None = None
+    column: str = "split"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.kind in ("published", "file") and not self.path:
+            raise ValueError(f"split.path is required when split.kind is '{self.kind}'")
+        if abs(sum(self.fractions) - 1.0) > 1e-6 or min(self.fractions) < 0:
+            raise ValueError("split.fractions must be three fractions >= 0 summing to 1")
+        return self
+
+
+class FileConfig(_Strict):
+    """One file of a data folder: which columns are tasks (default: every numeric non-id column),
+    short task names and units per column, and whether its pickle may be read (pickle runs code)."""
+
+    targets: list[str] | None = None
+    aliases: dict[str, str] = Field(default_factory=dict)
+    units: dict[str, str] = Field(default_factory=dict)
+    trust_pickle: bool = False
+
+
 class DataConfig(_Strict):
-    """Where the tasks come from. ``targets`` order is the priority order of the target filter.
+    """Where the tasks come from: one task per (file, target column). ``targets`` order is the
+    priority order of the target filter; ``aliases``/``units`` map a column to its task name/units
+    (for a folder, per file in ``files``, keyed by file stem). Known datasets add units and short
+    aliases; they never decide which columns run.
 
     Molecules: ``qm9pack``, ``moleculenet`` or any ``table`` with a SMILES column. Crystals:
-    ``crystals`` (gzip-JSON structure tables, one file or a folder of them, one task per target),
-    ``structure_table`` (a table with a structure column), ``id_prop`` (a folder of CIF/POSCAR files
-    with id_prop.csv) or ``matbench`` (a Matbench dataset file)."""
+    ``crystals`` (gzip-JSON structure tables, one file or a folder of them), ``structure_table``
+    (a table with a structure column), ``id_prop`` (a folder of CIF/POSCAR files with id_prop.csv)
+    or ``matbench`` (a Matbench dataset file). Pickle tables are read only when named in
+    ``trust_pickle`` (file names) or ``files.<stem>.trust_pickle``."""
 
     source: Literal["qm9pack", "moleculenet", "table", "crystals", "structure_table", "id_prop",
                     "matbench"] = "qm9pack"
@@ -38,7 +75,11 @@ class DataConfig(_Strict):
     graph: CrystalGraphConfig = CrystalGraphConfig()
     id_column: str | None = None
     targets: list[str] | None = None
+    aliases: dict[str, str] = Field(default_factory=dict)
     units: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, FileConfig] = Field(default_factory=dict)
+    trust_pickle: list[str] = Field(default_factory=list)
+    split: SplitConfig = SplitConfig()
     max_molecules: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")

@@ -1,16 +1,18 @@
-"""Crystal datasets: structures, targets and published splits from the formats materials ML uses.
+"""Crystal datasets: structures and targets from the formats materials ML uses.
 
 * gzip or plain JSON tables ``{"columns", "index"?, "data"}``, rows as dicts (the mixture-of-experts
   task files, rees-c/MoE) or as lists (pandas ``orient="split"``, which is matminer's and
   Matbench's ``.json.gz`` format); structures as ``Structure.as_dict()``. matminer itself cannot be
   installed beside our pins (0.10.1 needs pandas < 3, 0.8.0 imports the removed
   ``pkg_resources``), so the format is read here with pymatgen;
-* the MoE study's published 70/15/15 splits, five seeds, one JSON file per seed;
 * tables (CSV, Parquet, pickle, JSON) with a structure column of Structures, dicts, JSON or CIF text;
 * a CGCNN/ALIGNN folder: ``id_prop.csv`` (``id,target`` rows, no header) plus one structure file
   per id (``<id>.cif``, ``<id>.vasp``, ``<id>`` or ``<id>/POSCAR``).
 
-Every error is a :class:`TasksimError` naming the file and the row or field at fault.
+Any file yields every numeric non-id column as a target unless the caller names them; a known
+file name (:data:`KNOWN_FILES`) only adds units and short aliases. Published splits live in
+:mod:`tasksim_ray.data.splits`. Every error is a :class:`TasksimError` naming the file and the row
+or field at fault.
 """
 
 from __future__ import annotations
@@ -26,61 +28,65 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
+from tasksim_ray.data.tasks import Split
 from tasksim_ray.errors import TasksimError
 
-Split = tuple[np.ndarray, np.ndarray, np.ndarray]
-SPLIT_FILE = "task_partition_indices_seed{seed}_correctedExptEf.json"
 ID_COLUMNS = ("mpid", "material_id", "jid", "id")
+PICKLE_SUFFIXES = (".pkl", ".pickle")
 
 
 @dataclass(frozen=True)
 class KnownFile:
-    """Targets (the first is the one the MoE study trained on), their units, and the split key."""
+    """What a known dataset adds to its columns: units, short task names and the MoE split key.
+    It never decides which columns become tasks; ``study_target`` is only the column the
+    mixture-of-experts study trained on, for that study."""
 
-    targets: tuple[str, ...]
     units: dict[str, str]
+    aliases: dict[str, str]
     split_key: str | None = None
+    study_target: str | None = None
 
 
-# file stem -> targets, units, split key (shared data README; rees-c/MoE get_small_datasets_info_dict)
+def _moe(split_key: str, units: dict[str, str], log: str | None = None) -> KnownFile:
+    """A MoE task file: its raw column is aliased by the split key, its log column (if any) by
+    ``<split key with log_>``; the study trained on the log column where there is one."""
+    raw = next(c for c in units if c != log)
+    aliases = {raw: split_key} | ({log: "log_" + split_key} if log else {})
+    return KnownFile(units, aliases, split_key, log or raw)
+
+
+# file stem -> units, aliases, split key (shared data README; rees-c/MoE get_small_datasets_info_dict)
 KNOWN_FILES: dict[str, KnownFile] = {
-    "matbench_log_phonons": KnownFile(("log(last phdos peak)", "last phdos peak"),
-                                      {"last phdos peak": "cm^-1", "log(last phdos peak)": "ln(cm^-1)"}, "mp_phonons"),
-    "expt_formation_enthalpy_combined_RC": KnownFile(("e_form expt",), {"e_form expt": "eV/atom"}, "expt_eform"),
-    "log_piezoelectric_tensor_RC": KnownFile(("log(1 + eij_max)", "eij_max"),
-                                             {"eij_max": "C/m^2", "log(1 + eij_max)": "ln(1 + C/m^2)"},
-                                             "piezoelectric_tensor"),
-    "jarvis_dft_2d_exfol_energy": KnownFile(("exfoliation_en",), {"exfoliation_en": "meV/atom"},
-                                            "jarvis_2d_exfoliation"),
-    "jarvis_dft_2d_eform_2022-04-11": KnownFile(("e_form",), {"e_form": "eV/atom"}, "jarvis_2d_eform"),
-    "jarvis_dft_2d_gap_opt_2022-04-11": KnownFile(("gap opt",), {"gap opt": "eV"}, "jarvis_2d_gap_opt"),
-    "jarvis_dft_2d_dielectric_opt_2022-04-11": KnownFile(("dielectric opt",), {"dielectric opt": ""},
-                                                         "jarvis_2d_dielectric_opt"),
-    "jarvis_dft_2d_dielectric_tbmbj_2022-04-11": KnownFile(("dielectric tbmbj",), {"dielectric tbmbj": ""},
-                                                           "jarvis_2d_dielectric_tbmbj"),
-    "elastic_tensor_2015_elastic_anisotropy": KnownFile(("elastic_anisotropy",), {"elastic_anisotropy": ""},
-                                                        "mp_elastic_anisotropy"),
-    "log_phonon_dielectric_mp_eps_electronic": KnownFile(("log_eps_electronic", "eps_electronic"),
-                                                         {"eps_electronic": "", "log_eps_electronic": ""},
-                                                         "mp_eps_electronic"),
-    "dielectric_constant_poly_electronic": KnownFile(("poly_electronic",), {"poly_electronic": ""},
-                                                     "mp_poly_electronic"),
-    "dielectric_constant_poly_total": KnownFile(("poly_total",), {"poly_total": ""}, "mp_poly_total"),
+    "matbench_log_phonons": _moe("mp_phonons", {"last phdos peak": "cm^-1", "log(last phdos peak)": "ln(cm^-1)"},
+                                 "log(last phdos peak)"),
+    "expt_formation_enthalpy_combined_RC": _moe("expt_eform", {"e_form expt": "eV/atom"}),
+    "log_piezoelectric_tensor_RC": _moe("piezoelectric_tensor", {"eij_max": "C/m^2",
+                                                                 "log(1 + eij_max)": "ln(1 + C/m^2)"},
+                                        "log(1 + eij_max)"),
+    "jarvis_dft_2d_exfol_energy": _moe("jarvis_2d_exfoliation", {"exfoliation_en": "meV/atom"}),
+    "jarvis_dft_2d_eform_2022-04-11": _moe("jarvis_2d_eform", {"e_form": "eV/atom"}),
+    "jarvis_dft_2d_gap_opt_2022-04-11": _moe("jarvis_2d_gap_opt", {"gap opt": "eV"}),
+    "jarvis_dft_2d_dielectric_opt_2022-04-11": _moe("jarvis_2d_dielectric_opt", {"dielectric opt": ""}),
+    "jarvis_dft_2d_dielectric_tbmbj_2022-04-11": _moe("jarvis_2d_dielectric_tbmbj", {"dielectric tbmbj": ""}),
+    "elastic_tensor_2015_elastic_anisotropy": _moe("mp_elastic_anisotropy", {"elastic_anisotropy": ""}),
+    "log_phonon_dielectric_mp_eps_electronic": _moe("mp_eps_electronic", {"eps_electronic": "",
+                                                                          "log_eps_electronic": ""},
+                                                    "log_eps_electronic"),
+    "dielectric_constant_poly_electronic": _moe("mp_poly_electronic", {"poly_electronic": ""}),
+    "dielectric_constant_poly_total": _moe("mp_poly_total", {"poly_total": ""}),
     # matminer / Matbench files (no published MoE split)
-    "matbench_jdft2d": KnownFile(("exfoliation_en",), {"exfoliation_en": "meV/atom"}),
-    "matbench_phonons": KnownFile(("last phdos peak",), {"last phdos peak": "cm^-1"}),
-    "matbench_dielectric": KnownFile(("n",), {"n": ""}),
-    "matbench_log_gvrh": KnownFile(("log10(G_VRH)",), {"log10(G_VRH)": "log10(GPa)"}),
-    "matbench_log_kvrh": KnownFile(("log10(K_VRH)",), {"log10(K_VRH)": "log10(GPa)"}),
-    "matbench_mp_e_form": KnownFile(("e_form",), {"e_form": "eV/atom"}),
-    "matbench_mp_gap": KnownFile(("gap pbe",), {"gap pbe": "eV"}),
-    "matbench_perovskites": KnownFile(("e_form",), {"e_form": "eV/unit cell"}),
-    "jarvis_dft_2d": KnownFile(("exfoliation_en", "e_form", "epsilon_x opt", "epsilon_y opt", "epsilon_z opt"),
-                               {"exfoliation_en": "meV/atom", "e_form": "eV/atom", "epsilon_x opt": "",
-                                "epsilon_y opt": "", "epsilon_z opt": ""}),
-    "phonon_dielectric_mp": KnownFile(("eps_electronic", "eps_total", "last phdos peak"),
-                                      {"eps_electronic": "", "eps_total": "", "last phdos peak": "cm^-1"}),
-    "piezoelectric_tensor": KnownFile(("eij_max",), {"eij_max": "C/m^2"}),
+    "matbench_jdft2d": KnownFile({"exfoliation_en": "meV/atom"}, {"exfoliation_en": "jdft2d"}),
+    "matbench_phonons": KnownFile({"last phdos peak": "cm^-1"}, {"last phdos peak": "phonons"}),
+    "matbench_dielectric": KnownFile({"n": ""}, {"n": "dielectric"}),
+    "matbench_log_gvrh": KnownFile({"log10(G_VRH)": "log10(GPa)"}, {"log10(G_VRH)": "log_gvrh"}),
+    "matbench_log_kvrh": KnownFile({"log10(K_VRH)": "log10(GPa)"}, {"log10(K_VRH)": "log_kvrh"}),
+    "matbench_mp_e_form": KnownFile({"e_form": "eV/atom"}, {"e_form": "mp_e_form"}),
+    "matbench_mp_gap": KnownFile({"gap pbe": "eV"}, {"gap pbe": "mp_gap"}),
+    "matbench_perovskites": KnownFile({"e_form": "eV/unit cell"}, {"e_form": "perovskites"}),
+    "jarvis_dft_2d": KnownFile({"exfoliation_en": "meV/atom", "e_form": "eV/atom", "gap opt": "eV",
+                                "gap tbmbj": "eV"}, {}),
+    "phonon_dielectric_mp": KnownFile({"last phdos peak": "cm^-1"}, {}),
+    "piezoelectric_tensor": KnownFile({"eij_max": "C/m^2"}, {}),
 }
 
 
@@ -149,16 +155,16 @@ def _to_float(frame: pd.DataFrame, where: str) -> pd.DataFrame:
 
 def _from_frame(frame: pd.DataFrame, path: Path, structure_column: str, targets: Sequence[str] | None,
                 id_column: str | None, units: dict[str, str] | None) -> CrystalDataset:
-    """Shared tail of the table loaders: pick columns, parse structures, coerce targets."""
+    """Shared tail of the table loaders: pick columns, parse structures, coerce targets. Targets
+    default to every numeric column but the id; units come from ``units``, else a known dataset."""
     stem = file_stem(path)
     known = KNOWN_FILES.get(stem)
     if structure_column not in frame.columns:
         raise TasksimError(f"{path}: no structure column '{structure_column}'; columns: {list(frame.columns)}")
     id_column = id_column or next((c for c in ID_COLUMNS if c in frame.columns), None)
     if targets is None:
-        targets = [t for t in known.targets if t in frame.columns] if known else [
-            c for c in frame.columns if c not in (structure_column, id_column)
-            and pd.api.types.is_numeric_dtype(frame[c])]
+        targets = [c for c in frame.columns if c not in (structure_column, id_column)
+                   and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
     missing = [t for t in targets if t not in frame.columns]
     if missing or id_column is not None and id_column not in frame.columns:
         raise TasksimError(f"{path}: missing column(s) {missing or [id_column]}; columns: {list(frame.columns)}")
@@ -168,13 +174,7 @@ def _from_frame(frame: pd.DataFrame, path: Path, structure_column: str, targets:
     return CrystalDataset(stem, ids, structures, _to_float(frame[list(targets)], str(path)), units)
 
 
-def load_json_table(path: str | Path, targets: Sequence[str] | None = None, structure_column: str = "structure",
-                    id_column: str | None = None, units: dict[str, str] | None = None) -> CrystalDataset:
-    """A ``{"columns", "index"?, "data"}`` JSON (gzip or plain): the MoE task files, matminer dumps
-    and Matbench datasets. Targets and units default to :data:`KNOWN_FILES` for known file names,
-    else every numeric column; ids come from ``id_column``, a known id column, or the index."""
-    path = Path(path)
-    _require(path)
+def _read_json_table(path: Path) -> pd.DataFrame:
     try:
         with (gzip.open(path, "rt") if path.name.endswith(".gz") else path.open()) as fh:
             doc = json.load(fh)
@@ -182,67 +182,50 @@ def load_json_table(path: str | Path, targets: Sequence[str] | None = None, stru
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TasksimError(f"{path}: not a JSON table with 'columns' and 'data' ({type(exc).__name__}: {exc})") from exc
     rows = [r if isinstance(r, dict) else dict(zip(columns, r)) for r in data]
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=list(columns) if not rows else None)
     if "index" in doc:
         if len(doc["index"]) != len(rows):
             raise TasksimError(f"{path}: 'index' has {len(doc['index'])} entries for {len(rows)} rows")
         frame.index = [str(i) for i in doc["index"]]
-    return _from_frame(frame, path, structure_column, targets, id_column, units)
+    return frame
 
 
-def load_published_splits(splits_dir: str | Path, split_key: str, n_rows: int,
-                          seeds: Sequence[int] = range(5)) -> list[Split]:
-    """The MoE study's (train, val, test) row positions for ``split_key``, one triple per seed."""
-    splits: list[Split] = []
-    for seed in seeds:
-        path = Path(splits_dir) / SPLIT_FILE.format(seed=seed)
-        _require(path)
-        doc = json.loads(path.read_text())
-        if split_key not in doc:
-            raise TasksimError(f"{path}: no split key '{split_key}'; keys: {sorted(doc)}")
-        parts = tuple(np.asarray(p, dtype=np.int64) for p in doc[split_key])
-        if len(parts) != 3:
-            raise TasksimError(f"{path}: '{split_key}' has {len(parts)} parts, expected train/val/test")
-        for name, idx in zip(("train", "val", "test"), parts):
-            if len(idx) and (idx.min() < 0 or idx.max() >= n_rows):
-                raise TasksimError(f"{path}: '{split_key}' {name} index {int(idx.max())} out of range "
-                                   f"for {n_rows} rows")
-        splits.append(parts)  # type: ignore[arg-type]
-    return splits
-
-
-def load_moe_task(path: str | Path, splits_dir: str | Path | None = None,
-                  seeds: Sequence[int] = range(5)) -> CrystalDataset:
-    """One MoE task file with its published splits (when ``splits_dir`` is given)."""
-    path = Path(path)
-    known = KNOWN_FILES.get(file_stem(path))
-    if known is None or known.split_key is None:
-        moe = sorted(k for k, v in KNOWN_FILES.items() if v.split_key)
-        raise TasksimError(f"{path}: not a known MoE task file; known: {moe}")
-    ds = load_json_table(path)
-    if splits_dir is not None:
-        ds.splits = load_published_splits(splits_dir, known.split_key, len(ds), seeds)
-    return ds
-
-
-def load_table(path: str | Path, targets: Sequence[str] | None = None, structure_column: str = "structure",
-               id_column: str | None = None, units: dict[str, str] | None = None) -> CrystalDataset:
-    """A matminer-style table (.csv, .parquet, .pkl/.pickle, .json/.json.gz) with a structure column.
-    Pickle runs code from the file: load only pickles you trust."""
+def read_frame(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
+    """The raw table of a .csv, .parquet, .json(.gz) or (trusted only: it runs code) pickle file."""
     path = Path(path)
     _require(path)
-    name = path.name.lower()
-    if name.endswith((".json", ".json.gz")):
-        return load_json_table(path, targets, structure_column, id_column, units)
+    if path.name.lower().endswith((".json", ".json.gz")):
+        return _read_json_table(path)
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not trust_pickle:
+        raise TasksimError(f"{path}: reading a pickle runs code from the file; list it in data.trust_pickle "
+                           f"(or data.files.<stem>.trust_pickle: true) if you trust it")
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pkl": pd.read_pickle, ".pickle": pd.read_pickle}
-    reader = readers.get(path.suffix.lower())
+    reader = readers.get(suffix)
     if reader is None:
         raise TasksimError(f"{path}: unknown table format; use one of {sorted(readers)} or .json(.gz)")
     try:
-        frame = reader(path)
+        return reader(path).reset_index(drop=True)
     except Exception as exc:  # readers raise many types for bad files
         raise TasksimError(f"{path}: cannot read table ({type(exc).__name__}: {exc})") from exc
-    return _from_frame(frame.reset_index(drop=True), path, structure_column, targets, id_column, units)
+
+
+def load_json_table(path: str | Path, targets: Sequence[str] | None = None, structure_column: str = "structure",
+                    id_column: str | None = None, units: dict[str, str] | None = None) -> CrystalDataset:
+    """A ``{"columns", "index"?, "data"}`` JSON (gzip or plain): the MoE task files, matminer dumps
+    and Matbench datasets. Targets default to every numeric column; ids come from ``id_column``, a
+    known id column, or the index."""
+    path = Path(path)
+    return _from_frame(read_frame(path), path, structure_column, targets, id_column, units)
+
+
+def load_table(path: str | Path, targets: Sequence[str] | None = None, structure_column: str = "structure",
+               id_column: str | None = None, units: dict[str, str] | None = None,
+               trust_pickle: bool = False) -> CrystalDataset:
+    """A matminer-style table (.csv, .parquet, .pkl/.pickle, .json/.json.gz) with a structure column.
+    A pickle runs code when read, so it is refused unless ``trust_pickle``."""
+    path = Path(path)
+    return _from_frame(read_frame(path, trust_pickle), path, structure_column, targets, id_column, units)
 
 
 def _structure_file(folder: Path, cid: str) -> Path | None:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from tasksim_ray.config import DataConfig
-from tasksim_ray.data.tasks import ID, SMILES, Task, TaskTable, read_table
+from tasksim_ray.data.naming import Column, check_files, file_options, name_tasks
+from tasksim_ray.data.tasks import ID, SMILES, SOURCE, SOURCE_ROW, TaskTable, read_table
 from tasksim_ray.errors import TasksimError
 
 # QM9 as shipped by qm9pack: our name -> (qm9pack column, units). Order = the filter's priority.
@@ -45,7 +46,7 @@ def qm9pack_dir() -> Path:
 
 
 def _pick_targets(frame: pd.DataFrame, cfg: DataConfig, default: list[str], where: str) -> list[str]:
-    targets = cfg.targets or default
+    targets = file_options(cfg, Path(where), _stem(where)).targets or default
     missing = [t for t in targets if t not in frame.columns]
     if missing:
         raise TasksimError(f"{where}: target column(s) {missing} not found; columns: {list(frame.columns)}")
@@ -55,14 +56,25 @@ def _pick_targets(frame: pd.DataFrame, cfg: DataConfig, default: list[str], wher
     return targets
 
 
+def _stem(source: str) -> str:
+    return Path(source).name.split(".")[0]
+
+
 def _finish(frame: pd.DataFrame, ids: pd.Series, smiles: pd.Series, targets: list[str],
-            units: dict[str, str], cfg: DataConfig) -> TaskTable:
-    out = pd.DataFrame({ID: ids.astype(str).to_numpy(), SMILES: smiles.astype(str).to_numpy()})
-    for t in targets:
-        out[t] = frame[t].to_numpy(dtype=np.float64)
+            units: dict[str, str], cfg: DataConfig, source: str) -> TaskTable:
+    """The table, one task per target column, named and with units per ``data.aliases``/``units``
+    (or ``data.files.<stem>``), then the dataset's own units."""
+    stem = _stem(source)
+    check_files(cfg, [stem], Path(source))
+    opts = file_options(cfg, Path(source), stem)
+    tasks = name_tasks([Column(source, stem, t, opts.units.get(t, units.get(t, "")), opts.aliases.get(t))
+                        for t in targets], "molecule")
+    out = pd.DataFrame({ID: ids.astype(str).to_numpy(), SMILES: smiles.astype(str).to_numpy(),
+                        SOURCE: source, SOURCE_ROW: np.arange(len(frame))})
+    for t, task in zip(targets, tasks):
+        out[task.name] = frame[t].to_numpy(dtype=np.float64)
     if cfg.max_molecules is not None and len(out) > cfg.max_molecules:
         out = out.sample(n=cfg.max_molecules, random_state=0).sort_index()
-    tasks = [Task(t, cfg.units.get(t, units.get(t, ""))) for t in targets]
     return TaskTable(out.reset_index(drop=True), tasks)
 
 
@@ -78,7 +90,7 @@ def load_qm9pack(cfg: DataConfig) -> TaskTable:
                     ignore_index=True)
     raw = raw.rename(columns={QM9_TARGETS[n][0]: n for n in names})
     ids = "gdb_" + raw["Index"].astype(str)
-    return _finish(raw, ids, raw["SMILES"], names, {n: QM9_TARGETS[n][1] for n in names}, cfg)
+    return _finish(raw, ids, raw["SMILES"], names, {n: QM9_TARGETS[n][1] for n in names}, cfg, "qm9pack")
 
 
 def _numeric_columns(frame: pd.DataFrame, exclude: set[str]) -> list[str]:
@@ -97,7 +109,7 @@ def load_table(cfg: DataConfig) -> TaskTable:
     if not targets:
         raise TasksimError(f"{path}: no numeric target columns")
     ids = frame[cfg.id_column] if cfg.id_column else pd.Series(np.arange(len(frame)))
-    return _finish(frame, ids, frame[cfg.smiles_column], targets, {}, cfg)
+    return _finish(frame, ids, frame[cfg.smiles_column], targets, {}, cfg, str(path))
 
 
 def load_moleculenet(cfg: DataConfig) -> TaskTable:
@@ -113,4 +125,4 @@ def load_moleculenet(cfg: DataConfig) -> TaskTable:
     id_col = cfg.id_column or ("mol_id" if "mol_id" in frame.columns else None)
     targets = _pick_targets(frame, cfg, _numeric_columns(frame, {smiles_col, id_col or ""}), str(path))
     ids = frame[id_col] if id_col else pd.Series(np.arange(len(frame)))
-    return _finish(frame, ids, frame[smiles_col], targets, MOLECULENET_UNITS, cfg)
+    return _finish(frame, ids, frame[smiles_col], targets, MOLECULENET_UNITS, cfg, str(path))

@@ -1,9 +1,11 @@
 """Tasks and task tables.
 
-A :class:`Task` is one regression target. Tasks that share inputs live in one
-:class:`TaskTable`: rows are molecules, one column per target, and a missing label (NaN) means
-the molecule is simply not part of that task. Tables are stored as Parquet with the task
-metadata in the schema, so the artifact is self-describing.
+A :class:`Task` is one regression target: one column of one file. Tasks that share inputs live in
+one :class:`TaskTable`: rows are molecules, one column per target, and a missing label (NaN) means
+the molecule is simply not part of that task. Each row also records which file it came from and
+its position there (``source``, ``source_row``), so published splits (file positions) map onto
+table rows. Tables are stored as Parquet with the task metadata in the schema, so the artifact is
+self-describing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import pyarrow.parquet as pq
 from tasksim_ray.errors import TasksimError
 
 ID, SMILES = "mol_id", "smiles"
+SOURCE, SOURCE_ROW = "source", "source_row"
+Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (train, val, test) row positions
 InputKind = Literal["molecule", "crystal"]
 INPUT_COLUMNS: dict[str, str] = {"molecule": "smiles", "crystal": "structure"}
 _META_KEY = b"tasksim.tasks"
@@ -28,14 +32,19 @@ _META_KEY = b"tasksim.tasks"
 
 @dataclass(frozen=True)
 class Task:
+    """``source`` is the file (or folder) the labels came from and ``column`` the column there, so
+    logs and reports can say which column became which task."""
+
     name: str
     units: str = ""
     input_kind: str = "molecule"
+    source: str = ""
+    column: str = ""
 
 
 @dataclass
 class TaskTable:
-    frame: pd.DataFrame  # columns: mol_id, the input (smiles or structure), then one column per task
+    frame: pd.DataFrame  # columns: mol_id, the input (smiles or structure), source, source_row, one per task
     tasks: list[Task]
 
     @property
@@ -63,7 +72,13 @@ class TaskTable:
         if unknown:
             raise TasksimError(f"unknown task name(s) {unknown}; available: {self.names}")
         by_name = {t.name: t for t in self.tasks}
-        return TaskTable(self.frame[[ID, self.input_column, *names]], [by_name[n] for n in names])
+        return TaskTable(self.frame[[ID, self.input_column, SOURCE, SOURCE_ROW, *names]], [by_name[n] for n in names])
+
+    def task(self, name: str) -> Task:
+        found = next((t for t in self.tasks if t.name == name), None)
+        if found is None:
+            raise TasksimError(f"unknown task name '{name}'; available: {self.names}")
+        return found
 
     def save(self, path: Path) -> None:
         table = pa.Table.from_pandas(self.frame, preserve_index=False)
@@ -72,9 +87,12 @@ class TaskTable:
 
     @classmethod
     def load(cls, path: Path) -> TaskTable:
-        table = pq.read_table(path)
-        tasks = [Task(**t) for t in json.loads(table.schema.metadata[_META_KEY])]
-        return cls(table.to_pandas(), tasks)
+        return cls(pq.read_table(path).to_pandas(), cls.read_tasks(path))
+
+    @staticmethod
+    def read_tasks(path: Path) -> list[Task]:
+        """The tasks of a saved table, from its schema alone (the rows stay on disk)."""
+        return [Task(**t) for t in json.loads(pq.read_schema(path).metadata[_META_KEY])]
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -41,7 +41,12 @@ def stage_tasks(run: Run) -> Stage:
         table.save(out / "tasks.parquet")
         return {"n_molecules": len(table.frame), "tasks": table.names}
 
-    return run.stage("tasks", [cfg.data.model_dump(), cfg.tasks, _data_fingerprint(run)], build)
+    key = [cfg.data.model_dump(exclude={"split"}), cfg.tasks, _data_fingerprint(run)]  # splits: not the table
+    stage = run.stage("tasks", key, build)
+    for t in TaskTable.read_tasks(stage.path / "tasks.parquet"):  # cached or not: say which column is which task
+        run.console.print(f"tasks: {Path(t.source).name} column '{t.column}' -> task '{t.name}' "
+                          f"({t.units or 'no units'})", highlight=False, markup=False)
+    return stage
 
 
 def load_table(tasks: Stage) -> TaskTable:

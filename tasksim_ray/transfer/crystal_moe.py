@@ -21,7 +21,8 @@ from torch_geometric.data import Data
 
 from tasksim_ray import __version__
 from tasksim_ray.config import CrystalMoEConfig, PipelineConfig
-from tasksim_ray.data.crystal_files import KNOWN_FILES, SPLIT_FILE, file_stem, load_moe_task
+from tasksim_ray.data.crystal_files import KNOWN_FILES, file_stem
+from tasksim_ray.data.splits import SPLIT_FILE, load_moe_task
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.crystal import GraphSettings, graphs_from_structures
 from tasksim_ray.featurize.graphstore import pack_graphs, unpack_graphs
@@ -98,7 +99,7 @@ def prepare_task(task: Path, splits_dir: Path, seeds: list[int], experts: list[P
     ``pooled`` (n_graphs, experts, 64) always, ``h_in`` (n_atoms, experts, 64) if ``with_atoms``."""
     torch.set_num_threads(num_threads)
     ds = load_moe_task(task, splits_dir, seeds)
-    target = KNOWN_FILES[ds.name].targets[0]
+    target = KNOWN_FILES[ds.name].study_target
     settings = GraphSettings(**load_published(experts[0])[3].graph) if experts else GraphSettings()
     key = stable_hash(_fingerprint(task), asdict(settings))
     store = _cached(cache_dir / "graphs" / f"{ds.name}-{key}.pt", lambda: pack_graphs(
