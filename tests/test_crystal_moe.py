@@ -57,7 +57,7 @@ def test_study_through_ray_reports_every_cell_and_reruns_from_cache(ray_local: N
         if r["method"] == "moe":
             gates = list(r["gates"].values())
             assert sum(gates) == pytest.approx(1.0) and sum(g > 0 for g in gates) == 2
-    cells = sorted((tmp_path / "crystal_moe" / "cells").glob("*.json"))
+    cells = sorted((tmp_path / "artifacts" / "crystal-moe-cells").glob("*/result.json"))
     stamps = [c.stat().st_mtime_ns for c in cells]
     assert len(cells) == 6
     assert run_study(cfg, Console()) == results

@@ -22,7 +22,7 @@ from moto.server import ThreadedMotoServer
 from tasksim_ray.config import RayConfig, StorageConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra import storage
-from tasksim_ray.infra.cache import MANIFEST, atomic_dir, file_complete, is_complete, publish_json, write_manifest
+from tasksim_ray.infra.cache import MANIFEST, Artifacts, atomic_dir, is_complete, verify, write_manifest
 from tasksim_ray.infra.runtime import ensure_ray
 
 from .conftest import REPO, TINY_CONFIG
@@ -83,13 +83,14 @@ def test_local_store_publishes_and_fetches(tmp_path: Path, as_uri: bool) -> None
     published = store_dir / "artifacts" / "stage" / "k1"
     assert sorted(p.relative_to(published).as_posix() for p in published.rglob("*") if p.is_file()) == [
         "a.bin", MANIFEST, "sub/b.txt"]
-    publish_json(workdir / "artifacts" / "cells" / "c.json", {"mae": 1.5})
+    cells = Artifacts(workdir / "artifacts" / "cells", "cell")
+    cells.save_json("c", {"mae": 1.5})
     shutil.rmtree(workdir)
     assert is_complete(final) and (final / "sub" / "b.txt").read_bytes() == b"b"
-    assert file_complete(workdir / "artifacts" / "cells" / "c.json")
-    assert json.loads((workdir / "artifacts" / "cells" / "c.json").read_text()) == {"mae": 1.5}
+    assert cells.complete("c") and cells.load_json("c") == {"mae": 1.5}
+    verify(final)  # fetched files match the sha256 their manifest recorded
     assert not is_complete(workdir / "artifacts" / "stage" / "missing")
-    assert not file_complete(workdir / "artifacts" / "cells" / "missing.json")
+    assert not cells.complete("missing")
 
 
 def test_interrupted_upload_leaves_no_manifest(tmp_path: Path, endpoint: str, bucket: str) -> None:

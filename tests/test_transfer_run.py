@@ -31,7 +31,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cell_files(workdir: Path) -> dict[str, int]:
     cells = workdir / "artifacts" / "cells"
-    return {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")} if cells.is_dir() else {}
+    found = cells.glob("*/result.json") if cells.is_dir() else []
+    return {p.parent.name: p.stat().st_mtime_ns for p in found if not p.parent.name.startswith(".")}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_resumed_run_keeps_finished_cells(killed_then_resumed: tuple[dict[str, i
     assert 2 <= len(before) < N_CELLS, "the first run should have been stopped halfway"
     assert len(after) == N_CELLS
     assert all(after[name] == mtime for name, mtime in before.items())  # finished cells were not redone
-    assert not list((workdir / "artifacts" / "cells").glob(".*"))  # no half-written cell files
+    assert not list((workdir / "artifacts" / "cells").glob(".*"))  # no half-written cell folders
 
 
 def test_curves_and_gain(killed_then_resumed: tuple[dict[str, int], dict[str, Any]], workdir: Path) -> None:
@@ -64,7 +65,7 @@ def test_curves_and_gain(killed_then_resumed: tuple[dict[str, int], dict[str, An
         assert np.isfinite(entry["auc_mean"]) and entry["auc_mean"] > 0
         assert entry["auc_norm_mean"] == pytest.approx(entry["auc_mean"] / 60)
     assert np.isfinite(curves["mu"]["gain_mean"])
-    cells = [json.loads(p.read_text()) for p in (workdir / "artifacts" / "cells").glob("*.json")]
+    cells = [json.loads(p.read_text()) for p in (workdir / "artifacts" / "cells").glob("*/result.json")]
     assert {(c["recipe"], c["size"], c["fold"]) for c in cells} == {(r, n, f) for r in ("scratch", "mu")
                                                                    for n in (30, 90) for f in (0, 1)}
     assert all(c["epochs_run"] >= 1 and c["test_mae"] > 0 for c in cells)

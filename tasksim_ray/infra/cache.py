@@ -1,9 +1,12 @@
-"""Content-addressed stage artifacts.
+"""Content-addressed artifacts: the one scheme for every cached thing.
 
-Every stage writes into ``<workdir>/artifacts/<stage>/<key>/`` where the key hashes the stage's
-config and the keys of its inputs, so a rerun finds finished work and a changed setting reruns
-only the stages downstream of it. A directory is built under a temporary name and renamed into
-place when complete, so an interrupted stage never leaves a half-written artifact behind.
+Every cached thing (a stage, a model, a transfer cell, a crystal feature tensor, an RSA vector)
+is a folder ``<artifacts>/<kind>/<key>/`` where the key hashes everything it depends on, so a rerun
+finds finished work and a changed setting redoes only what depends on it. A folder is built under
+a temporary name, its ``manifest.json`` is written last and lists every file's sha256 (so
+:func:`verify` can tell a damaged copy), and it is renamed into place when complete, so an
+interrupted build never leaves a half-written artifact behind. :class:`Artifacts` is the API for
+one kind: build, save and load JSON or torch values, check completeness.
 
 With a shared store (``tasksim_ray.infra.storage``) these are also the hooks that mirror artifacts:
 ``atomic_dir`` publishes a directory before committing it locally, manifest last, and
@@ -18,11 +21,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra import storage
 
 MANIFEST = "manifest.json"
@@ -50,24 +55,6 @@ def is_complete(directory: Path) -> bool:
         return False
     with _local_atomic_dir(directory) as tmp:
         store.download(directory, tmp)
-    return True
-
-
-def file_complete(path: Path) -> bool:
-    """A one-file artifact (written whole by ``publish_json``): here, or fetched from the store."""
-    if path.is_file():
-        return True
-    store = storage.active()
-    if store is None or not store.exists(path):
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        store.download(path, Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return True
 
 
@@ -119,21 +106,75 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
-def publish_json(path: Path, obj: Any) -> None:
-    """Write a one-file artifact atomically and copy it to the store, if any (one object: whole or
-    absent); if the upload fails the local copy goes too, as ``atomic_dir`` does."""
-    write_json_atomic(path, obj)
-    if (store := storage.active()) is not None:
-        try:
-            store.upload_file(path)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_hashes(directory: Path) -> dict[str, str]:
+    return {p.relative_to(directory).as_posix(): sha256_file(p)
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
 def write_manifest(directory: Path, stage: str, key: str, **info: Any) -> None:
-    write_json_atomic(directory / MANIFEST, {"stage": stage, "key": key, **info})
+    """Write the manifest last: it names the artifact and records the sha256 of every file in it."""
+    write_json_atomic(directory / MANIFEST, {"stage": stage, "key": key, **info, "files": _file_hashes(directory)})
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     return json.loads((directory / MANIFEST).read_text())
+
+
+def verify(directory: Path) -> None:
+    """Check every file the manifest lists against its recorded sha256 (a one-line error if not)."""
+    recorded = read_manifest(directory).get("files", {})
+    for name, digest in recorded.items():
+        path = directory / name
+        if not path.is_file():
+            raise TasksimError(f"artifact {directory}: {name} is missing")
+        if sha256_file(path) != digest:
+            raise TasksimError(f"artifact {directory}: {name} does not match its manifest's sha256")
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """One kind of cached thing: the folders ``<root>/<key>/``, complete once their manifest is there
+    (here, or in the shared store: then fetched). ``root`` is ``<artifacts>/<kind>``."""
+
+    root: Path
+    kind: str
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def complete(self, key: str) -> bool:
+        return is_complete(self.path(key))
+
+    @contextmanager
+    def build(self, key: str, **info: Any) -> Iterator[Path]:
+        """A scratch folder that becomes the artifact ``key`` (manifest last) if the block finishes."""
+        with atomic_dir(self.path(key)) as tmp:
+            yield tmp
+            write_manifest(tmp, self.kind, key, **info)
+
+    def save_json(self, key: str, obj: Any) -> None:
+        with self.build(key) as tmp:
+            write_json_atomic(tmp / "result.json", obj)
+
+    def load_json(self, key: str) -> Any:
+        return json.loads((self.path(key) / "result.json").read_text())
+
+    def cached_torch(self, key: str, build: Callable[[], Any]) -> Any:
+        """``build()`` saved as the artifact ``key``, or the verified value already there."""
+        import torch  # only the callers that cache tensors pay for importing it
+
+        if self.complete(key):
+            verify(self.path(key))
+            return torch.load(self.path(key) / "value.pt", weights_only=True)
+        value = build()
+        with self.build(key) as tmp:
+            torch.save(value, tmp / "value.pt")
+        return value

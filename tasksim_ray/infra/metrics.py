@@ -39,3 +39,18 @@ def search_status(running: int, finished: int, failed: int, best: float | None) 
     _gauge("search_trials_failed", "search trials that raised").set(failed)
     if best is not None:
         _gauge("search_best_objective", "best search objective so far").set(best)
+
+
+def job_done(kind: str, outcome: str) -> None:
+    """A keyed job of ``kind`` (cell, model, ...) is settled: ``cached``, ``ran`` or ``failed``."""
+    _counter("jobs", "keyed jobs settled, by outcome", ("kind", "outcome")).inc(1, tags={"kind": kind,
+                                                                                      "outcome": outcome})
+
+
+def jobs_running(kind: str, n: int) -> None:
+    _tagged_gauge("jobs_running", "keyed jobs running on Ray", ("kind",)).set(n, tags={"kind": kind})
+
+
+@cache
+def _tagged_gauge(name: str, description: str, tags: tuple[str, ...]) -> Gauge:
+    return Gauge(f"tasksim_{name}", description=description, tag_keys=tags)

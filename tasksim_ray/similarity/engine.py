@@ -1,8 +1,8 @@
 """Out-of-core, incremental, Ray-parallel RSA.
 
 Each task's RDM triangle becomes a comparison vector (exact doubled centred ranks for Spearman,
-centred values for Pearson) stored once as ``<key>.npy``, keyed by what produced the embedding
-(model, probe set, layer) and the comparison. Pairs are inner products of those vectors, summed
+centred values for Pearson) stored once as the artifact ``<key>/vector.npy`` (its squared norm in
+the manifest), keyed by what produced the embedding (model, probe set, layer) and the comparison. Pairs are inner products of those vectors, summed
 over blocks of the triangle by Ray tasks, and kept in a pair store: adding a task to a finished
 study computes only its vector and its new row and column. Memory stays bounded: the full M x M
 RDM never exists, a block holds ``block_bytes`` of vectors, and ranking jobs run only as many at
@@ -12,8 +12,6 @@ once as ``memory_budget_gb`` allows (20,000 probes means 2e8 entries per task).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,17 +19,20 @@ import numpy as np
 import ray
 
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.infra.cache import write_json_atomic
+from tasksim_ray.infra.cache import Artifacts, write_json_atomic
+from tasksim_ray.infra.jobs import Job, ManifestResults, run_jobs
 from tasksim_ray.infra.metrics import similarity_pairs
 from tasksim_ray.similarity.inputs import check_embeddings
 from tasksim_ray.similarity.rsa import CHUNK, Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper
 
+VECTOR_KIND, VECTOR_FILE = "rsa-vector", "vector.npy"
 RANK_BYTES_PER_ENTRY = 24  # triangle (8) + sort order (8) + ranks (4) + tie mask (1) + chunk slack
 
 
-def _build_vector(emb: np.ndarray, comparison: Comparison, path: str) -> float:
-    """Write one task's comparison vector to ``path`` (atomically); returns its squared norm.
-    Runs as a 1-CPU Ray task: Ray sets OMP_NUM_THREADS to match, which BLAS honours."""
+def _build_vector(emb: np.ndarray, comparison: Comparison, root: str, key: str) -> float:
+    """Write one task's comparison vector as the artifact ``<root>/<key>/`` (its squared norm in the
+    manifest) and return that norm. Runs as a 1-CPU Ray task: Ray sets OMP_NUM_THREADS to
+    match, which BLAS honours."""
     upper = rdm_upper(emb)
     vec = doubled_centred_ranks(upper) if comparison == "spearman" else comparison_vector(upper, comparison)
     del upper
@@ -39,9 +40,8 @@ def _build_vector(emb: np.ndarray, comparison: Comparison, path: str) -> float:
     for lo in range(0, vec.size, CHUNK):  # chunked: a float64 copy of 2e8 entries would be 1.6 GB
         part = vec[lo:lo + CHUNK].astype(np.float64)
         norm2 += float(np.dot(part, part))
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp.npy"
-    np.save(tmp, vec)
-    os.replace(tmp, path)
+    with Artifacts(Path(root), VECTOR_KIND).build(key, norm2=norm2) as tmp:
+        np.save(tmp / VECTOR_FILE, vec)
     return norm2
 
 
@@ -64,6 +64,7 @@ class RSAEngine:
             raise TasksimError(f"the blocked RSA engine supports spearman and pearson, not '{comparison}'")
         self.dir = cache_dir / comparison
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.vectors = Artifacts(self.dir, VECTOR_KIND)
         self.comparison = comparison
         self.block_bytes = block_bytes
         self.memory_budget = memory_budget_gb * 2**30
@@ -71,7 +72,7 @@ class RSAEngine:
         self._pairs: dict[str, float] = json.loads(self._pairs_path.read_text()) if self._pairs_path.exists() else {}
 
     def _vec_path(self, key: str) -> Path:
-        return self.dir / f"{key}.npy"
+        return self.vectors.path(key) / VECTOR_FILE
 
     @staticmethod
     def _pair(a: str, b: str) -> str:
@@ -84,21 +85,11 @@ class RSAEngine:
         need = RANK_BYTES_PER_ENTRY * n_pairs(m) + (64 << 20)
         parallel = max(1, min(int(self.memory_budget // max(need, 1)), int(ray.cluster_resources().get("CPU", 1))))
         reservable = int(ray.cluster_resources().get("memory", need))  # never ask for more than exists
-        build = ray.remote(_build_vector).options(num_cpus=1, memory=min(need, int(self.memory_budget), reservable))
-        todo = [k for k in embs if not self._vec_path(k).exists()]
-        for k in embs:
-            if k not in todo and on_done:
-                on_done(k, True)
-        running: dict[ray.ObjectRef, str] = {}
-        while todo or running:
-            while todo and len(running) < parallel:
-                key = todo.pop(0)
-                running[build.remote(embs[key], self.comparison, str(self._vec_path(key)))] = key
-            [ready], _ = ray.wait(list(running), num_returns=1)
-            key = running.pop(ready)
-            self._pairs[self._pair(key, key)] = ray.get(ready)
-            if on_done:
-                on_done(key, False)
+        memory = min(need, int(self.memory_budget), reservable)
+        jobs = [Job(k, k, _build_vector, (emb, self.comparison, str(self.dir), k), num_cpus=1, memory=memory)
+                for k, emb in embs.items()]
+        norms = run_jobs(jobs, ManifestResults(self.vectors, "norm2"), on_done, max_running=parallel)
+        self._pairs |= {self._pair(k, k): n for k, n in zip(embs, norms)}
         write_json_atomic(self._pairs_path, self._pairs)
 
     def matrix(self, keys: list[str]) -> np.ndarray:

@@ -20,7 +20,8 @@ import torch
 from tasksim_ray import __version__
 from tasksim_ray.config import BudgetConfig, ModelConfig
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
+from tasksim_ray.infra.cache import Artifacts, atomic_dir, read_manifest, stable_hash, write_manifest
+from tasksim_ray.infra.jobs import Job, ManifestResults, start_jobs
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
 from tasksim_ray.training.loop import FitOptions, fit
 from tasksim_ray.training.pretrain import model_hparams
@@ -90,18 +91,15 @@ def subset_dir(root: Path, data: SubsetData, model_cfg: ModelConfig, budget: Bud
 def submit_subsets(store_ref: ray.ObjectRef, jobs: list[tuple[SubsetData, tuple[int, int]]],
                    model_cfg: ModelConfig, budget: BudgetConfig, seed: int, root: Path, num_cpus: float,
                    num_gpus: float) -> tuple[list[Path], dict[str, ray.ObjectRef]]:
-    """Start every (subset, split) pretraining that is not cached; returns each job's checkpoint
-    folder and the running ones' refs by folder, so fine-tuning cells can wait on exactly theirs."""
-    remote = ray.remote(pretrain_subset).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)
-    pending: dict[str, ray.ObjectRef] = {}
-    dirs = []
-    for data, split in jobs:
-        directory = subset_dir(root, data, model_cfg, budget, split, seed)
-        dirs.append(directory)
-        if not is_complete(directory) and str(directory) not in pending:  # the same pretraining asked twice runs once
-            pending[str(directory)] = remote.remote(store_ref, data, model_cfg, budget, split, seed, str(directory),
-                                                    max(1, int(num_cpus)))
-    return dirs, pending
+    """Start every (subset, split) pretraining that is not cached (the same one asked twice runs
+    once); returns each job's checkpoint folder and the running ones' refs by folder, so
+    fine-tuning cells can wait on exactly theirs."""
+    dirs = [subset_dir(root, data, model_cfg, budget, split, seed) for data, split in jobs]
+    runs = [Job(d.name, d.name, pretrain_subset, (store_ref, data, model_cfg, budget, split, seed, str(d),
+                                                   max(1, int(num_cpus))), num_cpus, num_gpus)
+            for d, (data, split) in zip(dirs, jobs)]
+    _, running = start_jobs(runs, ManifestResults(Artifacts(root, "subset-model"), "metrics"))
+    return dirs, {str(root / key): ref for key, ref in running.items()}
 
 
 def subset_model(directory: Path) -> SubsetModel:

@@ -18,7 +18,8 @@ import torch
 from tasksim_ray import __version__
 from tasksim_ray.config import ModelConfig, TrainConfig
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
+from tasksim_ray.infra.cache import Artifacts, atomic_dir, stable_hash, write_manifest
+from tasksim_ray.infra.jobs import Job, ManifestResults, run_jobs
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
 from tasksim_ray.training.loop import FitOptions, fit
 
@@ -77,26 +78,11 @@ def pretrain_all(store: dict[str, torch.Tensor], tasks: list[TaskData], model_cf
 
     A checkpoint is keyed by its task's own data, not by the study, so adding a task to a study
     (or dropping one) reuses every other task's model."""
-    out: dict[str, PretrainedModel] = {}
-    pending: dict[ray.ObjectRef, tuple[str, Path]] = {}
-    remote = ray.remote(train_one).options(num_cpus=train_cfg.num_cpus, num_gpus=train_cfg.num_gpus,
-                                           max_retries=1)
-    store_ref = None
-    for data in tasks:
-        key = stable_hash("model", __version__, data.task, data.content_key, model_cfg.model_dump(),
-                          train_cfg.model_dump(exclude={"num_cpus", "num_gpus"}), seed)
-        directory = models_root / f"{data.task}-{key}"
-        if is_complete(directory):
-            out[data.task] = PretrainedModel(data.task, directory, read_manifest(directory)["metrics"])
-            if on_done:
-                on_done(data.task, True)
-            continue
-        store_ref = store_ref or ray.put(store)
-        pending[remote.remote(store_ref, data, model_cfg, train_cfg, seed, str(directory))] = (data.task, directory)
-    while pending:
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        task, directory = pending.pop(ready)
-        out[task] = PretrainedModel(task, directory, ray.get(ready))
-        if on_done:
-            on_done(task, False)
-    return {d.task: out[d.task] for d in tasks}
+    results = ManifestResults(Artifacts(models_root, "model"), "metrics")
+    keys = [f"{d.task}-" + stable_hash("model", __version__, d.task, d.content_key, model_cfg.model_dump(),
+                                       train_cfg.model_dump(exclude={"num_cpus", "num_gpus"}), seed) for d in tasks]
+    store_ref = ray.put(store) if not all(results.done(k) for k in keys) else None  # shipped once, if needed
+    jobs = [Job(key, d.task, train_one, (store_ref, d, model_cfg, train_cfg, seed, str(models_root / key)),
+                train_cfg.num_cpus, train_cfg.num_gpus) for d, key in zip(tasks, keys)]
+    metrics = run_jobs(jobs, results, on_done)
+    return {d.task: PretrainedModel(d.task, models_root / key, m) for d, key, m in zip(tasks, keys, metrics)}

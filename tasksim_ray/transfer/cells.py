@@ -2,14 +2,13 @@
 
 A cell is (target, recipe, size, fold). The recipe says how the model starts: ``scratch`` (the
 baseline), ``finetune`` from one pretrained checkpoint (single- or multi-task), or ``moe`` over
-frozen per-task experts. Cells run as Ray tasks in parallel, and each finished cell is written
-to its own JSON file keyed by everything it depends on, so a run killed halfway resumes with
-only the missing cells.
+frozen per-task experts. Cells run as Ray jobs (``infra.jobs``) in parallel, and each finished
+cell is published as its own artifact folder keyed by everything it depends on, so a run killed
+halfway resumes with only the missing cells.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +21,8 @@ import torch
 from tasksim_ray import __version__
 from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import file_complete, publish_json, stable_hash
+from tasksim_ray.infra.cache import Artifacts, stable_hash
+from tasksim_ray.infra.jobs import Job, JsonResults, run_jobs
 from tasksim_ray.models import build_model, load_checkpoint
 from tasksim_ray.models.moe import MixtureOfExperts, initial_theta
 from tasksim_ray.training.finetune import finetune_options, moe_options
@@ -141,32 +141,14 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
 def run_cells(store_ref: ray.ObjectRef, jobs: list[tuple[CellData, Recipe]], settings: CellSettings,
               cells_dir: Path, num_cpus: float, num_gpus: float, after: dict[str, ray.ObjectRef] | None = None,
               on_done: Callable[[str, bool], None] | None = None) -> list[dict[str, Any]]:
-    """Every cell's result in the order asked; finished cells come from ``cells_dir``. ``after``
-    maps checkpoint folders still being pretrained to their refs."""
-    remote = ray.remote(run_cell).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)
-    results: dict[str, dict[str, Any]] = {}
-    pending: dict[ray.ObjectRef, tuple[str, str]] = {}
-    keys: list[str] = []
-    for cell, recipe in jobs:
-        key = cell_key(cell, recipe, settings)
-        path = cells_dir / f"{key}.json"
-        if key in keys:  # the same cell asked twice (scratch shared by two studies) runs once
-            continue
-        keys.append(key)
-        name = f"{cell.target} <- {recipe.label} n={cell.size} fold {cell.fold}"
-        if file_complete(path):
-            results[key] = json.loads(path.read_text())
-            if on_done:
-                on_done(name, True)
-            continue
-        deps = [after[c] for c in recipe.checkpoints if after and c in after]
-        pending[remote.remote(store_ref, cell, recipe, settings, max(1, int(num_cpus)), *deps)] = (key, name)
-    while pending:
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        key, name = pending.pop(ready)
-        results[key] = ray.get(ready)
-        publish_json(cells_dir / f"{key}.json", results[key])  # durable before the next one finishes
-        if on_done:
-            on_done(name, False)
+    """Every cell's result in the order asked; finished cells come from ``cells_dir/<key>/``, and
+    the same cell asked twice (scratch shared by two studies) runs once. ``after`` maps checkpoint
+    folders still being pretrained to their refs: a cell starts once its checkpoints exist."""
+    threads = max(1, int(num_cpus))
+    cells = [Job(cell_key(cell, recipe, settings), f"{cell.target} <- {recipe.label} n={cell.size} fold {cell.fold}",
+                 run_cell, (store_ref, cell, recipe, settings, threads), num_cpus, num_gpus,
+                 after=tuple(after[c] for c in recipe.checkpoints if after and c in after))
+             for cell, recipe in jobs]
+    results = run_jobs(cells, JsonResults(Artifacts(cells_dir, "cell")), on_done)
     # the same cell can serve several labels (a variant equal to the default recipe): label by the job
-    return [results[cell_key(cell, recipe, settings)] | {"recipe": recipe.label} for cell, recipe in jobs]
+    return [r | {"recipe": recipe.label} for r, (_, recipe) in zip(results, jobs)]

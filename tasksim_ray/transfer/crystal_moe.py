@@ -1,15 +1,15 @@
 """The crystal mixture-of-experts study: STL vs TL vs MoE per task and published split seed.
 
 Per task, one Ray task builds the CGCNN graphs and runs every extractor once through its frozen
-layers (:func:`prepare_task`; both cached in the workdir, keyed by the files' fingerprints and the
-graph settings). One cell = (task, seed, method) is then a Ray task of its own, and each finished
-cell is written to its own JSON file keyed by everything it depends on, so a rerun skips finished
-cells (and the preparation of tasks with none left) and a killed run resumes where it stopped.
+layers (:func:`prepare_task`; both cached as artifacts, keyed by the files' fingerprints and the
+graph settings). One cell = (task, seed, method) is then a Ray job of its own (``infra.jobs``),
+and each finished cell is published as its own artifact keyed by everything it depends on, so a
+rerun skips finished cells (and the preparation of tasks with none left) and a killed run resumes
+where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from tasksim_ray.data.splits import SPLIT_FILE, load_moe_task
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.crystal import GraphSettings, graphs_from_structures
 from tasksim_ray.featurize.graphstore import pack_graphs, unpack_graphs
-from tasksim_ray.infra.cache import file_complete, publish_json, stable_hash
+from tasksim_ray.infra.cache import Artifacts, stable_hash
+from tasksim_ray.infra.jobs import Job, JsonResults, run_jobs
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.models.cgcnn import CGCNN
 from tasksim_ray.models.moe import initial_theta
@@ -81,16 +82,9 @@ def _features_needed(cfg: CrystalMoEConfig) -> list[Path]:
     return sorted(set(wanted))
 
 
-def _cached(path: Path, build: Any) -> dict[str, Any]:
-    """``build()`` saved at ``path`` (atomically), or what is already there."""
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    value = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{np.random.randint(1 << 30)}")
-    torch.save(value, tmp)
-    tmp.replace(path)
-    return value
+def _cached(cache_dir: Path, kind: str, key: str, build: Any) -> dict[str, Any]:
+    """``build()`` as the artifact ``<cache_dir>/<kind>/<key>/`` (mirrored, verified on load)."""
+    return Artifacts(cache_dir / kind, kind).cached_torch(key, build)
 
 
 def prepare_task(task: Path, splits_dir: Path, seeds: list[int], experts: list[Path], with_atoms: bool,
@@ -102,7 +96,7 @@ def prepare_task(task: Path, splits_dir: Path, seeds: list[int], experts: list[P
     target = KNOWN_FILES[ds.name].study_target
     settings = GraphSettings(**load_published(experts[0])[3].graph) if experts else GraphSettings()
     key = stable_hash(_fingerprint(task), asdict(settings))
-    store = _cached(cache_dir / "graphs" / f"{ds.name}-{key}.pt", lambda: pack_graphs(
+    store = _cached(cache_dir, "crystal-graphs", f"{ds.name}-{key}", lambda: pack_graphs(
         graphs_from_structures(ds.structures, settings, where=task.name, row_ids=ds.ids)))
     payload: Payload = {"name": ds.name, "target": target, "units": ds.units[target], "y": ds.labels(target),
                         "splits": dict(zip(seeds, ds.splits or [])), "graphs": store,
@@ -114,7 +108,7 @@ def prepare_task(task: Path, splits_dir: Path, seeds: list[int], experts: list[P
             out = {"pooled": torch.stack([pooled for _, pooled in parts], dim=1)}
             return out | ({"h_in": torch.stack([atoms for atoms, _ in parts], dim=1)} if with_atoms else {})
         fkey = stable_hash(key, [_fingerprint(p) for p in experts], with_atoms)
-        payload |= _cached(cache_dir / "features" / f"{ds.name}-{fkey}.pt", build)
+        payload |= _cached(cache_dir, "crystal-features", f"{ds.name}-{fkey}", build)
     return payload
 
 
@@ -224,41 +218,28 @@ def cell_key(cfg: CrystalMoEConfig, task: Path, seed: int, method: str) -> str:
 
 
 def run_study(pcfg: PipelineConfig, console: Console) -> list[dict[str, Any]]:
-    """Every (task, seed, method) cell's result, from the cache or trained now on Ray."""
+    """Every (task, seed, method) cell's result, from the cache or trained now on Ray. A task's
+    preparation starts only if one of its cells is missing; its cells take the payload's ref."""
     cfg = pcfg.crystal_moe
     tasks, (experts, _) = task_files(cfg), expert_files(cfg)
-    root = pcfg.workdir_path.resolve() / "crystal_moe"
-    cells_dir = root / "cells"
+    artifacts = pcfg.workdir_path.resolve() / "artifacts"
+    results = JsonResults(Artifacts(artifacts / "crystal-moe-cells", "crystal-moe-cell"))
     expert_set = Experts(Path(cfg.extractors_dir).resolve(), tuple(p.name for p in experts))
     prepare = ray.remote(prepare_task).options(num_cpus=cfg.num_cpus, max_retries=1)
-    remote = ray.remote(run_cell).options(num_cpus=cfg.num_cpus, max_retries=1)
     threads = max(1, int(cfg.num_cpus))
-    results: dict[str, dict[str, Any]] = {}
-    pending: dict[ray.ObjectRef, tuple[str, str]] = {}
     needed = [p.resolve() for p in _features_needed(cfg)]
-    with_atoms = not cfg.freeze_last_conv
+    jobs: list[Job] = []
     for task in tasks:
-        todo = []
-        for seed in cfg.seeds:
-            for method in cfg.methods:
-                key = cell_key(cfg, task, seed, method)
-                if file_complete(cells_dir / f"{key}.json"):
-                    results[key] = json.loads((cells_dir / f"{key}.json").read_text())
-                else:
-                    todo.append((key, seed, method))
-        if not todo:
-            continue
-        payload = prepare.remote(task.resolve(), Path(cfg.splits_dir).resolve(), cfg.seeds, needed, with_atoms,
-                                 root / "cache", threads)
-        for key, seed, method in todo:
-            ref = remote.remote(payload, seed, method, cfg, expert_set, threads)
-            pending[ref] = (key, f"{file_stem(task)} seed {seed} {method}")
-    console.print(f"\\[crystal-moe] {len(results)} cells cached, {len(pending)} to run")
-    while pending:
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        key, name = pending.pop(ready)
-        results[key] = ray.get(ready)
-        publish_json(cells_dir / f"{key}.json", results[key])
-        console.print(f"\\[crystal-moe] {name}: test MAE {results[key]['test_mae']:.4g} "
-                      f"({results[key]['epochs']} epochs, {results[key]['seconds']:.0f} s); {len(pending)} left")
-    return [results[cell_key(cfg, t, s, m)] for t in tasks for s in cfg.seeds for m in cfg.methods]
+        cells = [(cell_key(cfg, task, s, m), s, m) for s in cfg.seeds for m in cfg.methods]
+        payload = None
+        if not all(results.done(key) for key, _, _ in cells):
+            payload = prepare.remote(task.resolve(), Path(cfg.splits_dir).resolve(), cfg.seeds, needed,
+                                     not cfg.freeze_last_conv, artifacts, threads)
+        jobs += [Job(key, f"{file_stem(task)} seed {seed} {method}", run_cell,
+                     (payload, seed, method, cfg, expert_set, threads), cfg.num_cpus) for key, seed, method in cells]
+
+    def report(name: str, cached: bool) -> None:
+        if not cached:
+            console.print(f"\\[crystal-moe] {name} done")
+
+    return run_jobs(jobs, results, report)
