@@ -85,6 +85,13 @@ def test_id_prop_folder(tmp_path: Path) -> None:
     (folder / "id_prop.csv").write_text("a,1.0\nzz,2.0\n")
     with pytest.raises(TasksimError, match=r"id_prop.csv: row 1 \(id 'zz'\): no structure file"):
         load_id_prop_folder(folder)
+    # an id that names a path outside the folder is refused before anything is read or quoted
+    (tmp_path / "secret").write_text("TOP SECRET LINE\n")
+    for bad in ("../secret", "b/../../secret", "..\\secret"):
+        (folder / "id_prop.csv").write_text(f"a,1.0\n{bad},2.0\n")
+        with pytest.raises(TasksimError, match="is not a plain file name") as err:
+            load_id_prop_folder(folder)
+        assert "TOP SECRET" not in str(err.value)
 
 
 def test_matminer_tables_in_every_cell_form(tmp_path: Path) -> None:

@@ -228,7 +228,11 @@ def load_table(path: str | Path, targets: Sequence[str] | None = None, structure
     return _from_frame(read_frame(path, trust_pickle), path, structure_column, targets, id_column, units)
 
 
-def _structure_file(folder: Path, cid: str) -> Path | None:
+def _structure_file(folder: Path, cid: str, where: str) -> Path | None:
+    """The structure file of id ``cid``, which must name a file inside ``folder``: an id such as
+    ``../../secret`` would read (and quote in an error) a file from anywhere."""
+    if not cid or cid in (".", "..") or any(c in cid for c in "/\\\0"):
+        raise TasksimError(f"{where}: id {cid!r} is not a plain file name")
     for candidate in (folder / f"{cid}.cif", folder / f"{cid}.vasp", folder / cid / "POSCAR", folder / cid,
                       folder / f"POSCAR_{cid}"):
         if candidate.is_file():
@@ -252,7 +256,7 @@ def load_id_prop_folder(folder: str | Path, target: str = "target", units: str =
             values.append(float(value) if value else np.nan)
         except ValueError:
             raise TasksimError(f"{where}: target {value!r} is not a number") from None
-        file = _structure_file(folder, cid)
+        file = _structure_file(folder, cid, where)
         if file is None:
             raise TasksimError(f"{where}: no structure file {cid}.cif, {cid}.vasp, {cid}/POSCAR or {cid}")
         structures.append(parse_structure(file.read_text(), f"{where}, file {file.name}"))
