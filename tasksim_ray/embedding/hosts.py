@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -63,6 +65,7 @@ class ModelHost:
         self.budget = budget_bytes
         self.models: OrderedDict[str, tuple[nn.Module, int]] = OrderedDict()
         self.loads = 0
+        self.seconds = {"load": 0.0, "decode": 0.0, "forward": 0.0}  # where a host's time goes
 
     def model(self, directory: str) -> nn.Module:
         """The model saved in ``directory``, loaded on first use; least recently used ones beyond
@@ -70,7 +73,9 @@ class ModelHost:
         if directory in self.models:
             self.models.move_to_end(directory)
             return self.models[directory][0]
+        start = time.perf_counter()
         model, _ = load_checkpoint(Path(directory), self.device)
+        self.seconds["load"] += time.perf_counter() - start
         self.loads += 1
         self.models[directory] = (model, model_bytes(model))
         while len(self.models) > 1 and sum(size for _, size in self.models.values()) > self.budget:
@@ -79,11 +84,20 @@ class ModelHost:
 
     def embed(self, graphs: Iterable[bytes], models: dict[str, str], layer: str = "graph") -> Embedded:
         """Each of ``models`` (name -> model folder) on one batch of serialised graphs."""
+        start = time.perf_counter()
         batch = Batch.from_data_list([graph_from_bytes(b) for b in graphs]).to(self.device)
-        return {k: v for name, d in models.items() for k, v in embed_batch(self.model(d), batch, layer, name).items()}
+        self.seconds["decode"] += time.perf_counter() - start
+        out: Embedded = {}
+        for name, directory in models.items():
+            model = self.model(directory)
+            start = time.perf_counter()
+            out |= embed_batch(model, batch, layer, name)
+            self.seconds["forward"] += time.perf_counter() - start
+        return out
 
-    def stats(self) -> dict[str, int | str]:
-        return {"pid": os.getpid(), "loaded": len(self.models), "loads": self.loads, "device": str(self.device)}
+    def stats(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "loaded": len(self.models), "loads": self.loads, "device": str(self.device),
+                "seconds": dict(self.seconds)}
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,7 @@ class HostGroup:
         for ref in pending:
             yield ray.get(ref)
 
-    def stats(self) -> list[dict[str, int | str]]:
+    def stats(self) -> list[dict[str, Any]]:
         return ray.get([h.stats.remote() for h in self.hosts])
 
     def close(self) -> None:

@@ -10,8 +10,10 @@ float32 bytes + atom count).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,20 +64,33 @@ def _column(values: np.ndarray) -> pa.Array:
 
 
 def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_dir: Path, layer: str = "graph",
-                hosts: HostGroup | None = None) -> None:
+                hosts: HostGroup | None = None, timings: dict[str, Any] | None = None) -> None:
     """Stream an (id, graph) Parquet table through every model on the model hosts (``hosts``, or a
-    group started for this call) and write ``id`` + one embedding column per model as Parquet."""
+    group started for this call) and write ``id`` + one embedding column per model as Parquet.
+    ``timings``, when given, receives where the wall time went (start-up, streaming, writing) and
+    the hosts' own split (loading models, decoding graphs, forward passes)."""
+    clock = time.perf_counter()
     group = hosts or HostGroup(cfg, len(model_dirs))
     try:
+        if timings is not None:
+            group.stats()  # wait until every host process is up
+            timings["startup_s"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         ids: list[str] = []
         models = {name: str(Path(d).resolve()) for name, d in model_dirs.items()}
         parts = list(group.map(_batches(table, cfg.batch_size, ids), models, layer))
+        if timings is not None:
+            timings["stream_s"] = time.perf_counter() - clock
+            timings["hosts"] = group.stats()
     finally:
         if hosts is None:
             group.close()
+    clock = time.perf_counter()
     columns = {ID: pa.array(ids)} | {emb_column(k): _column(np.concatenate([p[k] for p in parts])) for k in parts[0]}
     out_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), out_dir / "part-0.parquet")
+    if timings is not None:
+        timings["write_s"] = time.perf_counter() - clock
 
 
 def read_embedded(directory: Path, names: list[str], layer: str = "graph") -> tuple[list[str], dict[str, np.ndarray | list[np.ndarray]]]:
