@@ -124,6 +124,8 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
              f"Sizes {ctx.run.cfg.transfer.sizes}, {ctx.run.cfg.transfer.folds} fold(s); AUC = trapezoid of test MAE "
              "over training-set size, normalised by the size range (task units); gain = relative AUC improvement "
              "over scratch, mean ± SE over folds.", ""]
+    if list(results) == ["methods"]:  # no learning curves: sizes and folds do not apply
+        intro = intro[:2]
     md: list[str] = []
     if "curves" in results:
         r = results["curves"]
