@@ -1,29 +1,22 @@
-"""The crystal MoE study end to end through Ray on two tiny real tasks with three published extractors:
-every (task, method) is reported, gates are top-k, TL trains on the untouched frozen layers, and a
-rerun reuses every cell."""
+"""The crystal MoE study as a config of the transfer engine (the ``methods`` study), through Ray on
+two tiny real tasks with three published extractors: every (task, method) is reported, gates are
+top-k, a rerun reuses every cell, and task files no test has seen (renamed files and columns) run
+from config alone."""
 
 from __future__ import annotations
 
-import csv
+import gzip
+import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
-from torch_geometric.data import Batch
 
 from tasksim_ray.config import parse_config
-from tasksim_ray.featurize.graphstore import unpack_graphs
+from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.progress import Console
-from tasksim_ray.models.published import load_published
-from tasksim_ray.transfer.crystal_moe import (
-    Experts,
-    expert_files,
-    prepare_task,
-    run_study,
-    train_cell,
-    with_atom_features,
-)
-from tasksim_ray.transfer.crystal_moe_report import write_report
+from tasksim_ray.transfer.runner import run_transfer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "crystals" / "moe_study"
@@ -32,54 +25,80 @@ EXPERTS = ["singletask_eform_32hfealen_best_model.pth.tar", "singletask_32hfl_ja
            "singletask_gvrh_32hfealen_best_model.pth.tar"]
 needs_extractors = pytest.mark.skipif(not all((EXTRACTORS / e).is_file() for e in EXPERTS),
                                       reason="published extractors not at ../shared/data")
-TASKS = ["jarvis_dft_2d_dielectric_tbmbj_2022-04-11", "log_piezoelectric_tensor_RC"]
+FILES = ["jarvis_dft_2d_dielectric_tbmbj_2022-04-11", "log_piezoelectric_tensor_RC"]
+TASKS = ["jarvis_2d_dielectric_tbmbj", "log_piezoelectric_tensor"]  # the known files' study targets
 
 
-def config(workdir: Path):
-    return parse_config({"workdir": str(workdir), "crystal_moe": {
-        "tasks_dir": str(DATA / "moe_tasks"), "splits_dir": str(DATA / "moe_splits"),
-        "extractors_dir": str(EXTRACTORS), "experts": EXPERTS, "tasks": TASKS, "seeds": [0],
-        "max_epochs": 2, "patience": 2, "batch_size": 8, "k": 2}})
+def config(workdir: Path, tasks_dir: Path, split: dict[str, Any] | None = None, **transfer: Any):
+    section = {"studies": ["methods"], "methods": ["scratch", "finetune", "moe"], "tasks": TASKS,
+               "standardize": "train_val",
+               "sources": {"kind": "published", "path": str(EXTRACTORS), "names": EXPERTS,
+                           "finetune_from": EXPERTS[0]},
+               "finetune": {"strategy": "head", "max_epochs": 2, "patience": 2, "batch_size": 8},
+               "moe": {"k": 2, "penalty_on": "gates", "train_last": False, "head_layers": 3, "schedule": "cosine"},
+               "scratch": {"optimizer": "sgd", "lr": 0.02, "min_lr": 1e-5}} | transfer
+    split = split or {"kind": "published", "path": str(DATA / "moe_splits"), "seeds": [0]}
+    return parse_config({"workdir": str(workdir), "data": {"source": "crystals", "path": str(tasks_dir), "split": split},
+                         "model": {"backbone": "cgcnn", "params": {"atom_fea_len": 16, "n_conv": 2, "h_fea_len": 16}},
+                         "transfer": section})
 
 
 @needs_extractors
 @pytest.mark.ray
-def test_study_through_ray_reports_every_cell_and_reruns_from_cache(ray_local: None, tmp_path: Path) -> None:
-    cfg = config(tmp_path)
-    results = run_study(cfg, Console())
-    paths = write_report(results, cfg.crystal_moe, tmp_path / "report")
-    assert {(r["task"], r["method"]) for r in results} == {(t, m) for t in TASKS for m in ("stl", "tl", "moe")}
-    rows = list(csv.DictReader(paths["csv"].open()))
-    assert [r["task"] for r in rows] == TASKS
-    assert all(float(r[f"{m}_mean"]) > 0 for r in rows for m in ("stl", "tl", "moe"))
-    assert paths["heatmap"].stat().st_size > 0 and "| MoE |" in paths["markdown"].read_text()
-    for r in results:
-        if r["method"] == "moe":
-            gates = list(r["gates"].values())
-            assert sum(gates) == pytest.approx(1.0) and sum(g > 0 for g in gates) == 2
-    cells = sorted((tmp_path / "artifacts" / "crystal-moe-cells").glob("*/result.json"))
+def test_methods_study_reports_every_cell_and_reruns_from_cache(ray_local: None, tmp_path: Path) -> None:
+    cfg = config(tmp_path, DATA / "moe_tasks")
+    out = run_transfer(cfg, ["methods"], Console())
+    r = out["studies"]["methods"]
+    assert list(r["targets"]) == TASKS
+    assert {(c["target"], c["recipe"]) for c in r["cells"]} == {(t, m) for t in TASKS for m in r["methods"]}
+    assert all(r["targets"][t][m]["mean"] > 0 for t in TASKS for m in r["methods"])
+    assert all(c["n"] == [16, 6, 6] and c["size"] is None and c["epochs_run"] >= 1 for c in r["cells"])
+    for c in r["cells"]:
+        if c["recipe"] == "moe":
+            assert sum(c["gates"]) == pytest.approx(1.0) and sum(g > 0 for g in c["gates"]) == 2
+    md = Path(out["paths"]["markdown"]).read_text()
+    assert "## Methods" in md and "| moe |" in md and Path(out["paths"]["methods_gates"]).stat().st_size > 0
+    cells = sorted((tmp_path / "artifacts" / "cells").glob("*/result.json"))
     stamps = [c.stat().st_mtime_ns for c in cells]
     assert len(cells) == 6
-    assert run_study(cfg, Console()) == results
+    again = run_transfer(cfg, ["methods"], Console())["studies"]["methods"]
+    assert again["cells"] == r["cells"]
     assert [c.stat().st_mtime_ns for c in cells] == stamps
 
 
+def _renamed_copy(src: Path, dst: Path, columns: dict[str, str]) -> None:
+    with gzip.open(src, "rt") as fh:
+        doc = json.load(fh)
+    doc["columns"] = [columns.get(c, c) for c in doc["columns"]]
+    doc["data"] = [{columns.get(k, k): v for k, v in row.items()} for row in doc["data"]]
+    with gzip.open(dst, "wt") as fh:
+        json.dump(doc, fh)
+
+
 @needs_extractors
-def test_tl_trains_last_conv_and_head_on_the_unchanged_frozen_layers(tmp_path: Path) -> None:
-    cfg = config(tmp_path).crystal_moe
-    experts, tl = expert_files(cfg)
-    payload = prepare_task(DATA / "moe_tasks" / f"{TASKS[0]}.json.gz", DATA / "moe_splits", [0], [tl], True,
-                           tmp_path / "cache")
-    _, model = train_cell(payload, 0, "tl", cfg, Experts(EXTRACTORS, tuple(e.name for e in experts)))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("tails.0.", "head."))}
-    published = load_published(tl)[0]
-    assert not torch.equal(model.tails[0].fc_full.weight, published.convs[-1].fc_full.weight)  # it trained
-    # the published extractor with only its last convolution swapped predicts what TL predicts:
-    # the frozen layers TL trained on are the published ones, unchanged
-    published.convs[-1] = model.tails[0]
-    model.eval()
-    published.eval()
-    batch = Batch.from_data_list(unpack_graphs(payload["graphs"])[:5])
-    ours = model(Batch.from_data_list(with_atom_features(payload, [0])[:5]))
-    assert torch.allclose(model.head(published.embed(batch)), ours, atol=1e-5)
+@pytest.mark.ray
+def test_renamed_task_files_and_columns_run_from_config_alone(ray_local: None, tmp_path: Path) -> None:
+    tasks = tmp_path / "my_tasks"
+    tasks.mkdir()
+    _renamed_copy(DATA / "moe_tasks" / f"{FILES[0]}.json.gz", tasks / "dielectric.json.gz",
+                  {"structure": "crystal", "dielectric tbmbj": "eps"})
+    _renamed_copy(DATA / "moe_tasks" / f"{FILES[1]}.json.gz", tasks / "piezo.json.gz",
+                  {"structure": "crystal", "log(1 + eij_max)": "log_piezo", "eij_max": "piezo"})
+    splits = tmp_path / "splits"
+    shutil.copytree(DATA / "moe_splits", splits)
+    keys = {"eps": "jarvis_2d_dielectric_tbmbj", "log_piezo": "piezoelectric_tensor"}
+    raw = config(tmp_path / "run", tasks, {"kind": "published", "path": str(splits), "seeds": [0], "keys": keys},
+                 tasks=["eps", "log_piezo"]).model_dump()
+    raw["data"]["structure_column"] = "crystal"
+    cfg = parse_config(raw)
+    r = run_transfer(cfg, ["methods"], Console())["studies"]["methods"]
+    assert list(r["targets"]) == ["eps", "log_piezo"]
+    assert all(c["n"] == [16, 6, 6] for c in r["cells"])
+    # a task the published splits do not know, without a key: one line naming the key, before Ray work
+    raw["data"]["split"]["keys"] = {"eps": keys["eps"]}
+    with pytest.raises(TasksimError, match="no split key 'log_piezo'"):
+        run_transfer(parse_config(raw), ["methods"], Console())
+    # seeded random splits need no split files at all
+    raw["data"]["split"] = {"kind": "random", "seeds": [0, 1], "fractions": [0.7, 0.15, 0.15]}
+    r = run_transfer(parse_config(raw), ["methods"], Console())["studies"]["methods"]
+    assert {c["fold"] for c in r["cells"]} == {0, 1} and all(sum(c["n"]) == 28 for c in r["cells"])

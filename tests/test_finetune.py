@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig, RegularizerConfig
+from tasksim_ray.config import FinetuneConfig, MoEConfig, RegularizerConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.molecule import smiles_to_graph
 from tasksim_ray.models.dmpnn import DMPNN
+from tasksim_ray.models.heads import mlp_head
 from tasksim_ray.models.moe import MixtureOfExperts, initial_theta, top_k_gates
 from tasksim_ray.training.finetune import finetune_options, moe_options
 from tasksim_ray.training.loop import fit
@@ -120,14 +121,15 @@ def test_moe_trains_only_last_expert_layers_theta_and_head() -> None:
     sim_row = np.array([0.1, 0.9, 0.5])
     theta = initial_theta(3, "similarity", sim_row, seed=0)
     assert float(theta.norm()) == pytest.approx(1.0)
-    moe = MixtureOfExperts(experts, 2, theta, ModelConfig(ffn_hidden_dim=8, ffn_layers=2))
+    dim = experts[0].embedding_dim
+    moe = MixtureOfExperts(theta, 2, mlp_head(dim, 8, 2, 0.0, 1), dim, experts=experts)
     assert torch.nonzero(moe.gates()).flatten().tolist() == [1, 2]  # the two most similar experts
     opts = moe_options(moe, MoEConfig(k=2), max_epochs=3, patience=5, batch_size=4)
     before = {n: p.detach().clone() for n, p in moe.named_parameters()}
     graphs, y = _graphs_and_y()
     fit(moe, graphs, y, graphs[:4], y[:4], opts, seed=0, mean=float(y.mean()), std=float(y.std()))
     changed = _changed(moe, before)
-    assert {"theta", "ffn.0.weight"} <= changed
+    assert {"theta", "head.0.weight"} <= changed
     assert {"experts.1.W_o.weight", "experts.2.W_o.weight"} <= changed
     assert not any(n.startswith("experts.0.") for n in changed)  # outside the top k: no gradient
     assert not any(".W_i." in n or ".W_h." in n for n in changed)  # frozen encoder layers

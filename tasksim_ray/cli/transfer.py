@@ -80,7 +80,7 @@ def _study(config: Path, sets: list[str] | None, studies: list[str] | None, **kw
 
         cfg = _load(config, sets)
         if studies is None:
-            studies = ["matrix", "subset", "moe"] + (["strategies"] if cfg.transfer.strategy_pairs else [])
+            studies = cfg.transfer.studies or ["matrix", "subset", "moe"] + (["strategies"] if cfg.transfer.strategy_pairs else [])
         result = run_transfer(cfg, studies, console, **kw)
     except TasksimError as exc:
         fail(exc)
@@ -122,7 +122,8 @@ def strategies(config: ConfigArg, target: Annotated[str | None, typer.Option(hel
 
 @app.command()
 def study(config: ConfigArg, set_: SetOpt = None) -> None:
-    """The whole transfer design in one run: gain matrix, similarity vs gain, subset study, MoE
-    (and the fine-tuning variants when transfer.strategy_pairs is set)."""
+    """The studies of transfer.studies, by default the whole transfer design in one run: gain matrix,
+    similarity vs gain, subset study, MoE (and the fine-tuning variants when transfer.strategy_pairs
+    is set); `studies: [methods]` is the MoE study of published extractors over split seeds."""
     _study(config, set_, None)
 

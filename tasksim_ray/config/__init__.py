@@ -15,7 +15,6 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from tasksim_ray.config.base import Strict, first_error
-from tasksim_ray.config.crystals import CrystalMoEConfig
 from tasksim_ray.config.search import SearchConfig
 from tasksim_ray.config.stages import (
     BootstrapConfig,
@@ -42,14 +41,16 @@ from tasksim_ray.config.transfer import (
     FinetuneConfig,
     MoEConfig,
     RegularizerConfig,
+    ScratchConfig,
+    SourcesConfig,
     TransferConfig,
 )
 from tasksim_ray.errors import TasksimError
 
-__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig", "CrystalMoEConfig",
+__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig",
            "DataConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig",
-           "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "SearchConfig",
-           "SelectionConfig", "SimilarityConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
+           "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "ScratchConfig", "SearchConfig",
+           "SelectionConfig", "SimilarityConfig", "SourcesConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
 
 class PipelineConfig(Strict):
@@ -70,7 +71,6 @@ class PipelineConfig(Strict):
     ray: RayConfig = RayConfig()
     published: PublishedConfig = PublishedConfig()
     storage: StorageConfig = StorageConfig()
-    crystal_moe: CrystalMoEConfig = CrystalMoEConfig()
 
     @model_validator(mode="after")
     def _selection_metric_computed(self) -> PipelineConfig:

@@ -26,12 +26,13 @@ class SplitConfig(_Strict):
     """Where a study's (train, val, test) rows come from, one triple per seed: ``random`` (seeded
     ``fractions``), ``published`` (a folder of ``*_seed{seed}*.json`` files, ``{key: [train, val, test]}``
     row positions as the mixture-of-experts study ships them; ``key`` defaults to the task file's
-    known split key, else the task name), ``column`` (a column of the data file holding
+    known split key, else the task name; ``keys`` sets it per task), ``column`` (a column of the data file holding
     ``train``/``val``/``test``) or ``file`` (a CSV with ``row,split`` or a JSON ``[train, val, test]``)."""
 
     kind: Literal["random", "published", "column", "file"] = "random"
     path: str | None = None
     key: str | None = None
+    keys: dict[str, str] = Field(default_factory=dict)  # per task: its key in the published files
     column: str = "split"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -42,6 +43,8 @@ class SplitConfig(_Strict):
             raise ValueError(f"split.path is required when split.kind is '{self.kind}'")
         if abs(sum(self.fractions) - 1.0) > 1e-6 or min(self.fractions) < 0:
             raise ValueError("split.fractions must be three fractions >= 0 summing to 1")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"split.seeds has duplicates: {self.seeds}")
         return self
 
 

@@ -84,14 +84,55 @@ class BudgetConfig(_Strict):
 
 
 class MoEConfig(_Strict):
-    """Mixture of frozen per-task experts: G = softmax(KeepTopK(theta, k)), penalty
-    lambda (theta^T theta - 1)^2; the last encoder layer of each expert and a new head train."""
+    """Mixture of pretrained experts: G = softmax(KeepTopK(theta, k)), penalty lambda (v^T v - 1)^2
+    on v = theta or the sparse gates (``penalty_on``, the published code's choice). ``train_last``:
+    each expert's last encoder layer trains (else every expert layer is frozen and its features are
+    computed once). ``head_layers``: None = the model config's MLP head; n = the published head of
+    n softplus-separated linear layers of width ``head_hidden``. ``schedule: cosine`` anneals both
+    learning rates to 0 over ``finetune.max_epochs``. Fine-tuning from published checkpoints is the
+    one-expert mixture, so it uses these heads and rates too."""
 
     k: int = Field(default=2, ge=1)
     penalty: float = Field(default=0.01, ge=0)
+    penalty_on: Literal["theta", "gates"] = "theta"
     init: Literal["uniform", "similarity"] = "uniform"
     expert_lr: float = Field(default=5e-3, gt=0)
     head_lr: float = Field(default=1e-2, gt=0)
+    train_last: bool = True
+    head_layers: int | None = Field(default=None, ge=1)
+    head_hidden: int = Field(default=32, gt=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+
+
+class ScratchConfig(_Strict):
+    """The from-scratch baseline's own optimiser (None: ``finetune``'s value): Adam or SGD with
+    momentum, annealed by cosine to ``min_lr`` when that is set (the published STL: SGD lr 0.02,
+    momentum 0.9, cosine to 1e-5)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float | None = Field(default=None, gt=0)
+    momentum: float = Field(default=0.9, ge=0)
+    min_lr: float | None = Field(default=None, ge=0)
+    max_epochs: int | None = Field(default=None, ge=1)
+    patience: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, gt=0)
+
+
+class SourcesConfig(_Strict):
+    """Where transferred models come from: ``tasks`` (the per-task models the pipeline trains),
+    ``published`` (a folder ``path`` of CGCNN ``*.pth.tar`` checkpoints; ``names`` picks files, None
+    = all). ``finetune_from``: the one source fine-tuning starts from in the methods study."""
+
+    kind: Literal["tasks", "published"] = "tasks"
+    path: str | None = None
+    names: list[str] | None = None
+    finetune_from: str | None = None
+
+    @model_validator(mode="after")
+    def _path_given(self) -> SourcesConfig:
+        if self.kind == "published" and not self.path:
+            raise ValueError("transfer.sources.path is required when transfer.sources.kind is 'published'")
+        return self
 
 
 DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -105,7 +146,8 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 class TransferConfig(_Strict):
-    """The transfer experiments: learning curves over (target, recipe, size, fold) cells.
+    """The transfer experiments: learning curves over (target, recipe, size, fold) cells, or (the
+    ``methods`` study) each of ``methods`` per task and split seed on the whole training split.
 
     ``variants`` are fine-tuning recipes compared by the strategies study, each a set of
     overrides of ``finetune``; ``strategy_pairs`` the (target, source) pairs they run on."""
@@ -118,6 +160,12 @@ class TransferConfig(_Strict):
     finetune: FinetuneConfig = FinetuneConfig()
     budget: BudgetConfig = BudgetConfig()
     moe: MoEConfig = MoEConfig()
+    scratch: ScratchConfig = ScratchConfig()
+    sources: SourcesConfig = SourcesConfig()
+    standardize: Literal["train", "train_val"] = "train"  # labels scaled on train, or train+val (published MoE)
+    methods: list[Literal["scratch", "finetune", "moe"]] = Field(default_factory=lambda: ["scratch", "finetune", "moe"],
+                                                                  min_length=1)
+    studies: list[str] | None = None  # what `tasksim study` runs (None: matrix, subset, moe [, strategies])
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)
     strategy_pairs: list[tuple[str, str]] = Field(default_factory=list)
     num_cpus: float = Field(default=1.0, gt=0)

@@ -97,9 +97,9 @@ def load_moe_task(path: str | Path, splits_dir: str | Path | None = None,
 
 
 def split_key(cfg: SplitConfig, task: Task) -> str:
-    """``split.key``, else the task file's known split key, else the task name."""
+    """``split.keys[task]``, else ``split.key``, else the task file's known split key, else the task name."""
     known = KNOWN_FILES.get(file_stem(Path(task.source)))
-    return cfg.key or (known.split_key if known and known.split_key else task.name)
+    return cfg.keys.get(task.name) or cfg.key or (known.split_key if known and known.split_key else task.name)
 
 
 def _file_split(path: Path, n_rows: int) -> Split:

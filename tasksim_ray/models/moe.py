@@ -1,22 +1,31 @@
-"""Mixture of experts over frozen per-task encoders (after Chang et al., npj Comput. Mater. 2022).
+"""Mixture of experts over pretrained encoders (after Chang et al., npj Comput. Mater. 2022).
 
-Each expert is a pretrained task model's encoder. The layer adds their graph-level features
-weighted by G = softmax(KeepTopK(theta, k)), theta one learned logit per expert, and a new head
-predicts the target. A penalty lambda (theta^T theta - 1)^2 keeps the logits near the unit
-sphere, so the softmax cannot collapse onto one expert early. Only the last encoder layer of each
-expert, theta and the head train. Experts outside the top k cost nothing: they are not run.
+The layer adds the experts' graph-level features weighted by G = softmax(KeepTopK(theta, k)),
+theta one learned logit per expert, and a head predicts the target. A penalty (v^T v - 1)^2 on
+v = theta (default) or on the sparse gate vector G (the published code) keeps the gates from
+collapsing onto one expert early. Experts outside the top k cost nothing: they are not run.
+
+Expert i's feature comes from one of three places, so the same model serves every setting:
+
+- ``experts[i].embed(batch)``: whole expert modules (per-task models; ``moe_options`` leaves
+  their last encoder layer trainable);
+- ``tails[i]`` (an expert's last convolution, trainable) applied to ``batch.h_in[:, i]``, the atom
+  features entering it, computed once by the frozen layers below (published CGCNN extractors);
+- ``batch.feat[:, i]``: the pooled feature of a completely frozen expert, computed once.
+
+Transfer learning from one extractor with a new head is the one-expert case (the gate is 1).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
 
-from tasksim_ray.config import ModelConfig
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.models.heads import mlp_head
 
 
 def top_k_gates(theta: Tensor, k: int) -> Tensor:
@@ -40,33 +49,56 @@ def initial_theta(n: int, init: str, similarity_row: np.ndarray | None, seed: in
     return theta / theta.norm().clamp(min=1e-12)
 
 
+def softplus_head(in_dim: int, hidden: int, n_layers: int) -> nn.Sequential:
+    """The published MoE/TL head: ``n_layers`` linear layers with softplus between them."""
+    layers: list[nn.Module] = []
+    for _ in range(n_layers - 1):
+        layers += [nn.Linear(in_dim, hidden), nn.Softplus()]
+        in_dim = hidden
+    return nn.Sequential(*layers, nn.Linear(in_dim, 1))
+
+
 class MixtureOfExperts(nn.Module):
-    """``embed`` is the gated sum of expert features; ``head`` maps it to the target."""
+    """``embed`` is the gated sum of expert features; ``head`` maps it to the target. Give
+    ``experts`` (modules), or ``tails`` (last layers on cached atom features), or neither
+    (precomputed frozen features in ``batch.feat``); ``theta`` has one logit per expert."""
 
-    def __init__(self, experts: list[nn.Module], k: int, theta: Tensor, model_cfg: ModelConfig) -> None:
+    def __init__(self, theta: Tensor, k: int, head: nn.Module, dim: int, experts: list[nn.Module] | None = None,
+                 tails: list[nn.Module] | None = None, penalty_on: str = "theta") -> None:
         super().__init__()
-        dims = {e.embedding_dim for e in experts}
-        if len(dims) != 1:
-            raise TasksimError(f"moe: experts have different feature sizes {sorted(dims)}; "
-                               "they must share one embedding dimension")
-        self.experts = nn.ModuleList(experts)
-        self.k = min(k, len(experts))
-        self.theta = nn.Parameter(theta.clone())
-        self.embedding_dim = dims.pop()
-        self.ffn = mlp_head(self.embedding_dim, model_cfg.ffn_hidden_dim, model_cfg.ffn_layers,
-                            model_cfg.dropout, 1)
-
-    @property
-    def head(self) -> nn.Module:
-        return self.ffn
+        n = theta.numel()
+        if experts is not None:
+            dims = {e.embedding_dim for e in experts}
+            if len(dims) != 1:
+                raise TasksimError(f"moe: experts have different feature sizes {sorted(dims)}; "
+                                   "they must share one embedding dimension")
+        self.k = min(k, n)
+        self.theta = nn.Parameter(theta.clone(), requires_grad=n > 1)
+        self.experts = nn.ModuleList(experts) if experts is not None else None
+        self.tails = nn.ModuleList(tails) if tails is not None else None
+        self.head = head
+        self.embedding_dim = dim
+        self.penalty_on = penalty_on
 
     def gates(self) -> Tensor:
         return top_k_gates(self.theta, self.k)
 
+    def expert_feature(self, i: int, batch: Batch, layer: str) -> Tensor:
+        if self.experts is not None:
+            return self.experts[i].embed(batch, layer)
+        if self.tails is not None:
+            h = self.tails[i](batch.h_in[:, i], batch.edge_index, batch.edge_attr)
+            return F.softplus(scatter(h, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean"))
+        return batch.feat[:, i]
+
     def embed(self, batch: Batch, layer: str = "graph") -> Tensor:
         g = self.gates()
-        active = torch.nonzero(g > 0).flatten().tolist()
-        return sum(g[i] * self.experts[i].embed(batch, layer) for i in active)
+        return sum(g[i] * self.expert_feature(i, batch, layer) for i in torch.nonzero(g > 0).flatten().tolist())
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.head(self.embed(batch))
 
     def gate_penalty(self) -> Tensor:
-        return (self.theta @ self.theta - 1.0) ** 2
+        """(v^T v - 1)^2 with v = theta or the sparse gate vector (``penalty_on``)."""
+        v = self.gates() if self.penalty_on == "gates" else self.theta
+        return (v @ v - 1.0) ** 2

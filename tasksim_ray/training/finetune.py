@@ -12,15 +12,16 @@ or batch spectral shrinkage on the graph features.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from fnmatch import fnmatch
 
 import torch
 from torch import Tensor, nn
 
-from tasksim_ray.config import FinetuneConfig, MoEConfig
+from tasksim_ray.config import FinetuneConfig, MoEConfig, ScratchConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.models.moe import MixtureOfExperts
-from tasksim_ray.training.loop import FitOptions
+from tasksim_ray.training.loop import FitOptions, cosine_lr
 from tasksim_ray.training.objectives import bss_penalty, l2sp_penalty, reference_weights
 
 
@@ -96,23 +97,65 @@ def finetune_options(model: nn.Module, cfg: FinetuneConfig, pretrained: bool) ->
                       penalty=penalty, on_epoch_start=on_epoch)
 
 
+def _with_schedule(opts: FitOptions, build: Callable[[nn.Module], torch.optim.Optimizer], max_epochs: int,
+                   min_lr: float | None) -> FitOptions:
+    """``opts`` with optimiser ``build`` and, when ``min_lr`` is set, its learning rates annealed by
+    cosine to ``min_lr`` over ``max_epochs`` (the hook reads the optimiser ``fit`` builds)."""
+    hooks: list[Callable[[int], None]] = []
+    before = opts.on_epoch_start
+
+    def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
+        opt = build(m)
+        if min_lr is not None:
+            hooks[:] = [cosine_lr(opt, max_epochs, min_lr)]
+        return opt
+
+    def on_epoch(epoch: int) -> None:
+        for hook in ([before] if before else []) + hooks:
+            hook(epoch)
+
+    return replace(opts, make_optimizer=make_optimizer, on_epoch_start=on_epoch)
+
+
+def scratch_options(model: nn.Module, ft: FinetuneConfig, sc: ScratchConfig) -> FitOptions:
+    """The from-scratch baseline: everything trains, with the scratch section's optimiser (its unset
+    fields fall back to ``ft``): Adam, or SGD with momentum; cosine to ``min_lr`` when set."""
+    ft = ft.model_copy(update={k: v for k in ("lr", "max_epochs", "patience", "batch_size")
+                               if (v := getattr(sc, k)) is not None})
+    opts = finetune_options(model, ft, pretrained=False)
+    if sc.optimizer == "adam" and sc.min_lr is None:
+        return opts
+    adam = opts.make_optimizer
+
+    def build(m: nn.Module) -> torch.optim.Optimizer:
+        if sc.optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), ft.lr, momentum=sc.momentum)
+        return adam(m)  # type: ignore[misc]
+
+    return _with_schedule(opts, build, ft.max_epochs, sc.min_lr)
+
+
 def moe_options(model: MixtureOfExperts, cfg: MoEConfig, max_epochs: int, patience: int,
                 batch_size: int) -> FitOptions:
-    """Freeze every expert but its last encoder layer; expert_lr for those, head_lr for the rest."""
-    last = [f"experts.{i}.{e.ENCODER_LAYERS[-1]}." for i, e in enumerate(model.experts)]
+    """What trains in a mixture: each expert's last layer (expert_lr) when ``train_last``, else no
+    expert parameter; the gate logits and head at head_lr; cosine annealing when asked."""
     expert_params, other_params = [], []
+    if model.experts is not None:
+        last = [f"experts.{i}.{e.ENCODER_LAYERS[-1]}." for i, e in enumerate(model.experts)]
+        for name, p in model.named_parameters():
+            if name.startswith("experts."):
+                p.requires_grad_(cfg.train_last and any(name.startswith(prefix) for prefix in last))
     for name, p in model.named_parameters():
-        if name.startswith("experts."):
-            p.requires_grad_(any(name.startswith(prefix) for prefix in last))
+        if name.startswith(("experts.", "tails.")):
             if p.requires_grad:
                 expert_params.append(p)
-        else:
+        elif p.requires_grad:
             other_params.append(p)
 
-    def make_optimizer(_: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam([{"params": expert_params, "lr": cfg.expert_lr},
-                                 {"params": other_params, "lr": cfg.head_lr}])
+    def build(_: nn.Module) -> torch.optim.Optimizer:
+        groups = [{"params": other_params, "lr": cfg.head_lr}]
+        return torch.optim.Adam(groups + ([{"params": expert_params, "lr": cfg.expert_lr}] if expert_params else []))
 
-    penalty = (lambda z: cfg.penalty * model.gate_penalty()) if cfg.penalty > 0 else None  # noqa: E731
-    return FitOptions(max_epochs, patience, batch_size, make_optimizer=make_optimizer, penalty=penalty)
-
+    penalty = (lambda z: cfg.penalty * model.gate_penalty()) if cfg.penalty > 0 and model.theta.requires_grad else None  # noqa: E731
+    opts = FitOptions(max_epochs, patience, batch_size, penalty=penalty)
+    return _with_schedule(opts, build, max_epochs, 0.0 if cfg.schedule == "cosine" else None)

@@ -11,6 +11,7 @@ Penalties (L2-SP, BSS, a gate penalty) and per-epoch hooks (gradual unfreezing) 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Sampler
 from torch_geometric.data import Data
@@ -203,3 +205,51 @@ def fit(model: nn.Module, train_graphs: Sequence[Data], y_train: np.ndarray,
     while not trainer.done:
         trainer.run_epoch()
     return trainer.finish()
+
+
+def cosine_lr(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float) -> Callable[[int], None]:
+    """An epoch hook giving each parameter group lr = eta_min + (base - eta_min)(1 + cos(pi e / T)) / 2,
+    as CosineAnnealingLR stepped once per epoch."""
+    base = [g["lr"] for g in optimizer.param_groups]
+
+    def set_lr(epoch: int) -> None:
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / t_max)) / 2
+
+    return set_lr
+
+
+def fit_features(model: nn.Module, feats: Tensor, y: np.ndarray, train: np.ndarray, val: np.ndarray,
+                 optimizer: torch.optim.Optimizer, opts: FitOptions, seed: int, mean: float,
+                 std: float) -> TrainResult:
+    """:func:`fit` for a model over precomputed features ``feats`` (n, experts, d), read as
+    ``Data(feat=...)``: plain tensor batches (graph collation would cost more than the model), the
+    same standardised MSE, early stopping on validation MAE and restoring of the best weights."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_tr, x_val = feats[train], feats[val]
+    y_tr = torch.as_tensor((y[train] - mean) / std, dtype=torch.float32)
+    best, best_epoch, best_state, epoch = math.inf, -1, copy.deepcopy(model.state_dict()), 0
+    start = time.perf_counter()
+    while epoch < opts.max_epochs and (opts.patience is None or epoch - 1 - best_epoch < opts.patience):
+        if opts.on_epoch_start is not None:
+            opts.on_epoch_start(epoch)
+        model.train()
+        for idx in torch.randperm(len(train), generator=gen).split(opts.batch_size):
+            optimizer.zero_grad()
+            z = model.embed(Data(feat=x_tr[idx]))
+            loss = F.mse_loss(model.head(z).squeeze(1), y_tr[idx])
+            if opts.penalty is not None:
+                loss = loss + opts.penalty(z)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            pred = model(Data(feat=x_val)).squeeze(1).numpy() * std + mean
+        mae = float(np.mean(np.abs(pred - y[val])))
+        if mae < best:
+            best, best_epoch, best_state = mae, epoch, copy.deepcopy(model.state_dict())
+        epoch += 1
+    model.load_state_dict(best_state)
+    seconds = time.perf_counter() - start
+    return TrainResult(best, best_epoch, epoch, len(train), len(val), seconds, epoch * len(train) / max(seconds, 1e-9))

@@ -1,10 +1,13 @@
-"""Learning-curve cells: train one target model at one training-set size on one fold, test it.
+"""Cells: train one target model on one (train, val, test) split of its rows, test it.
 
-A cell is (target, recipe, size, fold). The recipe says how the model starts: ``scratch`` (the
-baseline), ``finetune`` from one pretrained checkpoint (single- or multi-task), or ``moe`` over
-frozen per-task experts. Cells run as Ray jobs (``infra.jobs``) in parallel, and each finished
-cell is published as its own artifact folder keyed by everything it depends on, so a run killed
-halfway resumes with only the missing cells.
+A cell is (target, recipe, size, fold): a learning-curve prefix of a fold, or (``size`` None) the
+whole training split of one split seed. The recipe says how the model starts: ``scratch`` (the
+baseline, with its own optimiser), ``finetune`` from one pretrained checkpoint (single- or
+multi-task model folder, or a published extractor with a new head), or ``moe`` over experts
+(model folders, or published extractors whose frozen layers were computed once into the graph
+store as ``feat/<name>`` and ``h_in/<name>``). Cells run as Ray jobs (``infra.jobs``) in parallel,
+and each finished cell is published as its own artifact folder keyed by everything it depends on,
+so a run killed halfway resumes with only the missing cells.
 """
 
 from __future__ import annotations
@@ -17,43 +20,53 @@ from typing import Any, Literal
 import numpy as np
 import ray
 import torch
+from torch_geometric.data import Data
 
 from tasksim_ray import __version__
-from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig
+from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig, ScratchConfig
+from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import unpack_graphs
 from tasksim_ray.infra.cache import Artifacts, stable_hash
 from tasksim_ray.infra.jobs import Job, JsonResults, run_jobs
 from tasksim_ray.models import build_model, load_checkpoint
-from tasksim_ray.models.moe import MixtureOfExperts, initial_theta
-from tasksim_ray.training.finetune import finetune_options, moe_options
-from tasksim_ray.training.loop import FitOptions, fit, predict
+from tasksim_ray.models.heads import mlp_head
+from tasksim_ray.models.moe import MixtureOfExperts, initial_theta, softplus_head
+from tasksim_ray.models.published import load_published
+from tasksim_ray.training.finetune import finetune_options, moe_options, scratch_options
+from tasksim_ray.training.loop import FitOptions, fit, fit_features, predict
 from tasksim_ray.training.pretrain import model_hparams
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How a target model starts. ``checkpoints`` are model folders (one to fine-tune from, or
-    the experts); ``theta`` an optional similarity row that initialises the MoE gate."""
+    the experts, or published extractor files when ``published``, identified by ``fingerprints``);
+    ``theta`` an optional similarity row that initialises the MoE gate."""
 
     kind: Literal["scratch", "finetune", "moe"]
     label: str
     checkpoints: tuple[str, ...] = ()
     theta: tuple[float, ...] | None = None
     finetune: FinetuneConfig | None = None  # a fine-tuning variant; None: the config's ``finetune``
+    published: bool = False
+    fingerprints: tuple[Any, ...] = ()
 
     @property
     def key(self) -> str:
         # folder names carry the checkpoints' content keys; absolute paths would tie caches to a disk
-        return stable_hash(self.kind, [Path(c).name for c in self.checkpoints], self.theta)
+        return stable_hash(self.kind, [Path(c).name for c in self.checkpoints], self.theta,
+                           *([self.fingerprints] if self.published else []))
 
 
 @dataclass(frozen=True)
 class CellData:
-    """One target's training rows at one size on one fold, with its validation and test rows."""
+    """One target's training rows at one size on one fold (``size`` None: the whole training split
+    of split seed ``fold``), with its validation and test rows. ``seed`` seeds training (None:
+    derived from the fold); ``standardize`` says which labels give the mean and std."""
 
     target: str
     fold: int
-    size: int
+    size: int | None
     train_pos: np.ndarray
     y_train: np.ndarray
     val_pos: np.ndarray
@@ -61,6 +74,15 @@ class CellData:
     test_pos: np.ndarray
     y_test: np.ndarray
     content_key: str
+    seed: int | None = None
+    standardize: Literal["train", "train_val"] = "train"
+
+    def mean_std(self) -> tuple[float, float]:
+        """Train mean and std, or (published) train+val mean and sample std."""
+        if self.standardize == "train_val":
+            seen = np.concatenate([self.y_train, self.y_val])
+            return float(np.mean(seen)), float(np.std(seen, ddof=1)) or 1.0
+        return float(np.mean(self.y_train)), float(np.std(self.y_train)) or 1.0
 
 
 @dataclass(frozen=True)
@@ -69,14 +91,17 @@ class CellSettings:
     finetune: FinetuneConfig
     moe: MoEConfig
     seed: int
+    scratch: ScratchConfig = ScratchConfig()
 
     def key_for(self, recipe: Recipe) -> Any:
-        if recipe.kind == "moe":
-            return [self.model.model_dump(), self.moe.model_dump(),
-                    self.finetune.model_dump(include={"max_epochs", "patience", "batch_size"})]
+        loop = self.finetune.model_dump(include={"max_epochs", "patience", "batch_size"})
+        if recipe.kind == "moe" or recipe.published:
+            ft = (recipe.finetune or self.finetune).strategy if recipe.kind == "finetune" else None
+            return [self.model.model_dump(), self.moe.model_dump(), loop, ft]
         if recipe.kind == "scratch":
             return [self.model.model_dump(), self.finetune.model_dump(include={"lr", "max_epochs", "patience",
-                                                                              "batch_size"})]
+                                                                              "batch_size"}),
+                    self.scratch.model_dump()]
         return (recipe.finetune or self.finetune).model_dump()
 
 
@@ -101,19 +126,51 @@ def test_mae(model: torch.nn.Module, graphs: list, cell: CellData, mean: float, 
     return float(np.mean(np.abs(pred - cell.y_test)))
 
 
+def _head(moe: MoEConfig, model_cfg: ModelConfig, dim: int) -> torch.nn.Module:
+    if moe.head_layers is not None:
+        return softplus_head(dim, moe.head_hidden, moe.head_layers)
+    return mlp_head(dim, model_cfg.ffn_hidden_dim, model_cfg.ffn_layers, model_cfg.dropout, 1)
+
+
+def _train_last(recipe: Recipe, settings: CellSettings) -> bool:
+    """Published recipes: does the experts' last layer train? (fine-tuning: strategy head/last)"""
+    if recipe.kind == "moe":
+        return settings.moe.train_last
+    strategy = (recipe.finetune or settings.finetune).strategy
+    if strategy not in ("head", "last"):
+        raise TasksimError(f"finetune.strategy '{strategy}' from published checkpoints: use 'head' or 'last'")
+    return strategy == "last"
+
+
 def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.device):
-    if recipe.kind == "finetune":
+    if recipe.kind == "finetune" and not recipe.published:
         return finetune_setup(Path(recipe.checkpoints[0]), recipe.finetune or settings.finetune, seed, device)
     torch.manual_seed(seed)
     if recipe.kind == "scratch":
         model = build_model(settings.model.backbone, model_hparams(settings.model))
-        return model, finetune_options(model, settings.finetune, pretrained=False)
-    experts = [load_checkpoint(Path(c), device)[0] for c in recipe.checkpoints]
-    theta = initial_theta(len(experts), settings.moe.init,
+        return model, scratch_options(model, settings.finetune, settings.scratch)
+    theta = initial_theta(len(recipe.checkpoints), settings.moe.init,
                           np.array(recipe.theta) if recipe.theta is not None else None, seed)
-    model = MixtureOfExperts(experts, settings.moe.k, theta, settings.model)
-    ft = settings.finetune
-    return model, moe_options(model, settings.moe, ft.max_epochs, ft.patience, ft.batch_size)
+    moe, ft = settings.moe, settings.finetune
+    if recipe.published:  # the frozen layers are in the store; the last ones load here if they train
+        tails = [load_published(c)[0].convs[-1] for c in recipe.checkpoints] if _train_last(recipe, settings) else None
+        dim = 64 if tails is None else tails[0].bn2.num_features
+        model = MixtureOfExperts(theta, moe.k, _head(moe, settings.model, dim), dim, tails=tails,
+                                 penalty_on=moe.penalty_on)
+    else:
+        experts = [load_checkpoint(Path(c), device)[0] for c in recipe.checkpoints]
+        dim = experts[0].embedding_dim
+        model = MixtureOfExperts(theta, moe.k, _head(moe, settings.model, dim), dim, experts=experts,
+                                 penalty_on=moe.penalty_on)
+    return model, moe_options(model, moe, ft.max_epochs, ft.patience, ft.batch_size)
+
+
+def _with_atom_features(store: dict[str, torch.Tensor], graphs: list[Data], names: list[str]) -> list[Data]:
+    """Graphs carrying the chosen experts' atom features entering their last layer (``h_in``)."""
+    h_in = torch.stack([store[f"h_in/{n}"] for n in names], dim=1)
+    ap = store["atom_ptr"].tolist()
+    return [Data(edge_index=g.edge_index, edge_attr=g.edge_attr, h_in=h_in[ap[i]:ap[i + 1]], num_nodes=g.num_nodes)
+            for i, g in enumerate(graphs)]
 
 
 def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, settings: CellSettings,
@@ -122,17 +179,33 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     results of the pretraining runs this cell starts from: Ray runs the cell once they are done."""
     torch.set_num_threads(num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
-    graphs = unpack_graphs(store)
-    seed = settings.seed + 1000 * cell.fold
+    seed = cell.seed if cell.seed is not None else settings.seed + 1000 * cell.fold
     model, opts = _build(recipe, settings, seed, device)
     opts = replace(opts, stage=recipe.kind, task=cell.target)
-    mean, std = float(np.mean(cell.y_train)), float(np.std(cell.y_train)) or 1.0
-    result = fit(model, [graphs[i] for i in cell.train_pos], cell.y_train, [graphs[i] for i in cell.val_pos],
-                 cell.y_val, opts, seed, mean, std, device)
+    mean, std = cell.mean_std()
+    names = [Path(c).name for c in recipe.checkpoints]
+    if recipe.published and model.tails is None:  # every expert layer frozen: train on the stored features
+        device = torch.device("cpu")
+        feats = torch.stack([store[f"feat/{n}"] for n in names], dim=1)
+        y = np.zeros(len(feats))
+        y[cell.train_pos], y[cell.val_pos] = cell.y_train, cell.y_val
+        result = fit_features(model, feats, y, cell.train_pos, cell.val_pos, opts.make_optimizer(model), opts, seed,
+                              mean, std)
+        model.eval()
+        with torch.no_grad():
+            pred = model(Data(feat=feats[cell.test_pos])).squeeze(1).numpy() * std + mean
+        mae = float(np.mean(np.abs(pred - cell.y_test)))
+    else:
+        graphs = unpack_graphs(store)
+        if recipe.published:
+            graphs = _with_atom_features(store, graphs, names)
+        result = fit(model, [graphs[i] for i in cell.train_pos], cell.y_train, [graphs[i] for i in cell.val_pos],
+                     cell.y_val, opts, seed, mean, std, device)
+        mae = test_mae(model, graphs, cell, mean, std, device)
     out = {"target": cell.target, "recipe": recipe.label, "kind": recipe.kind, "size": cell.size,
-           "fold": cell.fold, "test_mae": test_mae(model, graphs, cell, mean, std, device),
-           "val_mae": result.best_val_mae, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-           "seconds": round(result.seconds, 2)}
+           "fold": cell.fold, "test_mae": mae, "val_mae": result.best_val_mae, "best_epoch": result.best_epoch,
+           "epochs_run": result.epochs_run, "seconds": round(result.seconds, 3),
+           "n": [len(cell.train_pos), len(cell.val_pos), len(cell.test_pos)]}
     if isinstance(model, MixtureOfExperts):
         out["gates"] = model.gates().detach().cpu().tolist()
     return out

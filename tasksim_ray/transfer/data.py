@@ -18,10 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasksim_ray.data.tasks import TaskTable
+from tasksim_ray.config import SplitConfig
+from tasksim_ray.data.splits import load_splits
+from tasksim_ray.data.tasks import ID, TaskTable
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.featurize.graphstore import pack_graphs
+from tasksim_ray.featurize.graphstore import pack_graphs, unpack_graphs
 from tasksim_ray.infra.cache import stable_hash
+from tasksim_ray.models.published import extractor_features, load_published
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import featurize_rows, labelled_rows, load_table
 from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
@@ -139,3 +142,89 @@ class TransferData:
     def subset(self, tasks: list[str]) -> SubsetData:
         """Pretraining data of ``tasks``, validated on the per-task models' validation molecules."""
         return combine_pools(self.tasks_key, [self.pool(t) for t in tasks])
+
+
+def split_rows(table: TaskTable, task: str, split: SplitConfig) -> list[list[list[int]]]:
+    """Per split seed, the task's (train, val, test) table rows (``data.split``: published files, a
+    split column or file, or seeded random); every part needs at least two labelled rows."""
+    out = [[p.tolist() for p in parts] for parts in load_splits(split, table, task)]
+    for seed, parts in zip(split.seeds, out):
+        if min(len(p) for p in parts) < 2:
+            raise TasksimError(f"task '{task}' split seed {seed}: sizes {[len(p) for p in parts]}; "
+                               "every part needs at least 2 labelled rows")
+    return out
+
+
+def stage_split_data(run: Run, tasks: Stage) -> Stage:
+    """The methods study's rows (per task and split seed) and the graphs of all of them."""
+    tc = run.cfg.transfer
+
+    def build(out: Path) -> dict[str, Any]:
+        table = load_table(tasks)
+        targets = tc.tasks or table.names
+        unknown = [t for t in targets if t not in table.names]
+        if unknown:
+            raise TasksimError(f"transfer.tasks: {unknown} not among the tasks {table.names}")
+        rows = {t: split_rows(table, t, run.cfg.data.split) for t in targets}
+        wanted = np.unique(np.concatenate([np.array(p, dtype=int) for v in rows.values() for s in v for p in s]))
+        graphs, report = featurize_rows(run, table, wanted)
+        run.log("transfer-data", report.summary(f"transfer {table.kind}s"))
+        if any(g is None for g in graphs):  # dropping a row would shift every published split position
+            bad = table.frame[ID].to_numpy()[wanted[[g is None for g in graphs]][0]]
+            raise TasksimError(f"{run.cfg.data.path}: row {bad}: no graph; the methods study needs every split row")
+        torch.save(pack_graphs(graphs), out / "graphs.pt")
+        np.save(out / "rows.npy", wanted)
+        (out / "task_rows.json").write_text(json.dumps({t: {"splits": v} for t, v in rows.items()}))
+        return {"n_graphs": int(len(wanted)), "targets": targets, "sources": targets}
+
+    parts = [tasks.key, "methods", tc.tasks, run.cfg.data.split.model_dump(), run.cfg.data.graph.model_dump()]
+    return run.stage("transfer-split-data", parts, build)
+
+
+def stage_expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, extractor: Path,
+                          with_atoms: bool) -> Stage:
+    """One published extractor's frozen features of one task's graphs (computed once, cached):
+    ``pooled`` (n_graphs, d) and, when its last layer trains, ``h_in`` (n_atoms, d)."""
+
+    def build(out: Path) -> dict[str, Any]:
+        graphs = unpack_graphs(torch.load(data.path / "graphs.pt", weights_only=True))
+        atoms, pooled = extractor_features(load_published(extractor)[0], [graphs[i] for i in positions])
+        torch.save({"pooled": pooled} | ({"h_in": atoms} if with_atoms else {}), out / "features.pt")
+        return {"task": task, "extractor": extractor.name}
+
+    parts = [data.key, task, [extractor.name, extractor.stat().st_size], with_atoms]
+    return run.stage("expert-features", parts, build)
+
+
+@dataclass
+class SplitData:
+    """The methods study's cells: each task's rows per split seed, on its whole training split."""
+
+    stage: Stage
+    tasks_key: str
+    table: TaskTable
+    rows: dict[str, dict[str, Any]]
+    store_rows: np.ndarray
+    standardize: str
+
+    @classmethod
+    def load(cls, stage: Stage, tasks: Stage, standardize: str) -> SplitData:
+        return cls(stage, tasks.key, load_table(tasks), json.loads((stage.path / "task_rows.json").read_text()),
+                   np.load(stage.path / "rows.npy"), standardize)
+
+    targets = TransferData.targets
+    sources = TransferData.sources
+    store = TransferData.store
+    units = TransferData.units
+    _pos = TransferData._pos
+
+    def positions(self, task: str) -> np.ndarray:
+        """Store positions of every row the task uses, sorted."""
+        return self._pos(sorted({r for s in self.rows[task]["splits"] for p in s for r in p}))
+
+    def cell(self, target: str, index: int, seed: int) -> CellData:
+        tr, va, te = self.rows[target]["splits"][index]
+        lab = self.table.labels(target)
+        key = stable_hash(self.tasks_key, target, tr, va, te)
+        return CellData(target, seed, None, self._pos(tr), lab[tr], self._pos(va), lab[va], self._pos(te), lab[te],
+                        key, seed=seed, standardize=self.standardize)  # type: ignore[arg-type]

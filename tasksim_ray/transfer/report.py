@@ -86,6 +86,35 @@ def _relative_bars(per_target: dict[str, dict[str, Any]], targets: list[str],
     return bars
 
 
+def _methods(out: Path, r: dict[str, Any], ctx: Context, paths: dict[str, Path]) -> list[str]:
+    """Test MAE mean ± std over split seeds per task and method, wins, cost, gates."""
+    tc = ctx.run.cfg.transfer
+    methods = r["methods"]
+    md = ["## Methods (whole training split per split seed)", "",
+          f"Test MAE (task units), mean ± std over split seeds {r['seeds']} ({ctx.run.cfg.data.split.kind} splits); sources: "
+          f"{tc.sources.kind} {Path(tc.sources.path or '').name}; MoE top-{tc.moe.k}, penalty {tc.moe.penalty} on "
+          f"{tc.moe.penalty_on}, expert last layer {'trainable' if tc.moe.train_last else 'frozen'}.", "",
+          "| task | units | train/val/test | " + " | ".join(methods) + " | best |", "|---|---|---|" + "---|" * len(methods)
+          + "---|"]
+    for t, e in r["targets"].items():
+        md.append(f"| {t} | {e['units']} | {'/'.join(map(str, e['n']))} | "
+                  + " | ".join(f"{e[m]['mean']:.4g} ± {e[m]['std']:.2g}" for m in methods) + f" | {e['best']} |")
+    md += ["", "Wins: " + ", ".join(f"{m} {n}" for m, n in r["wins"].items()), "",
+           "| method | cells | mean epochs | mean s/epoch | mean s/cell |", "|---|---|---|---|---|"]
+    md += [f"| {m} | {c['cells']} | {c['epochs']:.0f} | {c['s_per_epoch']:.4f} | {c['s_per_cell']:.1f} |"
+           for m, c in r["cost"].items()]
+    gated = {t: e["gates"] for t, e in r["targets"].items() if "gates" in e}
+    if gated:
+        experts = list(next(iter(gated.values())))
+        paths["methods_gates"] = out / "methods_gates.png"
+        plots.plot_gate_heatmap(paths["methods_gates"], list(gated), experts,
+                                np.array([[g[x] for x in experts] for g in gated.values()]),
+                                "MoE gate weights (mean over split seeds)")
+        md += ["", "| task | gates (mean over seeds) |", "|---|---|"]
+        md += [f"| {t} | " + ", ".join(f"{k} {v:.2f}" for k, v in g.items() if v > 0) + " |" for t, g in gated.items()]
+    return [*md, ""]
+
+
 def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> dict[str, Path]:
     """Figures and tables for whichever studies ran; returns the written paths by name."""
     out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +124,8 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
              f"Sizes {ctx.run.cfg.transfer.sizes}, {ctx.run.cfg.transfer.folds} fold(s); AUC = trapezoid of test MAE "
              "over training-set size, normalised by the size range (task units); gain = relative AUC improvement "
              "over scratch, mean ± SE over folds.", ""]
+    if list(results) == ["methods"]:  # no learning curves: sizes and folds do not apply
+        intro = intro[:2]
     md: list[str] = []
     if "curves" in results:
         r = results["curves"]
@@ -164,6 +195,8 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
                                        units[p["target"]], {"scratch": _summary(p["scratch"]),
                                                             **{n: _summary(e) for n, e in p["variants"].items()}})
         md += ["## Fine-tuning variants", "", *_table(pairs, ["scratch", *names], "source→target"), ""]
+    if "methods" in results:
+        md += _methods(out, results["methods"], ctx, paths)
     # one JSON and one summary per run of studies, named by them, so `tasksim moe` does not erase the matrix
     name = "_".join(results)
     paths["json"] = out / f"{name}.json"

@@ -3,9 +3,11 @@ the requested studies, run their cells on Ray and write the transfer report."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
@@ -16,7 +18,13 @@ from tasksim_ray.stages.data import stage_preprocess, stage_tasks
 from tasksim_ray.stages.pipeline import run_pipeline
 from tasksim_ray.training.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
-from tasksim_ray.transfer.data import TransferData, stage_transfer_data
+from tasksim_ray.transfer.data import (
+    SplitData,
+    TransferData,
+    stage_expert_features,
+    stage_split_data,
+    stage_transfer_data,
+)
 from tasksim_ray.transfer.report import write_transfer_report
 from tasksim_ray.transfer.study import (
     SCRATCH,
@@ -25,13 +33,14 @@ from tasksim_ray.transfer.study import (
     SimilarityView,
     plan_curves,
     plan_matrix,
+    plan_methods,
     plan_moe,
     plan_strategies,
     plan_subset,
     run_studies,
 )
 
-STUDIES = ("curves", "matrix", "subset", "moe", "strategies")
+STUDIES = ("curves", "matrix", "subset", "moe", "strategies", "methods")
 
 
 def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) -> Context:
@@ -49,12 +58,74 @@ def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) 
     return Context(run, data, ray.put(data.store()), settings, res["model_dirs"], similarity)
 
 
+def _published_files(cfg: PipelineConfig) -> tuple[list[Path], Path | None]:
+    """(the MoE's extractor files, the one fine-tuning starts from), checked before any work."""
+    src = cfg.transfer.sources
+    folder = Path(src.path or "")
+    names = src.names or sorted(p.name for p in folder.glob("*.pth.tar"))
+    tl = folder / src.finetune_from if src.finetune_from else None
+    if "finetune" in cfg.transfer.methods and tl is None:
+        raise TasksimError("transfer.sources.finetune_from: name the checkpoint the finetune method starts from")
+    missing = [str(p) for p in [folder / n for n in names] + ([tl] if tl else []) if not p.is_file()]
+    if missing or not names:
+        raise TasksimError(f"transfer.sources: checkpoint file(s) not found: {missing or [str(folder / '*.pth.tar')]}")
+    return [folder / n for n in names], tl
+
+
+def methods_context(cfg: PipelineConfig, console: Console) -> tuple[Context, dict[str, Recipe]]:
+    """The methods study without a pipeline: split rows, graphs, each published extractor's frozen
+    features per task (cached stages), all in one store; a recipe per method."""
+    if cfg.transfer.sources.kind != "published":
+        raise TasksimError("the methods study needs transfer.sources.kind 'published' (per-task models: use moe)")
+    experts, tl = _published_files(cfg)
+    run = Run(cfg, console)
+    tasks = stage_tasks(run)
+    stage = stage_split_data(run, tasks)
+    data = SplitData.load(stage, tasks, cfg.transfer.standardize)
+    store = data.store()
+    wanted = (experts if "moe" in cfg.transfer.methods else []) + ([tl] if tl and "finetune" in cfg.transfer.methods
+                                                                    else [])
+    strategy = cfg.transfer.finetune.strategy
+    n_atoms = int(store["atom_ptr"][-1])
+    ap = store["atom_ptr"]
+    for path in dict.fromkeys(wanted):
+        with_atoms = (path in experts and cfg.transfer.moe.train_last) or (path == tl and strategy == "last")
+        feat, h_in = None, torch.zeros(n_atoms, 0)
+        for t in data.targets:
+            pos = data.positions(t)
+            f = torch.load(stage_expert_features(run, stage, t, pos, path.resolve(), with_atoms).path / "features.pt",
+                           weights_only=True)
+            feat = feat if feat is not None else torch.zeros(len(data.store_rows), f["pooled"].shape[1])
+            feat[pos] = f["pooled"]
+            if with_atoms:
+                h_in = h_in if h_in.shape[1] else torch.zeros(n_atoms, f["h_in"].shape[1])
+                h_in[torch.cat([torch.arange(int(ap[p]), int(ap[p + 1])) for p in pos])] = f["h_in"]
+        store[f"feat/{path.name}"] = feat
+        if with_atoms:
+            store[f"h_in/{path.name}"] = h_in
+    prints = lambda paths: tuple((p.name, p.stat().st_size) for p in paths)  # noqa: E731
+    recipes = {"scratch": SCRATCH,
+               "finetune": Recipe("finetune", "finetune", (str(tl.resolve()),) if tl else (), published=True,
+                                  fingerprints=prints([tl]) if tl else ()),
+               "moe": Recipe("moe", "moe", tuple(str(p.resolve()) for p in experts), published=True,
+                             fingerprints=prints(experts))}
+    tc = cfg.transfer
+    settings = CellSettings(cfg.model, tc.finetune, tc.moe, cfg.seed, tc.scratch)
+    ctx = Context(run, data, ray.put(store), settings, {})
+    return ctx, {m: recipes[m] for m in tc.methods}
+
+
 def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | None = None,
                  target: str | None = None, sources: list[str] | None = None) -> dict[str, Any]:
     """Run ``studies`` (any of STUDIES) and write ``<workdir>/report/transfer/``."""
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         raise TasksimError(f"unknown study {unknown}; studies: {list(STUDIES)}")
+    if "methods" in studies:
+        if studies != ["methods"]:
+            raise TasksimError(f"the methods study runs alone (it uses its own splits), not with {studies}")
+        ctx, recipes = methods_context(cfg, console or Console())
+        return _finish(cfg, ctx, [plan_methods(ctx, recipes)])
     need_sim = bool({"matrix", "subset"} & set(studies)) or ("moe" in studies and cfg.transfer.moe.init == "similarity")
     ctx = build_context(cfg, console or Console(), need_sim)
     plans: list[Plan] = []
@@ -72,6 +143,10 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
             plans.append(plan_strategies(ctx, pairs))
         else:
             plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe}[study](ctx))
+    return _finish(cfg, ctx, plans)
+
+
+def _finish(cfg: PipelineConfig, ctx: Context, plans: list[Plan]) -> dict[str, Any]:
     results = run_studies(ctx, plans)
     paths = write_transfer_report(cfg.workdir_path / "report" / "transfer", results, ctx)
     publish_dir(cfg.workdir_path / "report" / "transfer")

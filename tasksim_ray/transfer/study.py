@@ -10,7 +10,9 @@ then each study summarises its cells:
 - ``subset``: per target, pretrain on the selected diverse subset vs on all other tasks under the
   same budget, then fine-tune;
 - ``moe``: per target, a mixture of the other tasks' frozen experts;
-- ``strategies``: fine-tuning variants (strategy, unfreezing, regulariser) on chosen pairs.
+- ``strategies``: fine-tuning variants (strategy, unfreezing, regulariser) on chosen pairs;
+- ``methods``: per task and split seed, on the whole training split, each of ``transfer.methods``
+  (scratch, fine-tuning from one source, a mixture of all sources): the MoE study (Chang et al.).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from tasksim_ray.stages import Run
 from tasksim_ray.training.multitask import submit_subsets, subset_model
 from tasksim_ray.transfer.analysis import auc, fold_gains, gain_matrix, mean_se, similarity_vs_gain, summarise_curve
 from tasksim_ray.transfer.cells import CellData, CellSettings, Recipe, cell_key, run_cells
-from tasksim_ray.transfer.data import TransferData
+from tasksim_ray.transfer.data import SplitData, TransferData
 
 SCRATCH = Recipe("scratch", "scratch")
 Job = tuple[CellData, Recipe]
@@ -59,7 +61,7 @@ class Context:
     """What every study needs: the run, its data, the per-task models and the similarity results."""
 
     run: Run
-    data: TransferData
+    data: TransferData | SplitData
     store_ref: ray.ObjectRef
     settings: CellSettings
     model_dirs: dict[str, str]
@@ -83,7 +85,7 @@ class Context:
 class Plan:
     name: str
     jobs: list[Job]
-    finish: Callable[[Curves], dict[str, Any]]
+    finish: Callable[[Any], dict[str, Any]]  # curves, or (methods) the cells
 
 
 def curve_jobs(ctx: Context, target: str, recipes: list[Recipe]) -> list[Job]:
@@ -217,6 +219,39 @@ def plan_moe(ctx: Context) -> Plan:
     return Plan("moe", jobs, finish)
 
 
+def plan_methods(ctx: Context, recipes: dict[str, Recipe]) -> Plan:
+    """Each method's recipe per task and split seed; summarised as test MAE mean +- std over seeds
+    (numpy's std, as published), wins, mean gates and cost per method."""
+    data, seeds = ctx.data, ctx.run.cfg.data.split.seeds
+    assert isinstance(data, SplitData)
+    jobs = [(data.cell(t, i, s), r) for t in data.targets for i, s in enumerate(seeds) for r in recipes.values()]
+
+    def finish(cells: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"methods": list(recipes), "seeds": seeds, "targets": {}, "cost": {}}
+        experts = list(recipes["moe"].checkpoints) if "moe" in recipes else []
+        for t in data.targets:
+            mine = [c for c in cells if c["target"] == t]
+            entry: dict[str, Any] = {"units": data.units(t), "n": mine[0]["n"]}
+            for m in recipes:
+                maes = np.array([c["test_mae"] for c in mine if c["recipe"] == m])
+                entry[m] = {"mean": float(maes.mean()), "std": float(maes.std()), "seeds": len(maes)}
+            entry["best"] = min(recipes, key=lambda m: entry[m]["mean"])
+            if experts:
+                gates = np.mean([c["gates"] for c in mine if c["recipe"] == "moe"], axis=0)
+                entry["gates"] = dict(zip([Path(e).name for e in experts], gates.round(4).tolist()))
+            out["targets"][t] = entry
+        for m in recipes:
+            mine = [c for c in cells if c["recipe"] == m]
+            out["cost"][m] = {"cells": len(mine), "epochs": float(np.mean([c["epochs_run"] for c in mine])),
+                              "s_per_epoch": float(np.mean([c["seconds"] / max(c["epochs_run"], 1) for c in mine])),
+                              "s_per_cell": float(np.mean([c["seconds"] for c in mine]))}
+        out["wins"] = {m: sum(e["best"] == m for e in out["targets"].values()) for m in recipes}
+        out["cells"] = cells
+        return out
+
+    return Plan("methods", jobs, finish)
+
+
 def run_studies(ctx: Context, plans: list[Plan]) -> dict[str, Any]:
     """Run all plans' cells in one go (shared cells once) and summarise each plan."""
     tc = ctx.run.cfg.transfer
@@ -227,6 +262,6 @@ def run_studies(ctx: Context, plans: list[Plan]) -> dict[str, Any]:
                             after=ctx.pending, on_done=advance)
         timing["cells"] = n_cells
     unique = list({(r["target"], r["recipe"], r["size"], r["fold"]): r for r in results}.values())
-    curves = _curves(unique, tc.sizes, tc.folds)
-    return {p.name: p.finish(curves) for p in plans}
+    curves = _curves([r for r in unique if r["size"] is not None], tc.sizes, tc.folds)
+    return {p.name: p.finish(unique if p.name == "methods" else curves) for p in plans}
 
