@@ -31,7 +31,7 @@ from tasksim_ray.models.cgcnn import CGCNN
 from tasksim_ray.models.moe import initial_theta
 from tasksim_ray.models.published import load_published
 from tasksim_ray.training.loop import FitOptions, fit, predict
-from tasksim_ray.transfer.crystal_moe_models import GatedExperts, cosine_lr, extractor_features, fit_features
+from tasksim_ray.transfer.crystal_moe_models import GatedExperts, extractor_features
 
 Payload = dict[str, Any]
 
@@ -125,6 +125,10 @@ def with_atom_features(payload: Payload, cols: list[int]) -> list[Data]:
             for i, g in enumerate(unpack_graphs(store))]
 
 
+def _take(inputs: torch.Tensor | list[Data], rows: np.ndarray) -> torch.Tensor | list[Data]:
+    return inputs[rows] if isinstance(inputs, torch.Tensor) else [inputs[i] for i in rows]
+
+
 def _stl(payload: Payload, split: tuple, cfg: CrystalMoEConfig, seed: int, mean: float, std: float):
     """A CGCNN from scratch with the extractors' architecture and the published optimiser."""
     tr, va, te = split
@@ -133,7 +137,7 @@ def _stl(payload: Payload, split: tuple, cfg: CrystalMoEConfig, seed: int, mean:
     opt = (torch.optim.SGD(model.parameters(), cfg.stl_lr, momentum=cfg.stl_momentum) if cfg.stl_optimizer == "sgd"
            else torch.optim.Adam(model.parameters(), cfg.stl_lr))
     opts = FitOptions(cfg.stl_epochs, cfg.patience, cfg.batch_size, make_optimizer=lambda _: opt,
-                      on_epoch_start=cosine_lr(opt, cfg.stl_epochs, cfg.stl_min_lr), stage="crystal-stl")
+                      schedule="cosine", eta_min=cfg.stl_min_lr, stage="crystal-stl")
     graphs = unpack_graphs(payload["graphs"])
     y = payload["y"]
     result = fit(model, [graphs[i] for i in tr], y[tr], [graphs[i] for i in va], y[va], opts, seed, mean, std)
@@ -154,22 +158,14 @@ def _transfer(payload: Payload, split: tuple, names: list[str], cfg: CrystalMoEC
     if tails is not None:
         groups.append({"params": list(model.tails.parameters()), "lr": cfg.expert_lr})
     opt = torch.optim.Adam(groups)
-    penalty = (lambda: cfg.penalty * model.penalty(cfg.penalty_on)) if len(names) > 1 and cfg.penalty else None
+    penalty = (lambda z: cfg.penalty * model.penalty(cfg.penalty_on)) if len(names) > 1 and cfg.penalty else None
+    opts = FitOptions(cfg.max_epochs, cfg.patience, cfg.batch_size, make_optimizer=lambda _: opt, penalty=penalty,
+                      schedule="cosine", stage="crystal-moe")
+    # frozen last convolutions: the pooled features are the inputs; else graphs with the atom features
+    inputs = payload["pooled"][:, cols] if tails is None else with_atom_features(payload, cols)
     y = payload["y"]
-    if tails is None:
-        feats = payload["pooled"][:, cols]
-        result = fit_features(model, feats, y, tr, va, opt, cfg.max_epochs, cfg.patience, cfg.batch_size, seed,
-                              mean, std, penalty)
-        model.eval()
-        with torch.no_grad():
-            pred = model(Data(feat=feats[te])).squeeze(1).numpy()
-        return model, result, pred
-    graphs = with_atom_features(payload, cols)
-    opts = FitOptions(cfg.max_epochs, cfg.patience, cfg.batch_size, make_optimizer=lambda _: opt,
-                      penalty=(lambda z: penalty()) if penalty else None,
-                      on_epoch_start=cosine_lr(opt, cfg.max_epochs, 0.0), stage="crystal-moe")
-    result = fit(model, [graphs[i] for i in tr], y[tr], [graphs[i] for i in va], y[va], opts, seed, mean, std)
-    return model, result, predict(model, [graphs[i] for i in te], 256, torch.device("cpu"))
+    result = fit(model, _take(inputs, tr), y[tr], _take(inputs, va), y[va], opts, seed, mean, std)
+    return model, result, predict(model, _take(inputs, te), 256, torch.device("cpu"))
 
 
 def train_cell(payload: Payload, seed: int, method: str, cfg: CrystalMoEConfig,

@@ -1,22 +1,17 @@
-"""Models of the crystal MoE study: extractor features, gated experts, and their training loops.
+"""Models of the crystal MoE study: extractor features and gated experts.
 
 A transferred extractor is frozen except (at most) its last convolution, so everything below that
 convolution is computed once per task (:func:`extractor_features`): the atom features entering the
 last convolution, and the pooled feature after it. :class:`GatedExperts` then trains either the
 experts' last convolutions on those atom features (the published setting) or nothing of the
-experts at all, on the pooled features (``freeze_last_conv``). Transfer learning (TL) is the one-
+experts at all, on the pooled features (``freeze_last_conv``); both train in
+``tasksim_ray.training.loop.fit`` (pooled features as plain tensor batches). Transfer learning (TL) is the one-
 expert case with the gate fixed at 1. The frozen layers run in eval mode (their batch-norm uses the
 source task's statistics); the published code left them in train mode.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from collections.abc import Callable
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,7 +21,6 @@ from torch_geometric.utils import scatter
 
 from tasksim_ray.models.cgcnn import CGCNN, ConvLayer
 from tasksim_ray.models.moe import top_k_gates
-from tasksim_ray.training.loop import TrainResult
 
 
 @torch.no_grad()
@@ -87,50 +81,3 @@ class GatedExperts(nn.Module):
         """(G^T G - 1)^2 on the sparse gate vector (published code) or (theta^T theta - 1)^2."""
         v = self.gates() if on == "gates" else self.theta
         return (v @ v - 1.0) ** 2
-
-
-def cosine_lr(optimizer: torch.optim.Optimizer, t_max: int, eta_min: float) -> Callable[[int], None]:
-    """An epoch hook giving each parameter group lr = eta_min + (base - eta_min)(1 + cos(pi e / T)) / 2,
-    as CosineAnnealingLR stepped once per epoch."""
-    base = [g["lr"] for g in optimizer.param_groups]
-
-    def set_lr(epoch: int) -> None:
-        for group, lr in zip(optimizer.param_groups, base):
-            group["lr"] = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / t_max)) / 2
-
-    return set_lr
-
-
-def fit_features(model: GatedExperts, feats: Tensor, y: np.ndarray, train: np.ndarray, val: np.ndarray,
-                 optimizer: torch.optim.Optimizer, max_epochs: int, patience: int, batch_size: int, seed: int,
-                 mean: float, std: float, penalty: Callable[[], Tensor] | None = None) -> TrainResult:
-    """``tasksim_ray.training.loop.fit`` for precomputed features ``feats`` (n, experts, d): plain tensor
-    batches (no graph collation, which would cost more than the model), the same standardised MSE,
-    early stopping on validation MAE and restoring of the best weights, cosine-annealed lr."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    x_tr, x_val = feats[train], feats[val]
-    y_tr = torch.as_tensor((y[train] - mean) / std, dtype=torch.float32)
-    schedule = cosine_lr(optimizer, max_epochs, 0.0)
-    best, best_epoch, best_state, epoch = math.inf, -1, copy.deepcopy(model.state_dict()), 0
-    start = time.perf_counter()
-    while epoch < max_epochs and epoch - 1 - best_epoch < patience:
-        schedule(epoch)
-        model.train()
-        for idx in torch.randperm(len(train), generator=gen).split(batch_size):
-            optimizer.zero_grad()
-            loss = F.mse_loss(model.head(model.embed(Data(feat=x_tr[idx]))).squeeze(1), y_tr[idx])
-            if penalty is not None:
-                loss = loss + penalty()
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            pred = model(Data(feat=x_val)).squeeze(1).numpy() * std + mean
-        mae = float(np.mean(np.abs(pred - y[val])))
-        if mae < best:
-            best, best_epoch, best_state = mae, epoch, copy.deepcopy(model.state_dict())
-        epoch += 1
-    model.load_state_dict(best_state)
-    seconds = time.perf_counter() - start
-    return TrainResult(best, best_epoch, epoch, len(train), len(val), seconds, epoch * len(train) / max(seconds, 1e-9))
