@@ -29,6 +29,7 @@ from tasksim_ray.featurize.molecule import FeaturizeReport
 from tasksim_ray.infra.metrics import probes_embedded
 from tasksim_ray.infra.runtime import cluster_cpus, cluster_gpus
 from tasksim_ray.models import load_checkpoint
+from tasksim_ray.training.device import choose_device
 
 ID, GRAPH = "id", "graph"
 
@@ -54,7 +55,7 @@ class TaskEmbedder:
                  task: str = "") -> None:
         torch.set_num_threads(num_threads)
         self.task = task
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = choose_device()
         self.model, _ = load_checkpoint(Path(model_dir), self.device)
         self.column, self.layer = column, layer
 

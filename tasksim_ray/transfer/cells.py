@@ -25,6 +25,7 @@ from tasksim_ray.featurize.graphstore import unpack_graphs
 from tasksim_ray.infra.cache import file_complete, publish_json, stable_hash
 from tasksim_ray.models import build_model, load_checkpoint
 from tasksim_ray.models.moe import MixtureOfExperts, initial_theta
+from tasksim_ray.training.device import choose_device
 from tasksim_ray.training.finetune import finetune_options, moe_options
 from tasksim_ray.training.loop import FitOptions, fit, predict
 from tasksim_ray.training.pretrain import model_hparams
@@ -121,7 +122,7 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     """Train and test one cell (a Ray task body): test MAE in the target's units. ``_after`` are the
     results of the pretraining runs this cell starts from: Ray runs the cell once they are done."""
     torch.set_num_threads(num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+    device = choose_device()
     graphs = unpack_graphs(store)
     seed = settings.seed + 1000 * cell.fold
     model, opts = _build(recipe, settings, seed, device)
