@@ -24,6 +24,7 @@ from ray import tune
 from tasksim_ray.featurize.graphstore import unpack_graphs
 from tasksim_ray.infra.cache import is_complete
 from tasksim_ray.search.space import SpaceSpec, decode
+from tasksim_ray.training.device import choose_device
 from tasksim_ray.training.loop import Trainer
 from tasksim_ray.training.multitask import pretrain_subset, subset_dir
 from tasksim_ray.training.subsets import TaskPool, combine_pools
@@ -64,7 +65,7 @@ def run_trial(config: dict[str, Any], job: SearchJob) -> None:
     recipe = decode(config, job.spec)
     threads = max(1, int(job.spec.cfg.search.cpus_per_trial))
     torch.set_num_threads(threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and job.spec.cfg.search.gpus_per_trial > 0 else "cpu")
+    device = choose_device()
     directory = pretrained_dir(job, recipe.subset, recipe, threads)
     graphs = unpack_graphs(job.store)
     seed = job.spec.cfg.seed

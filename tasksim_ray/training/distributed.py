@@ -2,18 +2,17 @@
 
 For pretraining runs too large for one worker (``transfer.budget.workers`` > 1). Every worker
 draws the same epoch of N budget samples (same seed), keeps every world-size-th one, and trains
-one DDP replica; gradients are averaged, so an epoch still sees exactly N samples. Worker 0
-validates after each epoch, keeps the best weights and writes the checkpoint folder in the same
-format, and under the same key, as single-worker pretraining.
+one DDP replica through the same ``training.loop.fit`` as one-worker pretraining; gradients are
+averaged, so an epoch still sees exactly N samples. Each epoch's record is reported to Ray Train
+by the loop's epoch hook; worker 0 writes the checkpoint folder with the same writer, in the same
+format and under the same key, as single-worker pretraining.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 from ray import train
@@ -21,65 +20,38 @@ from ray.train.torch import TorchTrainer, prepare_model
 
 from tasksim_ray.config import BudgetConfig, ModelConfig
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import atomic_dir, write_manifest
-from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
-from tasksim_ray.training.loop import masked_mae, predict, with_targets
-from tasksim_ray.training.objectives import masked_mse
+from tasksim_ray.models import build_model
+from tasksim_ray.training.checkpoint import write_model_dir
+from tasksim_ray.training.loop import FitOptions, fit
 from tasksim_ray.training.pretrain import model_hparams
-from tasksim_ray.training.sampler import BudgetSampler
-from tasksim_ray.training.subsets import SubsetData, flatten_pools
+from tasksim_ray.training.sampler import BudgetSampler, ShardSampler
+from tasksim_ray.training.subsets import SubsetData, flatten_pools, subset_metrics, subset_model_info
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
-    from torch_geometric.loader import DataLoader
-
+    """One Ray Train worker: ``fit`` on a DDP replica with this rank's shard of every epoch; rank 0
+    writes the checkpoint. Every rank validates (the same weights), so all agree on the best epoch."""
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(1)
     data: SubsetData = config["data"]
     budget: BudgetConfig = config["budget"]
-    n_per_epoch, epochs = config["split"]
-    seed = config["seed"]
+    split, seed = config["split"], config["seed"]
     graphs = unpack_graphs(ray.get(config["store"]))
     flat, y, pools, mean, std = flatten_pools(graphs, data)
-    train_data = with_targets(flat, (y - mean) / std)
-    sampler = BudgetSampler(pools, n_per_epoch, budget.sampling, budget.temperature, seed)
+    sampler = BudgetSampler(pools, split[0], budget.sampling, budget.temperature, seed)
     torch.manual_seed(seed)
     model = build_model(config["model"].backbone, model_hparams(config["model"]) | {"n_tasks": len(data.tasks)})
     ddp = prepare_model(model)
-    device = next(model.parameters()).device
-    opt = torch.optim.Adam(ddp.parameters(), lr=budget.lr)
-    per_worker_batch = max(1, budget.batch_size // world)  # the same global batch as one worker
-    val = [graphs[i] for i in data.val_pos]
-    best, best_state, history = float("inf"), copy.deepcopy(model.state_dict()), []
-    for epoch in range(epochs):
-        shard = list(iter(sampler))[rank::world]
-        ddp.train()
-        with ddp.join():  # shards may differ by one sample, so batch counts may too
-            for batch in DataLoader([train_data[i] for i in shard], batch_size=per_worker_batch):
-                batch = batch.to(device)
-                opt.zero_grad()
-                loss = masked_mse(ddp(batch), batch.y)
-                loss.backward()
-                opt.step()
-        if rank == 0:
-            mae = masked_mae(np.atleast_2d(predict(model, val, 256, device).T).T * std + mean, data.val_y)
-            score = float(np.nanmean(mae / std))
-            history.append({"epoch": epoch, "val_score": score})
-            if score < best:
-                best, best_state = score, copy.deepcopy(model.state_dict())
+    opts = FitOptions(split[1], None, max(1, budget.batch_size // world), budget.lr,  # the one-worker global batch
+                      sampler=ShardSampler(sampler, rank, world), on_epoch_end=train.report,
+                      stage="subset-pretrain", task="+".join(data.tasks))
+    result = fit(ddp, flat, y, [graphs[i] for i in data.val_pos], data.val_y, opts, seed, mean, std,
+                 next(model.parameters()).device)
     if rank == 0:
-        model.load_state_dict(best_state)
-        metrics = {"best_val_mae": best, "epochs": epochs, "samples_per_epoch": n_per_epoch, "workers": world,
-                   "tasks": list(data.tasks), "samples_seen": n_per_epoch * epochs, "labels_available": data.n_labels,
-                   "labels_used": sampler.unique_seen(), "task_counts": sampler.counts.tolist()}
-        info = TaskModelInfo(config["model"].backbone, model_hparams(config["model"]) | {"n_tasks": len(data.tasks)},
-                             "+".join(data.tasks), "", mean.tolist(), std.tolist(), metrics)
-        out = Path(config["out_dir"])
-        with atomic_dir(out) as tmp:
-            save_checkpoint(tmp, model.cpu(), info)
-            write_manifest(tmp, "subset-model", out.name, metrics=metrics, history=history)
-    train.report({"done": 1})
+        info = subset_model_info(config["model"], data, mean, std,
+                                 subset_metrics(result, data, split, sampler) | {"workers": world})
+        write_model_dir(Path(config["out_dir"]), model, info, "subset-model", result.history)
 
 
 def pretrain_subset_ray_train(store_ref: ray.ObjectRef, data: SubsetData, model_cfg: ModelConfig,

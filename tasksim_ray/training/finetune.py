@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tasksim_ray.config import FinetuneConfig, MoEConfig, ScratchConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.models.moe import MixtureOfExperts
-from tasksim_ray.training.loop import FitOptions, cosine_lr
+from tasksim_ray.training.loop import FitOptions
 from tasksim_ray.training.objectives import bss_penalty, l2sp_penalty, reference_weights
 
 
@@ -97,24 +97,11 @@ def finetune_options(model: nn.Module, cfg: FinetuneConfig, pretrained: bool) ->
                       penalty=penalty, on_epoch_start=on_epoch)
 
 
-def _with_schedule(opts: FitOptions, build: Callable[[nn.Module], torch.optim.Optimizer], max_epochs: int,
+def _with_schedule(opts: FitOptions, build: Callable[[nn.Module], torch.optim.Optimizer],
                    min_lr: float | None) -> FitOptions:
     """``opts`` with optimiser ``build`` and, when ``min_lr`` is set, its learning rates annealed by
-    cosine to ``min_lr`` over ``max_epochs`` (the hook reads the optimiser ``fit`` builds)."""
-    hooks: list[Callable[[int], None]] = []
-    before = opts.on_epoch_start
-
-    def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
-        opt = build(m)
-        if min_lr is not None:
-            hooks[:] = [cosine_lr(opt, max_epochs, min_lr)]
-        return opt
-
-    def on_epoch(epoch: int) -> None:
-        for hook in ([before] if before else []) + hooks:
-            hook(epoch)
-
-    return replace(opts, make_optimizer=make_optimizer, on_epoch_start=on_epoch)
+    cosine to ``min_lr`` over the run's epochs (stepped per epoch, as CosineAnnealingLR)."""
+    return replace(opts, make_optimizer=build, schedule="none" if min_lr is None else "cosine", eta_min=min_lr or 0.0)
 
 
 def scratch_options(model: nn.Module, ft: FinetuneConfig, sc: ScratchConfig) -> FitOptions:
@@ -132,7 +119,7 @@ def scratch_options(model: nn.Module, ft: FinetuneConfig, sc: ScratchConfig) -> 
             return torch.optim.SGD(model.parameters(), ft.lr, momentum=sc.momentum)
         return adam(m)  # type: ignore[misc]
 
-    return _with_schedule(opts, build, ft.max_epochs, sc.min_lr)
+    return _with_schedule(opts, build, sc.min_lr)
 
 
 def moe_options(model: MixtureOfExperts, cfg: MoEConfig, max_epochs: int, patience: int,
@@ -158,4 +145,4 @@ def moe_options(model: MixtureOfExperts, cfg: MoEConfig, max_epochs: int, patien
 
     penalty = (lambda z: cfg.penalty * model.gate_penalty()) if cfg.penalty > 0 and model.theta.requires_grad else None  # noqa: E731
     opts = FitOptions(max_epochs, patience, batch_size, penalty=penalty)
-    return _with_schedule(opts, build, max_epochs, 0.0 if cfg.schedule == "cosine" else None)
+    return _with_schedule(opts, build, 0.0 if cfg.schedule == "cosine" else None)

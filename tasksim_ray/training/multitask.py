@@ -10,7 +10,7 @@ for the same pretraining reuses it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,15 @@ import torch
 from tasksim_ray import __version__
 from tasksim_ray.config import BudgetConfig, ModelConfig
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import Artifacts, atomic_dir, read_manifest, stable_hash, write_manifest
+from tasksim_ray.infra.cache import Artifacts, read_manifest, stable_hash
 from tasksim_ray.infra.jobs import Job, ManifestResults, start_jobs
-from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
+from tasksim_ray.models import build_model
+from tasksim_ray.training.checkpoint import write_model_dir
+from tasksim_ray.training.device import choose_device
 from tasksim_ray.training.loop import FitOptions, fit
 from tasksim_ray.training.pretrain import model_hparams
 from tasksim_ray.training.sampler import BudgetSampler
-from tasksim_ray.training.subsets import SubsetData, flatten_pools
+from tasksim_ray.training.subsets import SubsetData, flatten_pools, subset_metrics, subset_model_info
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg:
                                   str(Path(out_dir).parent.resolve() / "_ray_train"))
         return read_manifest(Path(out_dir))["metrics"]
     torch.set_num_threads(num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+    device = choose_device()
     graphs = unpack_graphs(store)
     n_tasks = len(data.tasks)
     flat_graphs, y_train, pools, mean, std = flatten_pools(graphs, data)
@@ -61,15 +63,9 @@ def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg:
                       task="+".join(data.tasks))
     result = fit(model, flat_graphs, y_train, [graphs[i] for i in data.val_pos], data.val_y, opts, seed,
                  mean, std, device)
-    metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "n_train")}
-    metrics |= {"tasks": list(data.tasks), "samples_per_epoch": n_per_epoch, "epochs": epochs,
-                "samples_seen": n_per_epoch * epochs, "labels_available": data.n_labels,
-                "labels_used": sampler.unique_seen(), "task_counts": sampler.counts.tolist()}
-    info = TaskModelInfo(model_cfg.backbone, hp, "+".join(data.tasks), "", mean.tolist(), std.tolist(), metrics)
-    with atomic_dir(Path(out_dir)) as tmp:
-        save_checkpoint(tmp, model.cpu(), info)
-        write_manifest(tmp, "subset-model", Path(out_dir).name, metrics=metrics, history=result.history)
-    return metrics
+    info = subset_model_info(model_cfg, data, mean, std, subset_metrics(result, data, split, sampler))
+    write_model_dir(Path(out_dir), model, info, "subset-model", result.history)
+    return info.metrics
 
 
 def subset_key(data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig, split: tuple[int, int],

@@ -18,9 +18,11 @@ import torch
 from tasksim_ray import __version__
 from tasksim_ray.config import ModelConfig, TrainConfig
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import Artifacts, atomic_dir, stable_hash, write_manifest
+from tasksim_ray.infra.cache import Artifacts, stable_hash
 from tasksim_ray.infra.jobs import Job, ManifestResults, run_jobs
-from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
+from tasksim_ray.models import TaskModelInfo, build_model
+from tasksim_ray.training.checkpoint import write_model_dir
+from tasksim_ray.training.device import choose_device
 from tasksim_ray.training.loop import FitOptions, fit
 
 
@@ -52,7 +54,7 @@ def train_one(store: dict[str, torch.Tensor], data: TaskData, model_cfg: ModelCo
               train_cfg: TrainConfig, seed: int, out_dir: str) -> dict[str, Any]:
     """Train one task's model and write its checkpoint folder atomically (runs in a Ray worker)."""
     torch.set_num_threads(max(1, int(train_cfg.num_cpus)))
-    device = torch.device("cuda" if train_cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+    device = choose_device()
     graphs = unpack_graphs(store)
     train_graphs = [graphs[i] for i in data.train_pos]
     val_graphs = [graphs[i] for i in data.val_pos]
@@ -64,10 +66,7 @@ def train_one(store: dict[str, torch.Tensor], data: TaskData, model_cfg: ModelCo
     result = fit(model, train_graphs, data.y_train, val_graphs, data.y_val, opts, seed, mean, std, device)
     metrics = {k: v for k, v in asdict(result).items() if k != "history"}
     info = TaskModelInfo(model_cfg.backbone, hp, data.task, data.units, mean, std, metrics)
-    with atomic_dir(Path(out_dir)) as tmp:
-        save_checkpoint(tmp, model.cpu(), info)
-        write_manifest(tmp, "model", Path(out_dir).name, task=data.task, metrics=metrics,
-                       history=result.history)
+    write_model_dir(Path(out_dir), model, info, "model", result.history, task=data.task)
     return metrics
 
 

@@ -68,3 +68,17 @@ class BudgetSampler(Sampler[int]):
     def unique_seen(self) -> int:
         """Distinct indices yielded so far over all epochs: the number of pretraining labels actually used."""
         return int(self._seen.sum())
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``rank``'s share of each epoch of ``base``: every ``world``-th index. Every rank draws
+    the whole epoch (same seed), so the ranks together see exactly the epoch one worker would."""
+
+    def __init__(self, base: Sampler[int], rank: int, world: int) -> None:
+        self.base, self.rank, self.world = base, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.base), self.world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.base)[self.rank::self.world])

@@ -3,11 +3,17 @@ positions) and the union of their validation molecules, flattened to one sample 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
+from tasksim_ray.config import ModelConfig
 from tasksim_ray.infra.cache import stable_hash
+from tasksim_ray.models import TaskModelInfo
+from tasksim_ray.training.loop import TrainResult
+from tasksim_ray.training.pretrain import model_hparams
+from tasksim_ray.training.sampler import BudgetSampler
 
 
 @dataclass(frozen=True)
@@ -71,3 +77,21 @@ def flatten_pools(graphs: list, data: SubsetData) -> tuple[list, np.ndarray, lis
     mean = np.array([float(np.mean(y)) for y in data.pool_y])
     std = np.array([float(np.std(y)) or 1.0 for y in data.pool_y])
     return flat_graphs, np.concatenate(rows), pools, mean, std
+
+
+def subset_metrics(result: TrainResult, data: SubsetData, split: tuple[int, int],
+                   sampler: BudgetSampler) -> dict[str, Any]:
+    """What a subset pretraining reports, in-process or on Ray Train workers: the training result
+    and how much of the budget and of the labels it used."""
+    n_per_epoch, epochs = split
+    metrics = {k: v for k, v in asdict(result).items() if k not in ("history", "n_train")}
+    return metrics | {"tasks": list(data.tasks), "samples_per_epoch": n_per_epoch, "epochs": epochs,
+                      "samples_seen": n_per_epoch * epochs, "labels_available": data.n_labels,
+                      "labels_used": sampler.unique_seen(), "task_counts": sampler.counts.tolist()}
+
+
+def subset_model_info(model_cfg: ModelConfig, data: SubsetData, mean: np.ndarray, std: np.ndarray,
+                      metrics: dict[str, Any]) -> TaskModelInfo:
+    """The checkpoint's description of a multi-task model: one output and target scaling per task."""
+    return TaskModelInfo(model_cfg.backbone, model_hparams(model_cfg) | {"n_tasks": len(data.tasks)},
+                         "+".join(data.tasks), "", mean.tolist(), std.tolist(), metrics)

@@ -32,8 +32,9 @@ from tasksim_ray.models import build_model, load_checkpoint
 from tasksim_ray.models.heads import mlp_head
 from tasksim_ray.models.moe import MixtureOfExperts, initial_theta, softplus_head
 from tasksim_ray.models.published import load_published
+from tasksim_ray.training.device import choose_device
 from tasksim_ray.training.finetune import finetune_options, moe_options, scratch_options
-from tasksim_ray.training.loop import FitOptions, fit, fit_features, predict
+from tasksim_ray.training.loop import FitOptions, fit, predict
 from tasksim_ray.training.pretrain import model_hparams
 
 
@@ -178,7 +179,7 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     """Train and test one cell (a Ray task body): test MAE in the target's units. ``_after`` are the
     results of the pretraining runs this cell starts from: Ray runs the cell once they are done."""
     torch.set_num_threads(num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+    device = choose_device()
     seed = cell.seed if cell.seed is not None else settings.seed + 1000 * cell.fold
     model, opts = _build(recipe, settings, seed, device)
     opts = replace(opts, stage=recipe.kind, task=cell.target)
@@ -187,13 +188,9 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     if recipe.published and model.tails is None:  # every expert layer frozen: train on the stored features
         device = torch.device("cpu")
         feats = torch.stack([store[f"feat/{n}"] for n in names], dim=1)
-        y = np.zeros(len(feats))
-        y[cell.train_pos], y[cell.val_pos] = cell.y_train, cell.y_val
-        result = fit_features(model, feats, y, cell.train_pos, cell.val_pos, opts.make_optimizer(model), opts, seed,
-                              mean, std)
-        model.eval()
-        with torch.no_grad():
-            pred = model(Data(feat=feats[cell.test_pos])).squeeze(1).numpy() * std + mean
+        result = fit(model, feats[cell.train_pos], cell.y_train, feats[cell.val_pos], cell.y_val, opts, seed,
+                     mean, std, device)
+        pred = predict(model, feats[cell.test_pos], 256, device) * std + mean
         mae = float(np.mean(np.abs(pred - cell.y_test)))
     else:
         graphs = unpack_graphs(store)
