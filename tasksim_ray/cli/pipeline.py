@@ -14,6 +14,7 @@ from rich.table import Table
 from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
 from tasksim_ray.config import PipelineConfig, load_config
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.registry import METRICS
 
 DEMO_CONFIG = "demo.yaml"
 
@@ -90,7 +91,7 @@ for _stage, _doc in [
 
 @app.command()
 def similarity(config: ConfigArg, set_: SetOpt = None,
-               metric: Annotated[list[str] | None, typer.Option(help="metric(s): rsa, cka, cmd, csi, logme")] = None,
+               metric: Annotated[list[str] | None, typer.Option(help=f"metric(s): {', '.join(METRICS)}")] = None,
                ) -> None:
     """Compute similarity metrics from the cached embeddings, select the subset, write the report."""
     sets = list(set_ or [])
