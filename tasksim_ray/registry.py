@@ -67,6 +67,14 @@ class Registry(Generic[T]):
 
     __getitem__ = get
 
+    def __reduce__(self) -> tuple[Callable[[str], Registry[Any]], tuple[str]]:
+        """Pickled (into a Ray worker) as a reference: the worker uses its own registry of this kind."""
+        return _registry, (self.kind,)
+
+
+def _registry(kind: str) -> Registry[Any]:
+    return _ALL[kind]
+
 
 @dataclass(frozen=True)
 class MetricSpec:

@@ -6,6 +6,7 @@ tasks, embedding actors, fine-tuning cells), which know it only through the driv
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,4 @@ def test_registry_get_is_a_one_line_error_listing_names() -> None:
     with pytest.raises(TasksimError) as info:
         table.get("c")
     assert str(info.value) == "unknown widget 'c'; registered: a, b"
+    assert pickle.loads(pickle.dumps(BACKBONES)) is BACKBONES  # a worker gets its own, never a stale copy
