@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tasksim run configs/demo.yaml
+	$(BIN)/tasksim demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -1,7 +1,14 @@
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from tasksim_ray.cli.pipeline import demo_config
 from tasksim_ray.config import load_config
 from tasksim_ray.errors import TasksimError
 
@@ -44,3 +51,47 @@ def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path: Path, text: str
 def test_overrides_merge_dotted_keys(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, "train:\n  max_epochs: 3\n"), {"train.patience": 2, "seed": 7})
     assert (cfg.train.max_epochs, cfg.train.patience, cfg.seed) == (3, 2, 7)
+
+
+def test_unknown_registry_names_are_one_line_errors_listing_the_registered(tmp_path: Path) -> None:
+    for text, kind, known in [("model:\n  backbone: gin\n", "backbone 'gin'", "alignn, cgcnn, chgnet, dmpnn, mace"),
+                              ("similarity:\n  metrics: [rsa, kl]\n", "metric 'kl'", "cka, cmd, csi, logme, rsa"),
+                              ("data:\n  source: zinc\n  path: x.csv\n", "source 'zinc'", "moleculenet, qm9pack")]:
+        with pytest.raises(TasksimError) as info:
+            load_config(_write(tmp_path, text))
+        assert f"unknown {kind}; registered: " in str(info.value) and known in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("similarity:\n  metrics: [cmd]\nselection:\n  metric: cmd\n", "'cmd' is not a similarity"),
+    ("data:\n  targets: [mu, alpha]\nsimilarity:\n  csi:\n    model: gap\n",
+     "'gap' is neither a task (mu, alpha) nor a registered foundation model (chgnet)"),
+])
+def test_selection_and_csi_names_come_from_the_registries(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(TasksimError, match=re.escape(message)):
+        load_config(_write(tmp_path, text))
+
+
+def test_demo_config_resolves_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with demo_config() as path:
+        assert load_config(path).name == "qm9-demo"
+        assert (REPO / "configs" / "demo.yaml").resolve() == path.resolve()  # one file, linked from configs/
+
+
+def test_demo_config_ships_in_the_wheel(tmp_path: Path) -> None:
+    """Build the wheel (no install), unpack it and resolve the demo config from it, outside the repository."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "tasksim_ray", src / "tasksim_ray", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], cwd=src, check=True, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = ("from tasksim_ray.cli.pipeline import demo_config; from tasksim_ray.config import load_config\n"
+            "with demo_config() as p: print(p, load_config(p).name)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout
+    assert out.startswith(str(tmp_path / "site")) and out.strip().endswith("qm9-demo")

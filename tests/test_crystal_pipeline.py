@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 
 from tasksim_ray.cli import app
 from tasksim_ray.config import load_config
-from tasksim_ray.stages.pipeline import run_pipeline
+from tasksim_ray.stages.pipeline import PipelineResult, run_pipeline
 
 from .conftest import REPO
 
@@ -31,18 +30,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(workdir: Path, ray_local: None) -> dict[str, Any]:
+def first_run(workdir: Path, ray_local: None) -> PipelineResult:
     return run_pipeline(load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet"}))
 
 
-def test_crystal_tasks_train_embed_and_compare(first_run: dict[str, Any], workdir: Path) -> None:
-    assert first_run["tasks"] == TASKS
-    for task, m in first_run["models"].items():
+def test_crystal_tasks_train_embed_and_compare(first_run: PipelineResult, workdir: Path) -> None:
+    assert first_run.tasks == TASKS
+    for task, m in first_run.models.items():
         assert np.isfinite(m["best_val_mae"]) and m["n_train"] >= 40, task
-    rsa = np.array(first_run["metrics"]["rsa"]["matrix"])
+    rsa = first_run.matrices["rsa"]
     assert np.allclose(rsa, rsa.T) and np.allclose(np.diag(rsa), 1.0)
     # CSI is a Frechet distance between tasks' CHGNet atom-feature distributions
-    csi = np.array(first_run["metrics"]["csi"]["matrix"])
+    csi = first_run.matrices["csi"]
     assert np.allclose(csi, csi.T) and np.allclose(np.diag(csi), 0.0)
     assert np.all(csi[~np.eye(3, dtype=bool)] > 0)
     features = next((workdir / "artifacts" / "dataset_features").iterdir())
@@ -50,11 +49,11 @@ def test_crystal_tasks_train_embed_and_compare(first_run: dict[str, Any], workdi
     assert (workdir / "report" / "csi_heatmap.png").stat().st_size > 1000
 
 
-def test_crystal_rerun_is_cached(first_run: dict[str, Any], workdir: Path) -> None:
+def test_crystal_rerun_is_cached(first_run: PipelineResult, workdir: Path) -> None:
     again = run_pipeline(load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet"}))
     for stage in ("tasks", "preprocess", "featurize", "pretrain", "probe", "embed", "similarity"):
-        assert again["timings"][stage]["cached"], stage
-    assert again["metrics"] == first_run["metrics"]
+        assert again.timings[stage]["cached"], stage
+    assert all(np.array_equal(again.matrices[m], first_run.matrices[m]) for m in first_run.matrices)
 
 
 @pytest.mark.skipif(not EXTRACTORS.is_dir(), reason="published CGCNN extractors not present")
@@ -62,10 +61,10 @@ def test_published_extractors_are_task_models(tmp_path: Path) -> None:
     picked = ["eform", "jarvisEform", "bandgap"]
     result = run_pipeline(load_config(CONFIG, {"workdir": str(tmp_path), "published.path": str(EXTRACTORS),
                                                "published.tasks": picked, "similarity.metrics": ["rsa", "cka"]}))
-    assert result["tasks"] == picked
-    rsa = np.array(result["metrics"]["rsa"]["matrix"])
+    assert result.tasks == picked
+    rsa = result.matrices["rsa"]
     assert rsa.shape == (3, 3) and np.allclose(np.diag(rsa), 1.0)
-    assert "pretrain" not in result["timings"]  # nothing was trained
+    assert "pretrain" not in result.timings  # nothing was trained
     assert "published (singletask_eform_32hfealen_best_model.pth.tar)" in (
         tmp_path / "report" / "summary.md").read_text()
 

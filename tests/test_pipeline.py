@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 
 from tasksim_ray.cli import app
 from tasksim_ray.config import load_config
-from tasksim_ray.stages.pipeline import run_pipeline
+from tasksim_ray.stages.pipeline import PipelineResult, run_pipeline
 
 from .conftest import TINY_CONFIG
 
@@ -25,7 +24,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(workdir: Path, ray_local: None) -> dict[str, Any]:
+def first_run(workdir: Path, ray_local: None) -> PipelineResult:
     return run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir)}))
 
 
@@ -39,21 +38,24 @@ def _no_partial_artifacts(workdir: Path) -> None:
             assert (artifact / "manifest.json").is_file(), f"incomplete artifact {artifact}"
 
 
-def test_tiny_run_matrix_and_subset(first_run: dict[str, Any], workdir: Path) -> None:
-    names = first_run["tasks"]
-    sim = np.array(first_run["similarity"]["matrix"])
+def test_tiny_run_matrix_and_subset(first_run: PipelineResult, workdir: Path) -> None:
+    names = first_run.tasks
+    sim = first_run.similarity
     assert len(names) >= 3 and sim.shape == (len(names), len(names))
     assert np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1.0)
     assert np.all(sim <= 1.0) and np.all(sim >= -1.0)
-    sel = first_run["selection"]
-    thr = sel["threshold"]
+    sel = first_run.selection
+    assert sel is not None and first_run.metric == "rsa" and first_run.kinds["cmd"] == "distance"
+    thr = sel.threshold
     for i, task in enumerate(names):
-        if task in sel["uncoverable"]:
+        if task in sel.uncoverable:
             assert all(sim[i, j] < thr for j in range(len(names)) if j != i)
         else:
-            assert any(sim[i, names.index(s)] >= thr for s in sel["subset"] if s != task)
+            assert any(sim[i, names.index(s)] >= thr for s in sel.subset if s != task)
+    assert set(first_run.model_dirs) == set(names) and first_run.tasks_stage and first_run.preprocess_stage
     report = json.loads((workdir / "report" / "report.json").read_text())
-    assert report["selection"]["subset"] == sel["subset"]
+    assert report["selection"]["subset"] == sel.subset
+    assert first_run.paths["json"] == workdir / "report" / "report.json"
     assert set(report["models"]) == set(names)
     assert all(np.isfinite(m["best_val_mae"]) for m in report["models"].values())
     assert {d["name"] for d in report["dropped_tasks"]}.isdisjoint(names)
@@ -69,20 +71,20 @@ def test_tiny_run_matrix_and_subset(first_run: dict[str, Any], workdir: Path) ->
     _no_partial_artifacts(workdir)
 
 
-def test_rerun_reuses_every_stage(first_run: dict[str, Any], workdir: Path) -> None:
+def test_rerun_reuses_every_stage(first_run: PipelineResult, workdir: Path) -> None:
     again = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir)}))
     for stage in ("tasks", "preprocess", "featurize", "pretrain", "probe", "embed", "similarity"):
-        assert again["timings"][stage]["cached"], stage
-    assert again["similarity"]["matrix"] == first_run["similarity"]["matrix"]
+        assert again.timings[stage]["cached"], stage
+    assert np.array_equal(again.similarity, first_run.similarity)
 
 
-def test_changed_training_reruns_pretraining_onwards_only(first_run: dict[str, Any], workdir: Path) -> None:
+def test_changed_training_reruns_pretraining_onwards_only(first_run: PipelineResult, workdir: Path) -> None:
     changed = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir), "train.max_epochs": 2}))
     for stage in ("tasks", "preprocess", "featurize", "probe"):
-        assert changed["timings"][stage]["cached"], stage
+        assert changed.timings[stage]["cached"], stage
     for stage in ("embed", "similarity"):
-        assert not changed["timings"][stage]["cached"], stage
-    assert all(m["epochs_run"] <= 2 for m in changed["models"].values())
+        assert not changed.timings[stage]["cached"], stage
+    assert all(m["epochs_run"] <= 2 for m in changed.models.values())
 
 
 def _cli(args: list[str]) -> tuple[int, str]:
@@ -90,7 +92,7 @@ def _cli(args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_cli_empty_probe_file_is_a_clear_error(first_run: dict[str, Any], workdir: Path, tmp_path: Path) -> None:
+def test_cli_empty_probe_file_is_a_clear_error(first_run: PipelineResult, workdir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "probes.txt"
     empty.write_text("\n\n")
     code, out = _cli(["run", str(TINY_CONFIG), "--set", f"workdir={workdir}",
@@ -123,7 +125,7 @@ def test_cli_malformed_config_file(tmp_path: Path) -> None:
     assert code == 2 and f"error: {bad}: malformed YAML" in " ".join(out.split())
 
 
-def test_adding_a_task_trains_and_embeds_only_that_task(first_run: dict[str, Any], workdir: Path) -> None:
+def test_adding_a_task_trains_and_embeds_only_that_task(first_run: PipelineResult, workdir: Path) -> None:
     """A study grown by one task reuses every other task's model, embedding and RSA vector."""
     def listing(kind: str) -> set[str]:
         return {p.name for p in (workdir / "artifacts" / kind).iterdir()}
@@ -133,17 +135,16 @@ def test_adding_a_task_trains_and_embeds_only_that_task(first_run: dict[str, Any
     assert {kind: listing(kind) for kind in before} == before
     grown = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir),
                                                    "data.targets": ["mu", "alpha", "homo", "lumo", "gap", "cv"]}))
-    assert "cv" in grown["tasks"]
+    assert "cv" in grown.tasks
     for kind in before:
         added = listing(kind) - before[kind]
         assert [name.split("-")[0] for name in added] == ["cv"], (kind, added)
-    old = np.array(first_run["similarity"]["matrix"])
-    new = np.array(grown["similarity"]["matrix"])
-    idx = [grown["tasks"].index(t) for t in first_run["tasks"]]
+    old, new = first_run.similarity, grown.similarity
+    idx = [grown.tasks.index(t) for t in first_run.tasks]
     assert np.allclose(new[np.ix_(idx, idx)], old, atol=1e-12)
 
 
-def test_cli_similarity_computes_chosen_metrics_from_cache(first_run: dict[str, Any], workdir: Path) -> None:
+def test_cli_similarity_computes_chosen_metrics_from_cache(first_run: PipelineResult, workdir: Path) -> None:
     code, out = _cli(["similarity", str(TINY_CONFIG), "--set", f"workdir={workdir}",
                       "--metric", "rsa", "--metric", "cka"])
     assert code == 0, out

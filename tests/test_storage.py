@@ -132,7 +132,7 @@ from tasksim_ray.config import load_config
 from tasksim_ray.stages.pipeline import run_pipeline
 res = run_pipeline(load_config(sys.argv[1], json.loads(sys.argv[2])), until="embed")
 env = ray.get_runtime_context().runtime_env.get("env_vars", {})
-print("RESULT " + json.dumps({"timings": res["timings"], "workers_see_store": storage.ENV in env}))
+print("RESULT " + json.dumps({"timings": res.timings, "workers_see_store": storage.ENV in env}))
 """
 
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -14,6 +17,10 @@ from rich.table import Table
 from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
 from tasksim_ray.config import PipelineConfig, load_config
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.registry import METRICS
+
+if TYPE_CHECKING:
+    from tasksim_ray.stages.pipeline import PipelineResult
 
 DEMO_CONFIG = "demo.yaml"
 
@@ -28,7 +35,7 @@ def similarity_table(names: list[str], sim: np.ndarray, subset: list[str], metri
     return table
 
 
-def _execute(cfg: PipelineConfig, until: str) -> dict[str, Any]:
+def _execute(cfg: PipelineConfig, until: str) -> PipelineResult:
     from tasksim_ray.stages.pipeline import run_pipeline  # heavy imports (torch, ray) only when running
 
     return run_pipeline(cfg, console, until=until)
@@ -40,20 +47,18 @@ def _run_verb(config: Path, sets: list[str] | None, until: str) -> None:
         result = _execute(cfg, until)
     except TasksimError as exc:
         fail(exc)
-    if "similarity" in result:
-        sim = result["similarity"]
-        console.print(similarity_table(sim["names"], np.array(sim["matrix"]), result["selection"]["subset"],
-                                       sim["metric"]))
-        sel = result["selection"]
-        console.print(f"Selected pretraining subset ({sim['metric']} >= {sel['threshold']}): "
-                      f"[bold green]{', '.join(sel['subset']) or '(none)'}[/bold green]")
-        if sel["uncoverable"]:
-            console.print(f"No other task reaches the threshold for: {', '.join(sel['uncoverable'])}")
-    if "paths" in result:
-        console.print(f"Report: {Path(result['paths']['json']).parent}/ (report.json, summary.md, "
-                      f"{len(result['paths']) - 2} figures)")
-    elif "artifact" in result:
-        console.print(f"\\[{until}] artifact: {result['artifact']}")
+    sel = result.selection
+    if sel is not None:
+        console.print(similarity_table(result.tasks, result.similarity, sel.subset, result.metric))
+        console.print(f"Selected pretraining subset ({result.metric} >= {sel.threshold}): "
+                      f"[bold green]{', '.join(sel.subset) or '(none)'}[/bold green]")
+        if sel.uncoverable:
+            console.print(f"No other task reaches the threshold for: {', '.join(sel.uncoverable)}")
+    if result.paths:
+        console.print(f"Report: {result.paths['json'].parent}/ (report.json, summary.md, "
+                      f"{len(result.paths) - 2} figures)")
+    elif result.artifact is not None:
+        console.print(f"\\[{until}] artifact: {result.artifact}")
 
 
 @app.command()
@@ -62,12 +67,19 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
     _run_verb(config, set_, "report")
 
 
+@contextmanager
+def demo_config() -> Iterator[Path]:
+    """The demo config shipped inside the package (``configs/demo.yaml`` in the repository links to
+    it), so ``tasksim demo`` needs no repository checkout and no particular working directory."""
+    with resources.as_file(resources.files("tasksim_ray.cli") / "configs" / DEMO_CONFIG) as path:
+        yield path
+
+
 @app.command()
 def demo(set_: SetOpt = None) -> None:
-    """Run the default demo config (configs/demo.yaml: full QM9, about 7 minutes on 2 cores)."""
-    candidates = [Path("configs") / DEMO_CONFIG, Path(__file__).resolve().parents[1] / "configs" / DEMO_CONFIG]
-    path = next((p for p in candidates if p.is_file()), candidates[0])
-    _run_verb(path, set_, "report")
+    """Run the shipped demo config (full QM9, about 7 minutes on 2 cores), from any folder."""
+    with demo_config() as path:
+        _run_verb(path, set_, "report")
 
 
 def _stage_command(stage: str, doc: str) -> None:
@@ -90,7 +102,7 @@ for _stage, _doc in [
 
 @app.command()
 def similarity(config: ConfigArg, set_: SetOpt = None,
-               metric: Annotated[list[str] | None, typer.Option(help="metric(s): rsa, cka, cmd, csi, logme")] = None,
+               metric: Annotated[list[str] | None, typer.Option(help=f"metric(s): {', '.join(METRICS)}")] = None,
                ) -> None:
     """Compute similarity metrics from the cached embeddings, select the subset, write the report."""
     sets = list(set_ or [])

@@ -9,7 +9,6 @@ import typer
 
 from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
 from tasksim_ray.config import load_config
-from tasksim_ray.config.stages import CRYSTAL_SOURCES
 from tasksim_ray.errors import TasksimError
 
 
@@ -20,17 +19,18 @@ def serve(config: ConfigArg, sets: SetOpt = None,
     """Train (or reuse) the config's task models, then serve their embeddings on 127.0.0.1 until Ctrl-C:
     POST /embed {"task": NAME, "inputs": [SMILES or structure JSON, ...]}."""
     from tasksim_ray.embedding.serving import deploy
+    from tasksim_ray.stages.data import load_table
     from tasksim_ray.stages.pipeline import run_pipeline
 
     try:
         cfg = load_config(config, overrides(sets))
         result = run_pipeline(cfg, console, until="pretrain")
-        kind = "crystal" if cfg.published.path or cfg.data.source in CRYSTAL_SOURCES else "molecule"
-        url = deploy(result["model_dirs"], kind, cfg.data.graph, port=port, replicas=replicas,
+        kind = "crystal" if result.tasks_stage is None else load_table(result.tasks_stage).kind  # published: CGCNN
+        url = deploy(result.model_dirs, kind, cfg.data.graph, port=port, replicas=replicas,
                      num_cpus=cfg.embed.num_cpus, num_gpus=0.0)
     except TasksimError as exc:
         fail(exc)
-    console.print(f"serving {len(result['model_dirs'])} task models at [bold]{url}[/bold] (Ctrl-C stops)")
+    console.print(f"serving {len(result.model_dirs)} task models at [bold]{url}[/bold] (Ctrl-C stops)")
     try:
         while True:
             time.sleep(3600)

@@ -36,7 +36,7 @@ def pretrain(config: ConfigArg, set_: SetOpt = None,
             from tasksim_ray.stages.pipeline import run_pipeline
 
             result = run_pipeline(cfg, console, until="pretrain")
-            console.print(f"\\[pretrain] models: {result['artifact']}")
+            console.print(f"\\[pretrain] models: {result.artifact}")
             return
         from tasksim_ray.transfer.runner import pretrain_subset_models
 

@@ -23,7 +23,6 @@ from tasksim_ray.config.stages import (
     DataConfig,
     EmbedConfig,
     FileConfig,
-    MetricName,
     ModelConfig,
     PreprocessConfig,
     ProbeConfig,
@@ -46,9 +45,10 @@ from tasksim_ray.config.transfer import (
     TransferConfig,
 )
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.registry import FOUNDATION_MODELS
 
 __all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig",
-           "DataConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MetricName", "MoEConfig", "ModelConfig", "PipelineConfig",
+           "DataConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig", "PipelineConfig",
            "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "ScratchConfig", "SearchConfig",
            "SelectionConfig", "SimilarityConfig", "SourcesConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
@@ -91,6 +91,10 @@ class PipelineConfig(Strict):
             if needs_data or self.probe.source != "file":
                 raise ValueError(f"published models: use probe.source 'file' and probe-based metrics only "
                                  f"(rsa, cka, cmd){'; not ' + str(needs_data) if needs_data else ''}")
+        csi, known = self.similarity.csi.model, self.tasks or self.data.targets
+        if csi and csi not in FOUNDATION_MODELS and known is not None and csi not in known:
+            raise ValueError(f"similarity.csi.model '{csi}' is neither a task ({', '.join(known)}) nor a registered "
+                             f"foundation model ({', '.join(FOUNDATION_MODELS.names())})")
         if self.transfer.folds > self.preprocess.n_folds:
             raise ValueError(f"transfer.folds ({self.transfer.folds}) exceeds preprocess.n_folds "
                              f"({self.preprocess.n_folds})")

@@ -1,15 +1,22 @@
 """Config sections of the similarity pipeline: data, preprocessing, model, training, probes,
-embedding, similarity metrics, selection and the Ray runtime."""
+embedding, similarity metrics, selection and the Ray runtime. Backbone, metric and source names
+are checked against ``tasksim_ray.registry``, so a registered name is valid with no edit here."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tasksim_ray.config.base import Strict as _Strict
+from tasksim_ray.registry import BACKBONES, METRICS, SOURCES, Registry
 
-CRYSTAL_SOURCES = ("crystals", "structure_table", "id_prop", "matbench")
+
+def registered(registry: Registry[Any], name: str) -> str:
+    """``name`` if ``registry`` knows it; else the one-line error listing the registered names."""
+    if name not in registry:
+        raise ValueError(registry.unknown(name))
+    return name
 
 
 class CrystalGraphConfig(_Strict):
@@ -70,8 +77,7 @@ class DataConfig(_Strict):
     or ``matbench`` (a Matbench dataset file). Pickle tables are read only when named in
     ``trust_pickle`` (file names) or ``files.<stem>.trust_pickle``."""
 
-    source: Literal["qm9pack", "moleculenet", "table", "crystals", "structure_table", "id_prop",
-                    "matbench"] = "qm9pack"
+    source: str = "qm9pack"  # a name in tasksim_ray.registry.SOURCES
     path: str | None = None
     smiles_column: str = "smiles"
     structure_column: str = "structure"
@@ -84,6 +90,8 @@ class DataConfig(_Strict):
     trust_pickle: list[str] = Field(default_factory=list)
     split: SplitConfig = SplitConfig()
     max_molecules: int | None = Field(default=None, gt=0)
+
+    _source_registered = field_validator("source")(lambda v: registered(SOURCES, v))
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
@@ -105,10 +113,11 @@ class PreprocessConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """The backbone. The D-MPNN (molecules) is set by the typed keys below; the crystal backbones
-    (``cgcnn``, ``chgnet``, ``mace``, ``alignn``) take their constructor arguments from ``params``."""
+    """The backbone. The D-MPNN (molecules) is set by the typed keys below; every other registered
+    backbone (``cgcnn``, ``chgnet``, ``mace``, ``alignn``, or one registered from user code) takes its
+    constructor arguments from ``params``."""
 
-    backbone: Literal["dmpnn", "cgcnn", "chgnet", "mace", "alignn"] = "dmpnn"
+    backbone: str = "dmpnn"  # a name in tasksim_ray.registry.BACKBONES
     hidden_dim: int = Field(default=300, gt=0)
     depth: int = Field(default=3, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -117,10 +126,12 @@ class ModelConfig(_Strict):
     ffn_layers: int = Field(default=2, ge=1)
     params: dict[str, Any] = Field(default_factory=dict)
 
+    _backbone_registered = field_validator("backbone")(lambda v: registered(BACKBONES, v))
+
     @model_validator(mode="after")
     def _params_for_crystal_backbones(self) -> ModelConfig:
         if self.backbone == "dmpnn" and self.params:
-            raise ValueError("model.params is for the crystal backbones; the D-MPNN uses the typed model keys")
+            raise ValueError("model.params is for the other backbones; the D-MPNN uses the typed model keys")
         return self
 
     def hparams(self) -> dict[str, Any]:
@@ -187,27 +198,39 @@ class BootstrapConfig(_Strict):
 class CSIConfig(_Strict):
     """Dataset similarity: every task's own training inputs embedded by one shared model."""
 
-    model: str | None = None  # a task whose model embeds all datasets (default: the first), or "chgnet"
+    model: str | None = None  # a task whose model embeds all datasets (default: the first), or a FOUNDATION_MODELS name
     per_task: int = Field(default=500, ge=2)
     level: Literal["graph", "node"] = "graph"
     per_structure: int = Field(default=8, ge=1)  # node level: atoms drawn per molecule at most
 
 
-MetricName = Literal["rsa", "csi", "cka", "cmd", "logme"]
-
-
 class SimilarityConfig(_Strict):
-    metrics: list[MetricName] = Field(default_factory=lambda: ["rsa"], min_length=1)
+    metrics: list[str] = Field(default_factory=lambda: ["rsa"], min_length=1)  # names in registry.METRICS
     comparison: Literal["spearman", "pearson", "kendall"] = "spearman"
     bootstrap: BootstrapConfig = BootstrapConfig()
     csi: CSIConfig = CSIConfig()
     cmd_order: int = Field(default=5, ge=1)
     memory_budget_gb: float = Field(default=8.0, gt=0)
 
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_registered(cls, names: list[str]) -> list[str]:
+        return [registered(METRICS, n) for n in names]
+
 
 class SelectionConfig(_Strict):
-    metric: Literal["rsa", "cka"] = "rsa"
+    """The subset is chosen on a metric of kind ``similarity`` (a threshold in [-1, 1], higher is closer)."""
+
+    metric: str = "rsa"
     threshold: float = Field(default=0.5, ge=-1, le=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _similarity_metric(cls, name: str) -> str:
+        if METRICS.get(registered(METRICS, name)).kind != "similarity":
+            similar = [m for m in METRICS.names() if METRICS.get(m).kind == "similarity"]
+            raise ValueError(f"'{name}' is not a similarity (higher: closer); selection metrics: {', '.join(similar)}")
+        return name
 
 
 

@@ -2,7 +2,8 @@
 
 Resources are passed only to a local start: ``ray.init(num_cpus=...)`` is an error when
 connecting to an existing cluster. The shared artifact store, if one is active, reaches every
-worker on every node through the job's ``runtime_env`` (see ``tasksim_ray.infra.storage``).
+worker on every node through the job's ``runtime_env`` (see ``tasksim_ray.infra.storage``); names
+registered in this driver (a user's backbone) reach them through ``registry.share_with_workers``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import ray
 from tasksim_ray.config import RayConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra import storage
+from tasksim_ray.registry import share_with_workers
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -27,6 +29,7 @@ def ensure_ray(cfg: RayConfig) -> None:
         raise TasksimError(f"storage.uri {uri}: Ray was started without this store in its runtime_env, so its "
                            "workers cannot reach it; let tasksim start Ray, or start it with "
                            "runtime_env={'env_vars': tasksim_ray.infra.storage.worker_env()}")
+    share_with_workers()
     quiet_ray_data()
 
 

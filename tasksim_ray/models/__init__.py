@@ -1,6 +1,8 @@
-"""Backbone registry and the checkpoint format: a folder with ``config.json`` + ``state_dict.pt``.
+"""Building backbones by registered name, and the checkpoint format: a folder with ``config.json`` +
+``state_dict.pt``.
 
-A new backbone is one module and one line in ``BACKBONES``. The interface everything downstream
+A new backbone is one module and one line in ``tasksim_ray.registry.BACKBONES`` (or, from user
+code, ``BACKBONES.register(name, cls)``; no library edit). The interface everything downstream
 uses: ``embed(batch, layer)`` (graph-level features), ``head`` (features -> predictions),
 ``reset_head(n_outputs)`` (a new head for a new target), ``ENCODER_LAYERS`` (the encoder's layer
 groups, input to output, for fine-tuning strategies) and ``embedding_dim``.
@@ -8,7 +10,6 @@ groups, input to output, for fine-tuning strategies) and ``embedding_dim``.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,14 +19,9 @@ import torch
 from torch import nn
 
 from tasksim_ray.infra.cache import is_complete
-from tasksim_ray.models.cgcnn import CGCNN
-from tasksim_ray.models.dmpnn import DMPNN
+from tasksim_ray.registry import BACKBONES
 
-# a "module:Class" entry is imported on first build, so its library is needed only when used
-BACKBONES: dict[str, type[nn.Module] | str] = {"dmpnn": DMPNN, "cgcnn": CGCNN,
-                                               "chgnet": "tasksim_ray.models.chgnet:CHGNetBackbone",
-                                               "mace": "tasksim_ray.models.mace:MACEBackbone",
-                                               "alignn": "tasksim_ray.models.alignn:ALIGNNBackbone"}
+__all__ = ["BACKBONES", "TaskModelInfo", "build_model", "load_checkpoint", "save_checkpoint"]
 
 
 # constructor arguments that read a file when a model is first built (a foundation model's weights, and
@@ -48,13 +44,8 @@ class TaskModelInfo:
 
 
 def build_model(backbone: str, hparams: dict[str, Any]) -> nn.Module:
-    if backbone not in BACKBONES:
-        raise KeyError(f"unknown backbone '{backbone}'; registered: {sorted(BACKBONES)}")
-    entry = BACKBONES[backbone]
-    if isinstance(entry, str):
-        module, _, name = entry.partition(":")
-        entry = getattr(importlib.import_module(module), name)
-    return entry(**hparams)
+    """The registered backbone's class, imported on first use (so chgnet loads only when named)."""
+    return BACKBONES.get(backbone)(**hparams)
 
 
 def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> None:

@@ -30,6 +30,7 @@ from tasksim_ray.embedding.service import (
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import graph_to_bytes, unpack_graphs
 from tasksim_ray.infra.cache import atomic_dir, is_complete, stable_hash, write_manifest
+from tasksim_ray.registry import FOUNDATION_MODELS
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, task_rows
 from tasksim_ray.training.pretrain import PretrainedModel
@@ -108,7 +109,7 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
 def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedModel]) -> Stage:
     """Each task's own training inputs (a seeded sample) embedded by one shared model: a task's model,
     or a shipped foundation model such as CHGNet (whose node features suit crystals)."""
-    from tasksim_ray.stages.published import FOUNDATION_MODELS, stage_foundation_model
+    from tasksim_ray.stages.published import stage_foundation_model
 
     csi = run.cfg.similarity.csi
     shared = csi.model or next(iter(models))
@@ -118,7 +119,7 @@ def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedM
         shared_dir = models[shared].directory
     else:
         raise TasksimError(f"similarity.csi.model: '{shared}' is neither a task ({list(models)}) nor a "
-                           f"foundation model ({list(FOUNDATION_MODELS)})")
+                           f"foundation model ({FOUNDATION_MODELS.names()})")
 
     def build(out: Path) -> dict[str, Any]:
         rows = task_rows(feats)["positions"]

@@ -3,7 +3,8 @@ select -> report. Each stage is cached (see ``stages``); this module only chains
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,26 +15,56 @@ from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.similarity import METRICS
 from tasksim_ray.similarity.select import Selection, select_subset
-from tasksim_ray.stages import Run
+from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, stage_featurize, stage_preprocess, stage_tasks
 from tasksim_ray.stages.embedding import stage_dataset_features, stage_embed, stage_probe
 from tasksim_ray.stages.published import stage_published
 from tasksim_ray.stages.report import write_report
 from tasksim_ray.stages.similarity import SimilarityResult, stage_similarity
 from tasksim_ray.stages.training import stage_pretrain
+from tasksim_ray.training.pretrain import PretrainedModel
 
 STAGES = ("tasks", "preprocess", "featurize", "pretrain", "probe", "embed", "similarity", "report")
 
 
-def _report(run: Run, sim: SimilarityResult, selection: Selection, models: dict[str, Any],
-            dropped: list[dict[str, Any]], n_probes: int, units: dict[str, str]) -> dict[str, Any]:
+@dataclass
+class PipelineResult:
+    """What a run produced, typed, so transfer and search read it without rerunning a stage.
+
+    A run stopped before ``report`` fills what it reached: ``artifact`` is the last stage's
+    folder; ``tasks_stage``/``preprocess_stage`` are None for published checkpoints."""
+
+    stage: str  # the stage the run stopped after
+    timings: dict[str, dict[str, Any]]
+    tasks_stage: Stage | None = None
+    preprocess_stage: Stage | None = None
+    artifact: Path | None = None
+    model_dirs: dict[str, Path] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per task: units and training metrics
+    tasks: list[str] = field(default_factory=list)  # the compared tasks, in matrix order
+    units: dict[str, str] = field(default_factory=dict)
+    matrices: dict[str, np.ndarray] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # metric -> similarity | distance | score
+    metric: str = ""  # the selection metric
+    selection: Selection | None = None
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)  # report files
+
+    @property
+    def similarity(self) -> np.ndarray:
+        """The matrix the subset was selected on."""
+        return self.matrices[self.metric]
+
+
+def _report(run: Run, sim: SimilarityResult, selection: Selection, result: PipelineResult,
+            n_probes: int) -> dict[str, Any]:
     cfg = run.cfg
     names = sim.names
     return {
         "name": cfg.name,
         "tasks": names,
-        "units": {t: units[t] for t in names},
-        "dropped_tasks": dropped,
+        "units": {t: result.units[t] for t in names},
+        "dropped_tasks": result.dropped,
         "similarity": {"metric": cfg.selection.metric, "names": names,
                        "matrix": sim.matrices[cfg.selection.metric].round(6).tolist()},
         "metrics": {m: {"kind": METRICS[m].kind, "title": METRICS[m].title, "matrix": v.round(6).tolist()}
@@ -42,75 +73,94 @@ def _report(run: Run, sim: SimilarityResult, selection: Selection, models: dict[
                           | {"level": cfg.similarity.bootstrap.level, "n_boot": cfg.similarity.bootstrap.n_boot})
         if sim.ci else None,
         "selection": asdict(selection),
-        "models": {t: {"units": units[t], **m.metrics} for t, m in models.items()},
+        "models": result.models,
         "probe": {"source": cfg.probe.source, "n_probes": n_probes},
         "timings": run.timings,
         "config": cfg.model_dump(),
     }
 
 
-def _finish(run: Run, result: dict[str, Any], sim: SimilarityResult, models: dict[str, Any],
-            dropped: list[dict[str, Any]], n_probes: int, units: dict[str, str]) -> dict[str, Any]:
+def _finish(run: Run, result: PipelineResult, sim: SimilarityResult, n_probes: int) -> PipelineResult:
     """Select the subset and write the report (the last two stages of both kinds of run)."""
     cfg = run.cfg
     with run.timed("select"):
         selection = select_subset(sim.names, sim.matrices[cfg.selection.metric], cfg.selection.threshold)
-    report = _report(run, sim, selection, models, dropped, n_probes, units)
+    report = _report(run, sim, selection, result, n_probes)
     paths = write_report(cfg.workdir_path / "report", report, sim, selection)
     publish_dir(cfg.workdir_path / "report")  # to the shared store, when one is configured
-    return result | report | {"paths": {k: str(v) for k, v in paths.items()},
-                              "matrices": {k: np.asarray(v) for k, v in sim.matrices.items()}}
+    result.tasks, result.units = list(sim.names), report["units"]
+    result.matrices = {k: np.asarray(v) for k, v in sim.matrices.items()}
+    result.kinds = {m: METRICS[m].kind for m in sim.matrices}
+    result.metric, result.selection = cfg.selection.metric, selection
+    result.paths = {k: Path(v) for k, v in paths.items()}
+    return result
 
 
-def run_published(run: Run, result: dict[str, Any], stop: int) -> dict[str, Any]:
+def _with_models(result: PipelineResult, models: dict[str, PretrainedModel], units: dict[str, str]) -> None:
+    result.model_dirs = {t: m.directory for t, m in models.items()}
+    result.models = {t: {"units": units.get(t, ""), **m.metrics} for t, m in models.items()}
+    result.tasks, result.units = list(models), {t: units.get(t, "") for t in models}
+
+
+def run_published(run: Run, result: PipelineResult, stop: int) -> PipelineResult:
     """Published checkpoints as the task models: probe -> embed -> similarity -> report."""
     ensure_ray(run.cfg.ray)
     models = stage_published(run)
-    result["model_dirs"] = {t: str(m.directory) for t, m in models.items()}
+    units = {t: m.metrics.get("units", "") for t, m in models.items()}
+    _with_models(result, models, units)
     if stop <= STAGES.index("pretrain"):
-        return result | {"artifact": str(next(iter(models.values())).directory.parent)}
+        result.artifact = next(iter(models.values())).directory.parent
+        return result
     probe = stage_probe(run, None, None)
     if stop == STAGES.index("probe"):
-        return result | {"artifact": str(probe.path)}
+        result.artifact = probe.path
+        return result
     embs = stage_embed(run, probe, models)
     if stop == STAGES.index("embed"):
-        return result | {"artifact": str(run.artifacts / "embeddings")}
+        result.artifact = run.artifacts / "embeddings"
+        return result
     sim = stage_similarity(run, embs, probe, None, None)
-    units = {t: m.metrics.get("units", "") for t, m in models.items()}
-    return _finish(run, result, sim, models, [], probe.manifest["n_probes"], units)
+    return _finish(run, result, sim, probe.manifest["n_probes"])
 
 
-def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str = "report") -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str = "report") -> PipelineResult:
     """Run the stages up to ``until`` (reusing cached ones); the full run writes the report. With
     ``published.path`` set, the task models are those checkpoints and nothing is trained."""
     if until not in STAGES:
         raise ValueError(f"unknown stage '{until}'; stages: {STAGES}")
     stop = STAGES.index(until)
     run = Run(cfg, console or Console())
-    result: dict[str, Any] = {"stage": until, "timings": run.timings}
+    result = PipelineResult(until, run.timings)
     if cfg.published.path:
         return run_published(run, result, stop)
-    tasks = stage_tasks(run)
+    tasks = result.tasks_stage = stage_tasks(run)
     if stop == 0:
-        return result | {"artifact": str(tasks.path)}
-    prep = stage_preprocess(run, tasks)
+        result.artifact = tasks.path
+        return result
+    prep = result.preprocess_stage = stage_preprocess(run, tasks)
     if stop == 1:
-        return result | {"artifact": str(prep.path)}
+        result.artifact = prep.path
+        return result
     feats = stage_featurize(run, tasks, prep)
     if stop == 2:
-        return result | {"artifact": str(feats.path)}
+        result.artifact = feats.path
+        return result
     ensure_ray(cfg.ray)
     models = stage_pretrain(run, tasks, feats)
-    result["model_dirs"] = {t: str(m.directory) for t, m in models.items()}
+    units = {t.name: t.units for t in load_table(tasks).tasks}
+    _with_models(result, models, units)
     if stop == 3:
-        return result | {"artifact": str(run.artifacts / "models")}
+        result.artifact = run.artifacts / "models"
+        return result
     probe = stage_probe(run, tasks, prep)
     if stop == 4:
-        return result | {"artifact": str(probe.path)}
+        result.artifact = probe.path
+        return result
     embs = stage_embed(run, probe, models)
     if stop == 5:
-        return result | {"artifact": str(run.artifacts / "embeddings")}
+        result.artifact = run.artifacts / "embeddings"
+        return result
     dataset_features = stage_dataset_features(run, feats, models) if "csi" in cfg.similarity.metrics else None
     sim = stage_similarity(run, embs, probe, tasks, dataset_features)
-    units = {t.name: t.units for t in load_table(tasks).tasks}
-    return _finish(run, result, sim, models, prep.manifest["dropped"], probe.manifest["n_probes"], units)
+    result.dropped = prep.manifest["dropped"]
+    return _finish(run, result, sim, probe.manifest["n_probes"])

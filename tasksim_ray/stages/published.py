@@ -12,6 +12,7 @@ from typing import Any
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import file_fingerprint
 from tasksim_ray.models import TaskModelInfo, build_model, save_checkpoint
+from tasksim_ray.registry import FOUNDATION_MODELS
 from tasksim_ray.stages import Run
 from tasksim_ray.training.pretrain import PretrainedModel
 
@@ -44,20 +45,14 @@ def stage_published(run: Run) -> dict[str, PretrainedModel]:
     return models
 
 
-# shipped foundation models a config can name instead of a task (e.g. similarity.csi.model)
-FOUNDATION_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "chgnet": ("chgnet", {"model_name": "0.3.0", "pretrained": True, "freeze": True}),
-}
-
-
 def stage_foundation_model(run: Run, name: str) -> Path:
     """The model folder of a shipped foundation model (its weights come from the installed package)."""
-    backbone, hparams = FOUNDATION_MODELS[name]
-    package = backbone  # the foundation backbones are named after the package that ships their weights
+    spec = FOUNDATION_MODELS.get(name)
+    backbone, hparams = spec.backbone, spec.hparams
 
     def build(out: Path) -> dict[str, Any]:
         model = build_model(backbone, hparams)
         save_checkpoint(out / "model", model, TaskModelInfo(backbone, hparams, name, "", 0.0, 1.0))
-        return {"backbone": backbone, "package_version": version(package)}
+        return {"backbone": backbone, "package_version": version(spec.package)}
 
-    return run.stage("foundation-model", [name, backbone, hparams, version(package)], build).path / "model"
+    return run.stage("foundation-model", [name, backbone, hparams, version(spec.package)], build).path / "model"

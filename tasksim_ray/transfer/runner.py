@@ -14,7 +14,7 @@ from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import publish_dir
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.stages import Run
-from tasksim_ray.stages.data import stage_preprocess, stage_tasks
+from tasksim_ray.stages.data import stage_tasks
 from tasksim_ray.stages.pipeline import run_pipeline
 from tasksim_ray.training.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
@@ -45,17 +45,21 @@ STUDIES = ("curves", "matrix", "subset", "moe", "strategies", "methods")
 
 def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) -> Context:
     """Per-task models (and similarity, when asked) from the pipeline, then the transfer data."""
+    if cfg.published.path:
+        raise TasksimError("published.path: transfer studies need the pipeline's own tasks and data; "
+                           "published checkpoints have none")
     res = run_pipeline(cfg, console, until="report" if need_similarity else "pretrain")
+    assert res.tasks_stage is not None and res.preprocess_stage is not None  # not a published run
     run = Run(cfg, console)
-    tasks = stage_tasks(run)
-    stage = stage_transfer_data(run, tasks, stage_preprocess(run, tasks))
-    data = TransferData.load(stage, tasks)
+    stage = stage_transfer_data(run, res.tasks_stage, res.preprocess_stage)
+    data = TransferData.load(stage, res.tasks_stage)
     similarity = None
     if need_similarity:
-        similarity = SimilarityView(res["tasks"], res["matrices"], {m: v["kind"] for m, v in res["metrics"].items()},
-                                    cfg.selection.metric, res["selection"]["subset"])
+        assert res.selection is not None  # the run went up to the report
+        similarity = SimilarityView(res.tasks, res.matrices, res.kinds, res.metric, res.selection.subset)
     settings = CellSettings(cfg.model, cfg.transfer.finetune, cfg.transfer.moe, cfg.seed)
-    return Context(run, data, ray.put(data.store()), settings, res["model_dirs"], similarity)
+    return Context(run, data, ray.put(data.store()), settings, {t: str(d) for t, d in res.model_dirs.items()},
+                   similarity)
 
 
 def _published_files(cfg: PipelineConfig) -> tuple[list[Path], Path | None]:
