@@ -62,7 +62,7 @@ def test_every_file_and_column_is_a_task(tmp_path: Path, folder: Path) -> None:
                                                   "units": {"formation": "eV/atom"}}}
     result, log = _tasks_stage(tmp_path, {"source": "crystals", "path": str(folder), "files": files,
                                           "units": {"dH": "eV/atom"}})
-    table = TaskTable.load(Path(result["artifact"]) / "tasks.parquet")
+    table = TaskTable.load(Path(result.artifact) / "tasks.parquet")
     # the alias from the config; a column unique across files; <stem>:<column> (stem cut to 20) for a shared one
     assert table.names == ["eform_2d", "layered_2d_formation:log_abs", "dH", "measured_enthalpies:log_abs"]
     by_name = {t.name: t for t in table.tasks}
@@ -117,7 +117,7 @@ def test_unknown_molecule_csv_with_two_targets(tmp_path: Path) -> None:
                   "note": "x"}).to_csv(mine, index=False)
     result, log = _tasks_stage(tmp_path, {"source": "table", "path": str(mine), "smiles_column": "SMI",
                                           "aliases": {"bandgap": "gap"}, "units": {"dipole": "D", "bandgap": "Ha"}})
-    table = TaskTable.load(Path(result["artifact"]) / "tasks.parquet")
+    table = TaskTable.load(Path(result.artifact) / "tasks.parquet")
     assert table.names == ["dipole", "gap"] and len(table.frame) == 600
     assert table.labels("gap").tolist() == src["gap"].tolist()
     assert "tasks: lab_batch_7.csv column 'bandgap' -> task 'gap' (Ha)" in log, log

@@ -52,8 +52,8 @@ class Results(Protocol):
 
 
 @dataclass(frozen=True)
-class JsonResults:
-    """The job returns a JSON-able value; the runner publishes it as ``<root>/<key>/result.json``."""
+class _ArtifactResults:
+    """Results kept as artifact folders ``<root>/<key>/``: done once the folder is complete."""
 
     artifacts: Artifacts
 
@@ -63,6 +63,11 @@ class JsonResults:
 
     def done(self, key: str) -> bool:
         return self.artifacts.complete(key)
+
+
+@dataclass(frozen=True)
+class JsonResults(_ArtifactResults):
+    """The job returns a JSON-able value; the runner publishes it as ``<root>/<key>/result.json``."""
 
     def load(self, key: str) -> Any:
         return self.artifacts.load_json(key)
@@ -72,20 +77,12 @@ class JsonResults:
 
 
 @dataclass(frozen=True)
-class ManifestResults:
+class ManifestResults(_ArtifactResults):
     """The job writes its own artifact folder (a checkpoint, a vector); its result is the manifest's
     ``field``. Saving only checks that the folder is complete: a job that returned without
     writing it is an error, not a silent cache miss on every rerun."""
 
-    artifacts: Artifacts
-    field: str
-
-    @property
-    def kind(self) -> str:
-        return self.artifacts.kind
-
-    def done(self, key: str) -> bool:
-        return self.artifacts.complete(key)
+    field: str = "metrics"
 
     def load(self, key: str) -> Any:
         return read_manifest(self.artifacts.path(key))[self.field]
