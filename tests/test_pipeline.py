@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from tasksim_ray.cli import app
 from tasksim_ray.config import load_config
+from tasksim_ray.infra.cache import verify
 from tasksim_ray.stages.pipeline import PipelineResult, run_pipeline
 
 from .conftest import TINY_CONFIG
@@ -153,3 +155,27 @@ def test_cli_similarity_computes_chosen_metrics_from_cache(first_run: PipelineRe
     assert set(report["metrics"]) == {"rsa", "cka"}
     for stage in ("pretrain", "embed"):
         assert report["timings"][stage]["cached"], stage
+
+
+def test_damaged_cached_model_and_stage_are_rebuilt_with_a_warning(
+        first_run: PipelineResult, workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    t1, t2 = sorted(first_run.model_dirs)[:2]
+    truncated, garbage = first_run.model_dirs[t1], first_run.model_dirs[t2]
+    weights = truncated / "state_dict.pt"
+    weights.write_bytes(weights.read_bytes()[:200])
+    (garbage / "config.json").write_text("{garbage")
+    assert first_run.preprocess_stage is not None
+    stage_dir = first_run.preprocess_stage.path
+    stage_file = next(p for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name != "manifest.json")
+    stage_file.write_bytes(stage_file.read_bytes()[:-1])
+    with caplog.at_level(logging.WARNING, logger="tasksim_ray.infra.cache"):
+        again = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir)}))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "tasksim_ray.infra.cache"]
+    for damaged in (truncated, garbage, stage_dir):
+        assert sum(str(damaged) in w for w in warnings) == 1, (damaged, warnings)
+    assert all("\n" not in w for w in warnings)
+    assert not again.timings["preprocess"]["cached"] and not again.timings["pretrain"]["cached"]
+    for directory in (truncated, garbage, stage_dir):
+        verify(directory)
+    assert again.similarity.shape == first_run.similarity.shape
+    _no_partial_artifacts(workdir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -26,8 +28,24 @@ def overrides(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise TasksimError(f"--set expects KEY=VALUE, got '{pair}'")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise TasksimError(f"--set {key.strip()}: value '{value}' is not valid YAML") from None
     return out
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """The CLI's promise: bad input, and a disk that is full or a path that is not writable, end the
+    command with one line naming the file and exit status 2."""
+    try:
+        yield
+    except TasksimError as exc:
+        fail(exc)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(TasksimError(f"{where}{exc.strerror or exc}"))
 
 
 def fail(exc: TasksimError) -> NoReturn:

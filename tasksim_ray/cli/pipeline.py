@@ -14,9 +14,8 @@ import typer
 import yaml
 from rich.table import Table
 
-from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
+from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, overrides, user_errors
 from tasksim_ray.config import PipelineConfig, load_config
-from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import METRICS
 
 if TYPE_CHECKING:
@@ -42,11 +41,9 @@ def _execute(cfg: PipelineConfig, until: str) -> PipelineResult:
 
 
 def _run_verb(config: Path, sets: list[str] | None, until: str) -> None:
-    try:
+    with user_errors():
         cfg = load_config(config, overrides(sets))
         result = _execute(cfg, until)
-    except TasksimError as exc:
-        fail(exc)
     sel = result.selection
     if sel is not None:
         console.print(similarity_table(result.tasks, result.similarity, sel.subset, result.metric))

@@ -118,7 +118,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     if not p.is_file():
         raise TasksimError(f"{p}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise TasksimError(f"{p}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -128,7 +130,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TasksimError(f"--set {dotted}: '{'.'.join(parents[:depth + 1])}' is a value, not a section")
         node[leaf] = value
     return parse_config(raw, str(p))

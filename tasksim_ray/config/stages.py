@@ -55,6 +55,14 @@ class SplitConfig(_Strict):
         return self
 
 
+def listed_once(names: list[str] | None) -> list[str] | None:
+    """A target listed twice would become two tasks fighting over one column."""
+    twice = sorted({n for n in names or [] if (names or []).count(n) > 1})
+    if twice:
+        raise ValueError(f"target(s) {twice} listed more than once")
+    return names
+
+
 class FileConfig(_Strict):
     """One file of a data folder: which columns are tasks (default: every numeric non-id column),
     short task names and units per column, and whether its pickle may be read (pickle runs code)."""
@@ -63,6 +71,8 @@ class FileConfig(_Strict):
     aliases: dict[str, str] = Field(default_factory=dict)
     units: dict[str, str] = Field(default_factory=dict)
     trust_pickle: bool = False
+
+    _targets_once = field_validator("targets")(lambda v: listed_once(v))
 
 
 class DataConfig(_Strict):
@@ -92,6 +102,7 @@ class DataConfig(_Strict):
     max_molecules: int | None = Field(default=None, gt=0)
 
     _source_registered = field_validator("source")(lambda v: registered(SOURCES, v))
+    _targets_once = field_validator("targets")(lambda v: listed_once(v))
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:

@@ -179,8 +179,10 @@ def _read_json_table(path: Path) -> pd.DataFrame:
         with (gzip.open(path, "rt") if path.name.endswith(".gz") else path.open()) as fh:
             doc = json.load(fh)
         columns, data = doc["columns"], doc["data"]
+    except EOFError:  # a truncated .gz (click would turn it into a bare "Aborted.")
+        raise TasksimError(f"{path}: truncated gzip file") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TasksimError(f"{path}: not a JSON table with 'columns' and 'data' ({type(exc).__name__}: {exc})") from exc
+        raise TasksimError(f"{path}: not a JSON table with 'columns' and 'data' ({type(exc).__name__}: {exc})") from None
     rows = [r if isinstance(r, dict) else dict(zip(columns, r)) for r in data]
     frame = pd.DataFrame(rows, columns=list(columns) if not rows else None)
     if "index" in doc:

@@ -59,7 +59,11 @@ def _read_smiles(path: Path) -> list[str]:
             raise TasksimError(f"{path}: probe table has no 'smiles' column")
         smiles = frame[col].dropna().astype(str).str.strip().tolist()
     else:
-        smiles = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise TasksimError(f"{path}: probe file is not UTF-8 text (byte {exc.start})") from None
+        smiles = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not smiles:
         raise TasksimError(f"{path}: probe file has no SMILES")
     return smiles

@@ -95,12 +95,40 @@ class TaskTable:
         return [Task(**t) for t in json.loads(pq.read_schema(path).metadata[_META_KEY])]
 
 
+MIN_LABELS = 5  # fewer leaves a task one or two molecules to train on after the split
+
+
+def check_table(table: TaskTable) -> None:
+    """Refuse a table no model can learn from, naming the file, row or column, before any training:
+    duplicate ids, infinite labels, a target with (almost) no labels or one value for all."""
+    frame = table.frame
+    dup = frame[ID].duplicated(keep=False).to_numpy()
+    if dup.any():
+        first = frame[ID].iloc[int(np.argmax(dup))]
+        rows = frame.loc[frame[ID] == first, SOURCE_ROW].tolist()
+        raise TasksimError(f"{frame[SOURCE].iloc[int(np.argmax(dup))]}: molecule id '{first}' is on several "
+                           f"data rows ({', '.join(str(r + 1) for r in rows[:3])})")
+    for task in table.tasks:
+        labels = table.labels(task.name)
+        where = f"{task.source}: target '{task.column or task.name}'"
+        if np.isinf(labels).any():
+            i = int(np.argmax(np.isinf(labels)))
+            raise TasksimError(f"{frame[SOURCE].iloc[i]}, data row {frame[SOURCE_ROW].iloc[i] + 1}: target "
+                               f"'{task.column or task.name}' is {labels[i]}")
+        known = labels[~np.isnan(labels)]
+        if len(known) < MIN_LABELS:
+            raise TasksimError(f"{where} has {len(known)} labels; at least {MIN_LABELS} are needed")
+        if np.ptp(known) == 0:
+            raise TasksimError(f"{where} is constant ({known[0]:g} for all {len(known)} labels): nothing to learn")
+
+
 def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise TasksimError(f"{path}: data file not found")
     try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
         raise TasksimError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
+    if frame.empty:
+        raise TasksimError(f"{path}: table has a header but no rows")
+    return frame

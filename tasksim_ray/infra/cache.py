@@ -15,8 +15,10 @@ With a shared store (``tasksim_ray.infra.storage``) these are also the hooks tha
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +33,7 @@ from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra import storage
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
@@ -47,15 +50,50 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
 
 
 def is_complete(directory: Path) -> bool:
-    """Finished here, or finished in the shared store (then downloaded, so it is here now)."""
-    if (directory / MANIFEST).is_file():
+    """Finished and intact here, or finished in the shared store (then downloaded and checked, so
+    it is here now). A damaged copy is removed with a one-line warning: the caller rebuilds it."""
+    if (directory / MANIFEST).is_file() and intact(directory):
         return True
     store = storage.active()
     if store is None or not store.exists(directory / MANIFEST):
         return False
     with _local_atomic_dir(directory) as tmp:
         store.download(directory, tmp)
+        if not intact(tmp, name=directory):
+            raise _Discard
+    return (directory / MANIFEST).is_file()
+
+
+_verified: dict[str, tuple[Any, ...]] = {}  # folder -> the stat of its files when last checked
+
+
+def _stamp(directory: Path) -> tuple[Any, ...]:
+    """What changes when any file of the folder is rewritten, truncated or replaced: cheap stat calls."""
+    return tuple((p.relative_to(directory).as_posix(), st.st_ino, st.st_size, st.st_mtime_ns)
+                 for p in sorted(directory.rglob("*")) if p.is_file() and (st := p.stat()))
+
+
+def intact(directory: Path, name: Path | None = None) -> bool:
+    """Whether the manifest is readable and every file it lists matches its sha256, hashed once per
+    process while the files are unchanged. If not, warn in one line naming it and delete it."""
+    if not (directory / MANIFEST).is_file():  # replaced or removed since the caller looked: not here
+        return False
+    try:
+        stamp = _stamp(directory)
+        if _verified.get(str(directory)) == stamp:
+            return True
+        verify(directory)
+    except (OSError, ValueError, TasksimError, AttributeError) as exc:
+        reason = exc if isinstance(exc, TasksimError) else f"unreadable manifest ({type(exc).__name__})"
+        log.warning("damaged cached artifact %s, rebuilding it: %s", name or directory, reason)
+        _remove(directory)
+        return False
+    _verified[str(directory)] = stamp
     return True
+
+
+class _Discard(Exception):
+    """Leave ``_local_atomic_dir`` without publishing the scratch folder (a damaged download)."""
 
 
 @contextmanager
@@ -81,12 +119,49 @@ def _local_atomic_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if final.exists():  # a stale or concurrent copy: the fresh one wins
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _publish(tmp, final)
+    except _Discard:
+        pass
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final`` without a moment where a reader of a finished ``final`` loses it:
+    an intact ``final`` with the same key (a concurrent or earlier writer of the same content) is
+    kept and ours dropped; any other ``final`` is renamed aside first, then deleted."""
+    ours = _key(tmp)
+    for _ in range(5):
+        if (final / MANIFEST).is_file() and ours is not None and _key(final) == ours and intact(final):
+            return
+        if final.exists():
+            _remove(final)
+        try:
+            os.replace(tmp, final)
+            return
+        except OSError as exc:  # another writer published between our check and our rename
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    raise TasksimError(f"could not publish {final}: other writers keep replacing it")
+
+
+def _key(directory: Path) -> str | None:
+    try:
+        return read_manifest(directory).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _remove(directory: Path) -> None:
+    """Rename aside, then delete: readers never see a half-deleted folder under the real name."""
+    aside = directory.parent / f".old-{directory.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.replace(directory, aside)
+    except FileNotFoundError:
+        return
+    _verified.pop(str(directory), None)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -172,7 +247,6 @@ class Artifacts:
         import torch  # only the callers that cache tensors pay for importing it
 
         if self.complete(key):
-            verify(self.path(key))
             return torch.load(self.path(key) / "value.pt", weights_only=True)
         value = build()
         with self.build(key) as tmp:

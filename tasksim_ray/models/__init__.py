@@ -11,6 +11,7 @@ groups, input to output, for fine-tuning strategies) and ``embedding_dim``.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tasksim_ray.infra.cache import is_complete
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra.cache import MANIFEST, intact, is_complete
 from tasksim_ray.registry import BACKBONES
 
 __all__ = ["BACKBONES", "TaskModelInfo", "build_model", "load_checkpoint", "save_checkpoint"]
@@ -55,10 +57,18 @@ def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> N
 
 
 def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TaskModelInfo]:
+    """Load a model folder. A damaged one is a one-line error naming it, never a torch traceback (the
+    pipeline checks cached folders before it starts jobs, and rebuilds damaged ones)."""
     if not (directory / "config.json").is_file():
         is_complete(directory)  # trained on another node: fetch it from the shared store, if there
-    info = TaskModelInfo(**json.loads((directory / "config.json").read_text()))
-    model = build_model(info.backbone, {k: v for k, v in info.hparams.items() if k not in BUILD_ONLY_HPARAMS})
-    state = torch.load(directory / "state_dict.pt", map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    elif (directory / MANIFEST).is_file() and not intact(directory):
+        raise TasksimError(f"model folder {directory} is damaged (files differ from its manifest); rerun to rebuild")
+    try:
+        info = TaskModelInfo(**json.loads((directory / "config.json").read_text()))
+        model = build_model(info.backbone, {k: v for k, v in info.hparams.items() if k not in BUILD_ONLY_HPARAMS})
+        state = torch.load(directory / "state_dict.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise TasksimError(f"model folder {directory} cannot be loaded: {type(exc).__name__}: {first}") from None
     return model.to(device).eval(), info

@@ -14,7 +14,8 @@ from torch_geometric.data import Data
 from tasksim_ray.data import probes
 from tasksim_ray.data.preprocess import filter_correlated, split_molecules
 from tasksim_ray.data.sources import load_tasks
-from tasksim_ray.data.tasks import ID, TaskTable
+from tasksim_ray.data.tasks import ID, TaskTable, check_table
+from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import pack_graphs
 from tasksim_ray.featurize.inputs import featurize_inputs
 from tasksim_ray.featurize.molecule import FeaturizeReport
@@ -38,6 +39,7 @@ def stage_tasks(run: Run) -> Stage:
         table = load_tasks(cfg.data)
         if cfg.tasks:
             table = table.subset(cfg.tasks)
+        check_table(table)
         table.save(out / "tasks.parquet")
         return {"n_molecules": len(table.frame), "tasks": table.names}
 
@@ -94,6 +96,10 @@ def stage_featurize(run: Run, tasks: Stage, prep: Stage) -> Stage:
         rows = np.unique(np.concatenate([r for d in rows_by_task.values() for r in d.values()]))
         graphs, report = featurize_rows(run, table, rows)
         run.log("featurize", report.summary(f"training {table.kind}s"))
+        for t, parts in rows_by_task.items():
+            if not any(graphs[int(np.searchsorted(rows, r))] is not None for r in parts["train"]):
+                raise TasksimError(f"{cfg.data.path or cfg.data.source}: task '{t}' has no valid "
+                                   f"{table.kind} to train on ({report.summary(table.kind + 's')})")
         valid = {int(rows[i]): pos for pos, i in enumerate(i for i, g in enumerate(graphs) if g is not None)}
         torch.save(pack_graphs([g for g in graphs if g is not None]), out / "graphs.pt")
         positions = {t: {part: [valid[int(r)] for r in rs if int(r) in valid] for part, rs in d.items()}

@@ -18,6 +18,7 @@ from tasksim_ray.similarity.select import Selection, select_subset
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, stage_featurize, stage_preprocess, stage_tasks
 from tasksim_ray.stages.embedding import stage_dataset_features, stage_embed, stage_probe
+from tasksim_ray.stages.preflight import check_comparable, check_config
 from tasksim_ray.stages.published import stage_published
 from tasksim_ray.stages.report import write_report
 from tasksim_ray.stages.similarity import SimilarityResult, stage_similarity
@@ -129,6 +130,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
     if until not in STAGES:
         raise ValueError(f"unknown stage '{until}'; stages: {STAGES}")
     stop = STAGES.index(until)
+    check_config(cfg)
     run = Run(cfg, console or Console())
     result = PipelineResult(until, run.timings)
     if cfg.published.path:
@@ -141,18 +143,21 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
     if stop == 1:
         result.artifact = prep.path
         return result
+    if stop >= STAGES.index("similarity"):
+        check_comparable(prep.manifest["kept"], f"{cfg.data.path or cfg.data.source} after the correlation filter")
     feats = stage_featurize(run, tasks, prep)
     if stop == 2:
         result.artifact = feats.path
         return result
+    # the probe set before any training: a missing or too small probe file fails in seconds
+    probe = stage_probe(run, tasks, prep) if stop >= STAGES.index("probe") else None
     ensure_ray(cfg.ray)
     models = stage_pretrain(run, tasks, feats)
     units = {t.name: t.units for t in load_table(tasks).tasks}
     _with_models(result, models, units)
-    if stop == 3:
+    if stop == 3 or probe is None:
         result.artifact = run.artifacts / "models"
         return result
-    probe = stage_probe(run, tasks, prep)
     if stop == 4:
         result.artifact = probe.path
         return result

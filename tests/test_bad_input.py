@@ -1,0 +1,111 @@
+"""Bad input through ``tasksim run``: one line on stderr naming the file, row or key, exit 2, and
+nothing trained or half-written (the README's promise). Every case stops before the first Ray task."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tasksim_ray.cli import app
+from tasksim_ray.cli.app import user_errors
+
+from .conftest import TINY_CONFIG, TINY_DATA
+
+Case = Callable[[Path], list[str]]  # tmp folder -> extra CLI arguments
+
+
+def _csv(tmp: Path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> list[str]:
+    frame = change(pd.read_csv(TINY_DATA).head(120)[["mol_id", "smiles", "mu", "alpha", "homo"]].copy())
+    path = tmp / "data.csv"
+    frame.to_csv(path, index=False)
+    return ["--set", f"data.path={path}", "--set", "data.targets=[mu, alpha, homo]"]
+
+
+def _set(frame: pd.DataFrame, column: str, values: object, rows: slice = slice(None)) -> pd.DataFrame:
+    frame.loc[frame.index[rows], column] = values
+    return frame
+
+
+def _probes(tmp: Path, content: bytes | None) -> list[str]:
+    path = tmp / "probes.txt"
+    if content is not None:
+        path.write_bytes(content)
+    return ["--set", "probe.source=file", "--set", f"probe.path={path}"]
+
+
+def _config_bytes(tmp: Path) -> list[str]:
+    (tmp / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    return ["CONFIG", str(tmp / "latin1.yaml")]
+
+
+def _workdir_file(tmp: Path) -> list[str]:
+    (tmp / "afile").write_text("x")
+    return ["--set", f"workdir={tmp / 'afile'}"]
+
+
+def _truncated_gz(tmp: Path) -> list[str]:
+    path = tmp / "table.json.gz"
+    path.write_bytes(gzip.compress(b'{"columns": ["structure", "e"], "data": []}' * 20)[:40])
+    return ["--set", "data.source=crystals", "--set", f"data.path={path}", "--set", "data.targets=[e]"]
+
+
+CASES: dict[str, tuple[Case, str]] = {
+    "config-not-utf8": (_config_bytes, "not UTF-8"),
+    "set-bad-yaml": (lambda t: ["--set", "train=[1, 2"], "--set train: value '[1, 2' is not valid YAML"),
+    "set-into-a-value": (lambda t: ["--set", "train.max_epochs.x=1"], "'train.max_epochs' is a value"),
+    "workdir-is-a-file": (_workdir_file, "is a file, not a folder"),
+    "unknown-model-param": (lambda t: ["--set", "model.backbone=cgcnn", "--set", "model.params={bogus: 1}"],
+                            "model.params: unknown key(s) ['bogus']"),
+    "all-smiles-invalid": (lambda t: _csv(t, lambda f: _set(f, "smiles", "not-a-smiles")), "no valid molecule"),
+    "target-all-nan": (lambda t: _csv(t, lambda f: _set(f, "mu", np.nan)), "target 'mu' has 0 labels"),
+    "target-listed-twice": (lambda t: ["--set", "data.targets=[mu, alpha, mu]"], "['mu'] listed more than once"),
+    "probe-not-utf8": (lambda t: _probes(t, b"CCO\n\xff\xfe\n"), "probes.txt: probe file is not UTF-8"),
+    "header-no-rows": (lambda t: _csv(t, lambda f: f.iloc[:0]), "data.csv: table has a header but no rows"),
+    "duplicate-ids": (lambda t: _csv(t, lambda f: _set(f, "mol_id", "gdb_1", slice(3, 5))),
+                      "molecule id 'gdb_1' is on several data rows (4, 5)"),
+    "probe-missing": (lambda t: _probes(t, None), "probes.txt: probe file not found"),
+    "probe-two-molecules": (lambda t: _probes(t, b"CCO\nCCN\n"), "at least 3 are needed"),
+    "label-inf": (lambda t: _csv(t, lambda f: _set(f, "alpha", np.inf, slice(7, 8))),
+                  "data.csv, data row 8: target 'alpha' is inf"),
+    "target-two-labels": (lambda t: _csv(t, lambda f: _set(f, "homo", np.nan, slice(2, None))),
+                          "target 'homo' has 2 labels"),
+    "target-constant": (lambda t: _csv(t, lambda f: _set(f, "homo", 0.25)), "target 'homo' is constant"),
+    "single-task": (lambda t: ["--set", "data.targets=[mu]"], "similarity needs at least 2 tasks"),
+    "truncated-json-gz": (_truncated_gz, "table.json.gz: truncated gzip file"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_nothing_trained(tmp_path: Path, name: str) -> None:
+    make, message = CASES[name]
+    workdir = tmp_path / "work"
+    extra = make(tmp_path)
+    config = str(TINY_CONFIG)
+    if extra[:1] == ["CONFIG"]:
+        config, extra = extra[1], []
+    result = CliRunner().invoke(app, ["run", config, "--set", f"workdir={workdir}", *extra])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    artifacts = workdir / "artifacts"
+    if artifacts.is_dir():
+        assert not {"models", "embeddings", "similarity"} & {p.name for p in artifacts.iterdir()}
+        assert not [p for p in artifacts.rglob("*") if p.name.startswith(".tmp-")]
+    assert not (workdir / "report").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "artifacts" / "x.npy"
+    with pytest.raises(typer.Exit) as stop, user_errors():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+    err = capsys.readouterr().err.strip()
+    assert stop.value.exit_code == 2 and err == f"error: {target}: No space left on device"
