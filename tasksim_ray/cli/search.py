@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
+from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, overrides, user_errors
 from tasksim_ray.config import load_config
-from tasksim_ray.errors import TasksimError
 
 
 @app.command()
@@ -16,15 +15,13 @@ def search(config: ConfigArg, set_: SetOpt = None,
            resume: Annotated[bool, typer.Option(help="resume an interrupted search")] = False,
            fresh: Annotated[bool, typer.Option(help="discard a previous search of the same name")] = False) -> None:
     """Search subsets, budget splits and fine-tuning settings with Ray Tune + Optuna (ASHA)."""
-    try:
+    with user_errors():
         from tasksim_ray.search.engine import clear_search, run_search
 
         cfg = load_config(config, overrides(set_))
         if fresh:
             clear_search(cfg)
         summary = run_search(cfg, console, resume=resume)
-    except TasksimError as exc:
-        fail(exc)
     console.print(f"\\[search] {summary['trials']} trials ({summary['failed']} failed), {summary['epochs']} epochs; "
                   f"table {summary['table']}", highlight=False)
     if "best" in summary:

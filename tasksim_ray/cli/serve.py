@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
+from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, overrides, user_errors
 from tasksim_ray.config import load_config
-from tasksim_ray.errors import TasksimError
 
 
 @app.command()
@@ -22,14 +21,12 @@ def serve(config: ConfigArg, sets: SetOpt = None,
     from tasksim_ray.stages.data import load_table
     from tasksim_ray.stages.pipeline import run_pipeline
 
-    try:
+    with user_errors():
         cfg = load_config(config, overrides(sets))
         result = run_pipeline(cfg, console, until="pretrain")
         kind = "crystal" if result.tasks_stage is None else load_table(result.tasks_stage).kind  # published: CGCNN
         url = deploy(result.model_dirs, kind, cfg.data.graph, port=port, replicas=replicas,
                      num_cpus=cfg.embed.num_cpus, num_gpus=0.0)
-    except TasksimError as exc:
-        fail(exc)
     console.print(f"serving {len(result.model_dirs)} task models at [bold]{url}[/bold] (Ctrl-C stops)")
     try:
         while True:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from tasksim_ray.cli.app import ConfigArg, app, console, fail
+from tasksim_ray.cli.app import ConfigArg, app, console, user_errors
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.submit import ALLOWED, JOB_VERBS
 from tasksim_ray.infra.submit import submit as submit_job
@@ -35,13 +35,11 @@ def submit(config: ConfigArg,
     """Submit jobs/<JOB>.py CONFIG to a Ray cluster, stream its logs, exit with its outcome. Run it from
     the project folder: the package, jobs/, configs/, the config and the data files it names travel."""
     url = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
-    try:
+    with user_errors():
         if not url:
             raise TasksimError("no job server: give --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
         outcome = submit_job(url, job, str(config), arg, pip=pip, image=image,
                              on_log=lambda text: sys.stdout.write(text), on_upload=_print_upload)
-    except TasksimError as exc:
-        fail(exc)
     style = "green" if outcome.succeeded else "red"
     console.print(f"[{style}]job {outcome.job_id}: {outcome.status}[/{style}]")
     raise typer.Exit(0 if outcome.succeeded else 1)

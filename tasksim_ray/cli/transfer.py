@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, fail, overrides
+from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, overrides, user_errors
 from tasksim_ray.config import PipelineConfig, load_config
 from tasksim_ray.errors import TasksimError
 
@@ -30,7 +30,7 @@ def pretrain(config: ConfigArg, set_: SetOpt = None,
              subset: Annotated[str | None, typer.Option(help="comma-separated tasks: one multi-task model "
                                                               "under transfer.budget")] = None) -> None:
     """Train one model per task (Ray tasks), or with --subset one multi-task model per budget split."""
-    try:
+    with user_errors():
         cfg = _load(config, set_)
         if subset is None:
             from tasksim_ray.stages.pipeline import run_pipeline
@@ -41,8 +41,6 @@ def pretrain(config: ConfigArg, set_: SetOpt = None,
         from tasksim_ray.transfer.runner import pretrain_subset_models
 
         models = pretrain_subset_models(cfg, _tasks(subset), console)
-    except TasksimError as exc:
-        fail(exc)
     table = Table(title=f"Multi-task pretraining on {subset}")
     for col in ("samples x epochs", "labels used / available", "val score (mean std. MAE)", "checkpoint"):
         table.add_column(col)
@@ -58,15 +56,13 @@ def finetune(config: ConfigArg, target: TargetOpt, source: SourceOpt = None, set
              size: Annotated[int | None, typer.Option(help="training-set size (default: the largest)")] = None,
              fold: Annotated[int, typer.Option(help="fold")] = 0) -> None:
     """Fine-tune TARGET from one source model (or a pretrained subset) next to scratch, on one cell."""
-    try:
+    with user_errors():
         sources = _tasks(subset) if subset else list(source or [])
         if (len(sources) != 1 and not subset) or (subset and source):
             raise TasksimError("give exactly one --source, or --subset a,b,...")
         from tasksim_ray.transfer.runner import finetune_once
 
         r = finetune_once(_load(config, set_), target, sources, size, fold, console, subset=subset is not None)
-    except TasksimError as exc:
-        fail(exc)
     s, f = r["scratch"], r["finetuned"]
     console.print(f"{target} (n={r['size']}, fold {r['fold']}): test MAE scratch {s['test_mae']:.4g} {r['units']}, "
                   f"from {f['recipe']} {f['test_mae']:.4g} {r['units']} "
@@ -75,15 +71,13 @@ def finetune(config: ConfigArg, target: TargetOpt, source: SourceOpt = None, set
 
 def _study(config: Path, sets: list[str] | None, studies: list[str] | None, **kw: Any) -> None:
     """Run ``studies`` (None: the whole design, with the strategies study if the config names pairs)."""
-    try:
+    with user_errors():
         from tasksim_ray.transfer.runner import run_transfer
 
         cfg = _load(config, sets)
         if studies is None:
             studies = cfg.transfer.studies or ["matrix", "subset", "moe"] + (["strategies"] if cfg.transfer.strategy_pairs else [])
         result = run_transfer(cfg, studies, console, **kw)
-    except TasksimError as exc:
-        fail(exc)
     md = Path(result["paths"]["markdown"])
     console.print(md.read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"Transfer report: {md.parent}/ ({md.name}, {len(result['paths']) - 2} figures)")
