@@ -117,3 +117,24 @@ def test_concurrent_writers_and_readers_never_fail(tmp_path: Path) -> None:
     assert errors == []
     verify(tmp_path / "kind" / "k")
     assert [p.name for p in (tmp_path / "kind").iterdir()] == ["k"]
+
+
+def test_scratch_left_by_a_dead_writer_is_swept_young_ones_stay(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from tasksim_ray.infra.cache import STALE_S
+
+    final = tmp_path / "stage" / "abc"
+    final.parent.mkdir()
+    dead, aside, busy = (final.parent / n for n in (".tmp-abc-dead", ".old-abc-gone", ".tmp-abc-busy"))
+    for d in (dead, aside, busy):
+        d.mkdir()
+        (d / "part.npy").write_bytes(b"x")
+    old = time.time() - STALE_S - 60
+    for d in (dead, aside):
+        os.utime(d, (old, old))
+    with atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("done")
+    assert not dead.exists() and not aside.exists()
+    assert busy.exists() and (final / "a.txt").read_text() == "done"

@@ -16,12 +16,14 @@ With a shared store (``tasksim_ray.infra.storage``) these are also the hooks tha
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,6 +117,7 @@ def publish_dir(directory: Path) -> None:
 @contextmanager
 def _local_atomic_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(final)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -151,6 +154,22 @@ def _key(directory: Path) -> str | None:
         return read_manifest(directory).get("key")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+STALE_S = 6 * 3600  # a scratch folder untouched this long belongs to a writer that died (kill -9, power)
+
+
+def _sweep(final: Path) -> None:
+    """Delete the scratch and set-aside folders of ``final`` that dead writers left behind. Young
+    ones may belong to a writer still at work, so they stay."""
+    now = time.time()
+    found = [p for prefix in (".tmp", ".old") for p in final.parent.glob(f"{prefix}-{glob.escape(final.name)}-*")]
+    for stale in found:
+        try:
+            if now - stale.stat().st_mtime > STALE_S:
+                shutil.rmtree(stale, ignore_errors=True)
+        except FileNotFoundError:
+            continue
 
 
 def _remove(directory: Path) -> None:
