@@ -137,7 +137,7 @@ class HostGroup:
         self.hosts = [actor.remote(budget, threads) for _ in range(self.plan.n_hosts)]
 
     def map(self, batches: Iterable[list[bytes]], models: dict[str, str], layer: str = "graph",
-            in_flight: int = 2) -> Iterator[Embedded]:
+            in_flight: int = 3) -> Iterator[Embedded]:
         """Embedded batches in the order given, spread round-robin over the hosts."""
         pending: list[ray.ObjectRef] = []
         limit = in_flight * len(self.hosts)

@@ -46,9 +46,10 @@ def graph_table(inputs: list[str], ids: list[str], kind: str = "molecule", where
 
 
 def _batches(table: Path, batch_size: int, ids: list[str]) -> Iterator[list[bytes]]:
-    """The table's graphs in consecutive batches of ``batch_size``, streamed by Ray Data (the same
-    batch boundaries whatever the block layout, so the embeddings are the same bytes)."""
-    ds = ray.data.read_parquet(str(table)).select_columns([ID, GRAPH])
+    """The table's graphs in consecutive batches of ``batch_size``, streamed by Ray Data from the
+    Parquet read here (a probe table fits in memory; no read task to schedule). The batch boundaries
+    do not depend on the block layout, so the embeddings are the same bytes."""
+    ds = ray.data.from_arrow(pq.read_table(table, columns=[ID, GRAPH]))
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
         ids += batch.column(ID).to_pylist()
         yield batch.column(GRAPH).to_pylist()
@@ -66,31 +67,35 @@ def _column(values: np.ndarray) -> pa.Array:
 def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_dir: Path, layer: str = "graph",
                 hosts: HostGroup | None = None, timings: dict[str, Any] | None = None) -> None:
     """Stream an (id, graph) Parquet table through every model on the model hosts (``hosts``, or a
-    group started for this call) and write ``id`` + one embedding column per model as Parquet.
-    ``timings``, when given, receives where the wall time went (start-up, streaming, writing) and
-    the hosts' own split (loading models, decoding graphs, forward passes)."""
+    group started for this call) and write ``id`` + one embedding column per model as Parquet, a
+    row group per batch as the batches come back. ``timings``, when given, receives where the wall
+    time went (until the first batch is back, i.e. host start-up and reading; all batches) and the
+    hosts' own split (loading models, decoding graphs, forward passes)."""
     clock = time.perf_counter()
     group = hosts or HostGroup(cfg, len(model_dirs))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer: pq.ParquetWriter | None = None
     try:
-        if timings is not None:
-            group.stats()  # wait until every host process is up
-            timings["startup_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
         ids: list[str] = []
+        done = 0
         models = {name: str(Path(d).resolve()) for name, d in model_dirs.items()}
-        parts = list(group.map(_batches(table, cfg.batch_size, ids), models, layer))
+        for part in group.map(_batches(table, cfg.batch_size, ids), models, layer):
+            n = len(next(iter(part.values())))
+            batch = pa.table({ID: pa.array(ids[done:done + n])} | {emb_column(k): _column(v) for k, v in part.items()})
+            done += n
+            if writer is None:
+                if timings is not None:  # host start-up (unless warm), reading, one batch
+                    timings["first_batch_s"] = time.perf_counter() - clock
+                writer = pq.ParquetWriter(out_dir / "part-0.parquet", batch.schema)
+            writer.write_table(batch)
         if timings is not None:
             timings["stream_s"] = time.perf_counter() - clock
             timings["hosts"] = group.stats()
     finally:
+        if writer is not None:
+            writer.close()
         if hosts is None:
             group.close()
-    clock = time.perf_counter()
-    columns = {ID: pa.array(ids)} | {emb_column(k): _column(np.concatenate([p[k] for p in parts])) for k in parts[0]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), out_dir / "part-0.parquet")
-    if timings is not None:
-        timings["write_s"] = time.perf_counter() - clock
 
 
 def read_embedded(directory: Path, names: list[str], layer: str = "graph") -> tuple[list[str], dict[str, np.ndarray | list[np.ndarray]]]:

@@ -164,6 +164,19 @@ def extractor_features(model: CGCNN, graphs: list[Data], batch_size: int = 256) 
     return torch.cat(atoms), torch.cat(pooled)
 
 
+def write_published(path: Path, final: Path) -> Path:
+    """One published checkpoint as a model folder ``final`` (the ``load_checkpoint`` format, backbone
+    ``cgcnn``), written atomically with a manifest."""
+    model, mean, std, info = load_published(path)
+    metrics = {"source": info.source, "epoch": info.epoch, "best_error": info.best_error,
+               "graph": info.graph, "train_args": info.args}
+    with atomic_dir(final) as tmp:
+        save_checkpoint(tmp, model, TaskModelInfo("cgcnn", info.hparams, info.task, UNITS.get(info.task, ""),
+                                                  mean, std, metrics))
+        write_manifest(tmp, "import_published", stable_hash(info.source, path.stat().st_size), source=str(path))
+    return final
+
+
 def import_published(src_dir: str | Path, out_root: str | Path) -> dict[str, Path]:
     """Convert every ``*.pth.tar`` in ``src_dir`` into a model folder ``out_root/<task>`` (the
     ``load_checkpoint`` format, backbone ``cgcnn``), each written atomically with a manifest."""
@@ -177,13 +190,5 @@ def import_published(src_dir: str | Path, out_root: str | Path) -> dict[str, Pat
         raise TasksimError(f"{src_dir}: several files map to task name(s) {dupes}")
     written: dict[str, Path] = {}
     for path in files:
-        model, mean, std, info = load_published(path)
-        metrics = {"source": info.source, "epoch": info.epoch, "best_error": info.best_error,
-                   "graph": info.graph, "train_args": info.args}
-        final = out_root / info.task
-        with atomic_dir(final) as tmp:
-            save_checkpoint(tmp, model, TaskModelInfo("cgcnn", info.hparams, info.task, UNITS.get(info.task, ""),
-                                                      mean, std, metrics))
-            write_manifest(tmp, "import_published", stable_hash(info.source, path.stat().st_size), source=str(path))
-        written[info.task] = final
+        written[task_name(path)] = write_published(path, out_root / task_name(path))
     return written

@@ -11,20 +11,24 @@ All these molecules are featurised once into one graph store.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from tasksim_ray.config import SplitConfig
 from tasksim_ray.data.splits import load_splits
 from tasksim_ray.data.tasks import ID, TaskTable
+from tasksim_ray.embedding.service import GRAPH, embed_table, read_embedded
+from tasksim_ray.embedding.service import ID as GRAPH_ID
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.featurize.graphstore import pack_graphs, unpack_graphs
-from tasksim_ray.infra.cache import stable_hash
-from tasksim_ray.models.published import extractor_features, load_published
+from tasksim_ray.featurize.graphstore import graph_to_bytes, pack_graphs, unpack_graphs
+from tasksim_ray.infra.cache import Artifacts, stable_hash
+from tasksim_ray.models.published import extractor_features, load_published, write_published
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import featurize_rows, labelled_rows, load_table
 from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
@@ -181,19 +185,53 @@ def stage_split_data(run: Run, tasks: Stage) -> Stage:
     return run.stage("transfer-split-data", parts, build)
 
 
-def stage_expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, extractor: Path,
-                          with_atoms: bool) -> Stage:
-    """One published extractor's frozen features of one task's graphs (computed once, cached):
-    ``pooled`` (n_graphs, d) and, when its last layer trains, ``h_in`` (n_atoms, d)."""
+def published_model_dirs(run: Run, files: list[Path]) -> dict[Path, Path]:
+    """Each published extractor file as a model folder (cached), the form the model hosts load."""
+    store = Artifacts(run.artifacts / "published-models", "published-model")
+    out = {}
+    for f in files:
+        key = stable_hash("published-model", f.name, f.stat().st_size)
+        out[f] = store.path(key) if store.complete(key) else write_published(f, store.path(key))
+    return out
 
-    def build(out: Path) -> dict[str, Any]:
+
+def _pooled_on_hosts(run: Run, graphs: list, folders: dict[Path, Path]) -> dict[Path, torch.Tensor]:
+    """Each extractor's graph-level feature (softplus of the pooled last convolution) of ``graphs``,
+    from the run's model hosts: one pass over the graphs, every extractor on each batch."""
+    with tempfile.TemporaryDirectory(dir=run.artifacts) as scratch:
+        table = Path(scratch) / "graphs.parquet"
+        ids = [f"{i:09d}" for i in range(len(graphs))]
+        pd.DataFrame({GRAPH_ID: ids, GRAPH: [graph_to_bytes(g) for g in graphs]}).to_parquet(table, index=False)
+        names = {f: f.name for f in folders}
+        embed_table(table, {names[f]: d for f, d in folders.items()}, run.cfg.embed, Path(scratch) / "out", "graph",
+                    run.hosts(len(folders)))
+        got_ids, embs = read_embedded(Path(scratch) / "out", list(names.values()))
+    assert got_ids == ids
+    return {f: torch.from_numpy(np.asarray(embs[names[f]])) for f in folders}
+
+
+def expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, extractors: list[Path],
+                    with_atoms: set[Path]) -> dict[Path, dict[str, torch.Tensor]]:
+    """Each published extractor's frozen features of one task's graphs, cached per (task, extractor):
+    ``pooled`` (n_graphs, d), computed on the run's model hosts for every missing extractor in one
+    pass, and, when the extractor's last layer trains, ``h_in`` (n_atoms, d), the atom features
+    entering it."""
+    store = Artifacts(run.artifacts / "expert-features", "expert-features")
+    keys = {f: stable_hash("expert-features", data.key, task, [f.name, f.stat().st_size], f in with_atoms)
+            for f in extractors}
+    missing = [f for f in extractors if not store.complete(keys[f])]
+    if missing:
+        run.log("transfer-data", f"{task}: frozen features of {len(missing)} extractors on the model hosts")
         graphs = unpack_graphs(torch.load(data.path / "graphs.pt", weights_only=True))
-        atoms, pooled = extractor_features(load_published(extractor)[0], [graphs[i] for i in positions])
-        torch.save({"pooled": pooled} | ({"h_in": atoms} if with_atoms else {}), out / "features.pt")
-        return {"task": task, "extractor": extractor.name}
-
-    parts = [data.key, task, [extractor.name, extractor.stat().st_size], with_atoms]
-    return run.stage("expert-features", parts, build)
+        mine = [graphs[i] for i in positions]
+        pooled = _pooled_on_hosts(run, mine, published_model_dirs(run, missing))
+        for f in missing:
+            value = {"pooled": pooled[f]}
+            if f in with_atoms:
+                value["h_in"] = extractor_features(load_published(f)[0], mine)[0]
+            with store.build(keys[f], task=task, extractor=f.name) as tmp:
+                torch.save(value, tmp / "features.pt")
+    return {f: torch.load(store.path(keys[f]) / "features.pt", weights_only=True) for f in extractors}
 
 
 @dataclass

@@ -21,7 +21,7 @@ from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
 from tasksim_ray.transfer.data import (
     SplitData,
     TransferData,
-    stage_expert_features,
+    expert_features,
     stage_split_data,
     stage_transfer_data,
 )
@@ -92,21 +92,27 @@ def methods_context(cfg: PipelineConfig, console: Console) -> tuple[Context, dic
     strategy = cfg.transfer.finetune.strategy
     n_atoms = int(store["atom_ptr"][-1])
     ap = store["atom_ptr"]
-    for path in dict.fromkeys(wanted):
-        with_atoms = (path in experts and cfg.transfer.moe.train_last) or (path == tl and strategy == "last")
-        feat, h_in = None, torch.zeros(n_atoms, 0)
-        for t in data.targets:
-            pos = data.positions(t)
-            f = torch.load(stage_expert_features(run, stage, t, pos, path.resolve(), with_atoms).path / "features.pt",
-                           weights_only=True)
-            feat = feat if feat is not None else torch.zeros(len(data.store_rows), f["pooled"].shape[1])
-            feat[pos] = f["pooled"]
-            if with_atoms:
-                h_in = h_in if h_in.shape[1] else torch.zeros(n_atoms, f["h_in"].shape[1])
-                h_in[torch.cat([torch.arange(int(ap[p]), int(ap[p + 1])) for p in pos])] = f["h_in"]
-        store[f"feat/{path.name}"] = feat
-        if with_atoms:
-            store[f"h_in/{path.name}"] = h_in
+    extractors = [p.resolve() for p in dict.fromkeys(wanted)]
+    trained_last = {p.resolve() for p in wanted
+                    if (p in experts and cfg.transfer.moe.train_last) or (p == tl and strategy == "last")}
+    feat = {p: torch.zeros(len(data.store_rows), 0) for p in extractors}
+    h_in = {p: torch.zeros(n_atoms, 0) for p in trained_last}
+    for t in data.targets:
+        pos = data.positions(t)
+        rows = torch.cat([torch.arange(int(ap[i]), int(ap[i + 1])) for i in pos])
+        for p, f in expert_features(run, stage, t, pos, extractors, trained_last).items():
+            if not feat[p].shape[1]:
+                feat[p] = torch.zeros(len(data.store_rows), f["pooled"].shape[1])
+            feat[p][pos] = f["pooled"]
+            if p in trained_last:
+                if not h_in[p].shape[1]:
+                    h_in[p] = torch.zeros(n_atoms, f["h_in"].shape[1])
+                h_in[p][rows] = f["h_in"]
+    run.release_hosts()  # the cells' Ray jobs get the CPUs
+    for p in extractors:
+        store[f"feat/{p.name}"] = feat[p]
+        if p in trained_last:
+            store[f"h_in/{p.name}"] = h_in[p]
     prints = lambda paths: tuple((p.name, p.stat().st_size) for p in paths)  # noqa: E731
     recipes = {"scratch": SCRATCH,
                "finetune": Recipe("finetune", "finetune", (str(tl.resolve()),) if tl else (), published=True,
