@@ -194,3 +194,13 @@ def test_published_splits_of_every_shared_moe_file() -> None:
             rows = [np.concatenate(s) for s in splits]  # disjoint parts; the piezo split leaves one row out
             assert len(splits) == 5 and all(len(set(r)) == len(r) >= len(table.frame) - 1 for r in rows), task
     assert table.names == ["piezoelectric_tensor", "log_piezoelectric_tensor"]
+
+
+def test_repeated_ids_in_a_crystal_file_are_made_unique_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """The published experimental formation enthalpies list mp-2658 on two rows: both stay tasks' rows."""
+    from tasksim_ray.data.crystals import unique_ids
+
+    with caplog.at_level("WARNING"):
+        assert unique_ids(["a", "b", "a", "a"], Path("x.json.gz")) == ["a", "b", "a#2", "a#3"]
+    assert "x.json.gz: 1 ids are on several rows (e.g. 'a')" in caplog.text
+    assert unique_ids(["a", "b"], Path("y.json.gz")) == ["a", "b"]

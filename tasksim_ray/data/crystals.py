@@ -10,6 +10,8 @@ Pickles are read only when the config trusts them, and never just because they s
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from tasksim_ray.errors import TasksimError
 
 STRUCTURE = "structure"
 TABLE_SUFFIXES = (".json.gz", ".json", ".csv", ".parquet", *PICKLE_SUFFIXES)
+
+log = logging.getLogger(__name__)
 
 
 def _as_json(ds: CrystalDataset) -> list[str]:
@@ -56,6 +60,22 @@ def _cap(frame: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     if cfg.max_molecules is not None and len(frame) > cfg.max_molecules:
         frame = frame.sample(n=cfg.max_molecules, random_state=0).sort_index()
     return frame.reset_index(drop=True)
+
+
+def unique_ids(ids: list[str], where: Path) -> list[str]:
+    """Ids made unique within a file: crystal tables list one material on several rows (the
+    experimental formation enthalpies have mp-2658 twice, as two measurements), so a repeat becomes
+    ``<id>#2``, ``<id>#3`` (published splits count rows, not ids), with a warning naming the file."""
+    seen: Counter[str] = Counter()
+    out = []
+    for i in map(str, ids):
+        seen[i] += 1
+        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    repeated = [i for i, n in seen.items() if n > 1]
+    if repeated:
+        log.warning("%s: %d ids are on several rows (e.g. '%s'); their repeats are named '<id>#2', ...",
+                    where, len(repeated), repeated[0])
+    return out
 
 
 def load_crystal_tasks(cfg: DataConfig) -> TaskTable:
@@ -88,7 +108,8 @@ def load_crystal_tasks(cfg: DataConfig) -> TaskTable:
     names = iter(t.name for t in tasks)
     parts = []
     for file, stem, ds, targets in loaded:
-        part = pd.DataFrame({ID: ds.ids if single else [f"{stem}:{i}" for i in ds.ids], STRUCTURE: _as_json(ds),
+        ids = unique_ids(ds.ids, file)
+        part = pd.DataFrame({ID: ids if single else [f"{stem}:{i}" for i in ids], STRUCTURE: _as_json(ds),
                              SOURCE: str(file), SOURCE_ROW: np.arange(len(ds))})
         parts.append(part.assign(**{next(names): ds.labels(t) for t in targets}))
     frame = pd.concat(parts, ignore_index=True)  # a file's rows are NaN for the other files' tasks
