@@ -13,6 +13,7 @@ from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import publish_dir
 from tasksim_ray.infra.progress import Console
+from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_tasks
 from tasksim_ray.stages.pipeline import run_pipeline
@@ -84,6 +85,7 @@ def methods_context(cfg: PipelineConfig, console: Console) -> tuple[Context, dic
     experts, tl = _published_files(cfg)
     run = Run(cfg, console)
     tasks = stage_tasks(run)
+    ensure_ray(cfg.ray)  # the model hosts compute the extractor features
     stage = stage_split_data(run, tasks)
     data = SplitData.load(stage, tasks, cfg.transfer.standardize)
     store = data.store()
