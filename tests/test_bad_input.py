@@ -109,3 +109,13 @@ def test_a_full_disk_is_one_line_naming_the_path(tmp_path: Path, capsys: pytest.
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
     err = capsys.readouterr().err.strip()
     assert stop.value.exit_code == 2 and err == f"error: {target}: No space left on device"
+
+
+@pytest.mark.parametrize("verb", [["pretrain", "--subset", "mu,nope"],
+                                  ["finetune", "--target", "alpha", "--source", "nope"]])
+def test_unknown_task_on_the_command_line_is_refused_before_training(tmp_path: Path, verb: list[str]) -> None:
+    workdir = tmp_path / "work"
+    result = CliRunner().invoke(app, [*verb[:1], str(TINY_CONFIG), *verb[1:], "--set", f"workdir={workdir}"])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "unknown task(s) ['nope']" in lines[0], result.output
+    assert not (workdir / "artifacts" / "models").exists()

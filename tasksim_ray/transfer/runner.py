@@ -15,7 +15,7 @@ from tasksim_ray.infra.cache import publish_dir
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.stages import Run
-from tasksim_ray.stages.data import stage_tasks
+from tasksim_ray.stages.data import stage_preprocess, stage_tasks
 from tasksim_ray.stages.pipeline import run_pipeline
 from tasksim_ray.training.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
@@ -175,12 +175,20 @@ def _check_sources(ctx: Context, target: str, sources: list[str]) -> None:
         raise TasksimError(f"unknown source task(s) {unknown}; tasks: {sorted(ctx.model_dirs)}")
 
 
+def _check_names(cfg: PipelineConfig, console: Console, names: list[str], flag: str) -> None:
+    """Task names given on the command line, checked against the kept tasks before any model trains
+    (the tasks and preprocess stages are cheap and cached)."""
+    run = Run(cfg, console)
+    kept = stage_preprocess(run, stage_tasks(run)).manifest["kept"]
+    unknown = [n for n in names if n not in kept]
+    if unknown:
+        raise TasksimError(f"{flag}: unknown task(s) {unknown}; tasks: {kept}")
+
+
 def pretrain_subset_models(cfg: PipelineConfig, tasks: list[str], console: Console | None = None) -> list[SubsetModel]:
     """Multi-task pretraining of ``tasks`` under the config's budget, one model per budget split."""
+    _check_names(cfg, console or Console(), tasks, "--subset")
     ctx = build_context(cfg, console or Console(), need_similarity=False)
-    unknown = [t for t in tasks if t not in ctx.data.sources]
-    if unknown:
-        raise TasksimError(f"--subset: unknown task(s) {unknown}; tasks: {ctx.data.sources}")
     dirs = ctx.pretrain([(tasks, s) for s in cfg.transfer.budget.resolved()])
     ray.get(list(ctx.pending.values()))
     return [subset_model(d) for d in dirs]
@@ -190,13 +198,14 @@ def finetune_once(cfg: PipelineConfig, target: str, sources: list[str], size: in
                   console: Console | None = None, subset: bool = False) -> dict[str, Any]:
     """One cell: fine-tune ``target`` from one task's model (or, with ``subset``, from ``sources``
     pretrained together under the budget) at one training size and fold, next to scratch."""
-    ctx = build_context(cfg, console or Console(), need_similarity=False)
-    _check_sources(ctx, target, sources)
     if fold >= cfg.transfer.folds:
         raise TasksimError(f"--fold {fold}: the config has transfer.folds = {cfg.transfer.folds}")
     size = size or cfg.transfer.sizes[-1]
     if size > cfg.transfer.sizes[-1]:
         raise TasksimError(f"--size {size} exceeds the largest transfer size {cfg.transfer.sizes[-1]}")
+    _check_names(cfg, console or Console(), [target, *sources], "--target/--source")
+    ctx = build_context(cfg, console or Console(), need_similarity=False)
+    _check_sources(ctx, target, sources)
     if not subset:
         recipe = ctx.from_task(sources[0])
     else:
