@@ -16,7 +16,7 @@ import ray
 
 from tasksim_ray.config import RayConfig
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.infra import storage
+from tasksim_ray.infra import sessions, storage
 from tasksim_ray.registry import share_with_workers
 
 
@@ -38,9 +38,12 @@ def _start(cfg: RayConfig, runtime_env: dict | None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
-        # address="local": always a fresh instance, never another user's `ray start` cluster
+        # address="local": always a fresh instance, never another user's `ray start` cluster; in a temp
+        # dir of its own, so the agents a killed driver leaves behind can be found and stopped next time
+        sessions.reap_orphans()
         ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.include_dashboard,
-                 logging_level=logging.WARNING, configure_logging=True, runtime_env=runtime_env)
+                 logging_level=logging.WARNING, configure_logging=True, runtime_env=runtime_env,
+                 _temp_dir=str(sessions.new_session()))
 
 
 def quiet_ray_data() -> None:
