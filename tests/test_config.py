@@ -56,7 +56,8 @@ def test_overrides_merge_dotted_keys(tmp_path: Path) -> None:
 def test_unknown_registry_names_are_one_line_errors_listing_the_registered(tmp_path: Path) -> None:
     for text, kind, known in [("model:\n  backbone: gin\n", "backbone 'gin'", "alignn, cgcnn, chgnet, dmpnn, mace"),
                               ("similarity:\n  metrics: [rsa, kl]\n", "metric 'kl'", "cka, cmd, csi, logme, rsa"),
-                              ("data:\n  source: zinc\n  path: x.csv\n", "source 'zinc'", "moleculenet, qm9pack")]:
+                              ("data:\n  source: zinc\n  path: x.csv\n", "source 'zinc'", "moleculenet, qm9pack"),
+                              ("transfer:\n  foundation: [mace-mp]\n", "foundation model 'mace-mp'", "chgnet")]:
         with pytest.raises(TasksimError) as info:
             load_config(_write(tmp_path, text))
         assert f"unknown {kind}; registered: " in str(info.value) and known in str(info.value)

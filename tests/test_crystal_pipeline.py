@@ -87,3 +87,15 @@ def test_bad_structure_names_file_and_row(tmp_path: Path) -> None:
     assert result.exit_code == 2, out
     assert f"jarvis_dft_2d_eform_2022-04-11:{bad_id}" in out and "error:" in out
     assert not any((tmp_path / "w" / "artifacts").glob("featurize/*"))
+
+
+def test_a_foundation_model_is_a_fine_tuning_source(first_run: PipelineResult, workdir: Path) -> None:
+    """CHGNet's shipped universal model fine-tuned on a crystal task, in a cell next to scratch."""
+    from tasksim_ray.transfer.runner import finetune_once
+
+    cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet",
+                               "transfer.foundation": ["chgnet"], "transfer.finetune.max_epochs": 2})
+    out = finetune_once(cfg, "expt_eform", ["chgnet"], size=10, fold=0)
+    tuned, scratch = out["finetuned"], out["scratch"]
+    assert tuned["recipe"] == "chgnet" and tuned["epochs_run"] == 2 and np.isfinite(tuned["test_mae"])
+    assert scratch["recipe"] == "scratch" and np.isfinite(scratch["test_mae"])

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tasksim_ray.config.base import Strict as _Strict
 from tasksim_ray.config.base import first_error as _first_error
+from tasksim_ray.registry import FOUNDATION_MODELS
 
 
 class RegularizerConfig(_Strict):
@@ -168,6 +169,7 @@ class TransferConfig(_Strict):
     studies: list[str] | None = None  # what `tasksim study` runs (None: matrix, subset, moe [, strategies])
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)
     strategy_pairs: list[tuple[str, str]] = Field(default_factory=list)
+    foundation: list[str] = Field(default_factory=list)  # shipped foundation models that are sources too
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
 
@@ -178,6 +180,9 @@ class TransferConfig(_Strict):
         for target, source in self.strategy_pairs:
             if target == source:
                 raise ValueError(f"transfer.strategy_pairs: target '{target}' cannot be its own source")
+        for name in self.foundation:
+            if name not in FOUNDATION_MODELS:
+                raise ValueError(f"transfer.foundation: {FOUNDATION_MODELS.unknown(name)}")
         self.variant_configs()
         return self
 

@@ -17,6 +17,7 @@ from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_preprocess, stage_tasks
 from tasksim_ray.stages.pipeline import run_pipeline
+from tasksim_ray.stages.published import stage_foundation_model
 from tasksim_ray.training.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
 from tasksim_ray.transfer.data import (
@@ -54,13 +55,26 @@ def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) 
     run = Run(cfg, console)
     stage = stage_transfer_data(run, res.tasks_stage, res.preprocess_stage)
     data = TransferData.load(stage, res.tasks_stage)
+    model_dirs = {t: str(d) for t, d in res.model_dirs.items()} | _foundation_dirs(run, data)
     similarity = None
     if need_similarity:
         assert res.selection is not None  # the run went up to the report
         similarity = SimilarityView(res.tasks, res.matrices, res.kinds, res.metric, res.selection.subset)
     settings = CellSettings(cfg.model, cfg.transfer.finetune, cfg.transfer.moe, cfg.seed)
-    return Context(run, data, ray.put(data.store()), settings, {t: str(d) for t, d in res.model_dirs.items()},
-                   similarity)
+    return Context(run, data, ray.put(data.store()), settings, model_dirs, similarity)
+
+
+def _foundation_dirs(run: Run, data: TransferData) -> dict[str, str]:
+    """``transfer.foundation`` models as sources, by name: their model folders (weights from the
+    installed package). They read crystals, so molecule tasks cannot use them."""
+    names = run.cfg.transfer.foundation
+    if names and data.table.kind != "crystal":
+        raise TasksimError(f"transfer.foundation {names}: foundation models read crystals; these tasks are "
+                           f"{data.table.kind}s")
+    clash = [n for n in names if n in data.table.names]
+    if clash:
+        raise TasksimError(f"transfer.foundation: {clash} is also a task name; rename the task (data.aliases)")
+    return {n: str(stage_foundation_model(run, n)) for n in names}
 
 
 def _published_files(cfg: PipelineConfig) -> tuple[list[Path], Path | None]:
@@ -143,7 +157,7 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
     plans: list[Plan] = []
     for study in studies:
         if study == "curves":
-            chosen = sources if sources else [s for s in ctx.data.targets if s != target]
+            chosen = sources if sources else [s for s in ctx.data.targets if s != target] + cfg.transfer.foundation
             _check_sources(ctx, str(target), chosen)
             plans.append(plan_curves(ctx, str(target), chosen))
         elif study == "strategies":
@@ -180,7 +194,7 @@ def _check_names(cfg: PipelineConfig, console: Console, names: list[str], flag: 
     (the tasks and preprocess stages are cheap and cached)."""
     run = Run(cfg, console)
     kept = stage_preprocess(run, stage_tasks(run)).manifest["kept"]
-    unknown = [n for n in names if n not in kept]
+    unknown = [n for n in names if n not in kept and n not in cfg.transfer.foundation]
     if unknown:
         raise TasksimError(f"{flag}: unknown task(s) {unknown}; tasks: {kept}")
 
