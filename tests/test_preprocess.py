@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -37,3 +39,32 @@ def test_split_is_a_seeded_partition_with_fold_permutations() -> None:
     again = split_molecules(1000, (0.8, 0.1, 0.1), 5, seed=3)
     assert np.array_equal(again.test, s.test) and np.array_equal(again.folds, s.folds)
     assert not np.array_equal(split_molecules(1000, (0.8, 0.1, 0.1), 5, seed=4).test, s.test)
+
+
+def test_a_given_split_is_the_shared_split_of_every_study(tmp_path) -> None:
+    """Published per-file splits of a crystal folder combine into the one split the learning-curve
+    studies use; two tasks of one file that disagree are refused in one line."""
+    from pathlib import Path
+
+    import pytest
+
+    from tasksim_ray.config import DataConfig, SplitConfig
+    from tasksim_ray.data.preprocess import given_split
+    from tasksim_ray.data.sources import load_tasks
+    from tasksim_ray.errors import TasksimError
+
+    data = Path(__file__).parent / "data" / "crystals" / "moe_study"
+    table = load_tasks(DataConfig(source="crystals", path=str(data / "moe_tasks")))
+    published = SplitConfig(kind="published", path=str(data / "moe_splits"))
+    split = given_split(published, table, n_folds=2, seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (32, 12, 12)  # 16/6/6 per file
+    assert not (set(split.train) & set(split.val)) and not (set(split.val) & set(split.test))
+    assert split.folds.shape == (2, 32) and sorted(split.folds[1]) == split.train.tolist()
+    # the piezo file's raw column split another way than its log column: one row, two parts
+    doc = json.loads(next((data / "moe_splits").glob("*seed0*.json")).read_text())
+    train, val, test = doc["piezoelectric_tensor"]
+    doc["swapped"] = [test + val, train[:3], train[3:]]
+    (tmp_path / "split_seed0.json").write_text(json.dumps(doc))
+    clash = SplitConfig(kind="published", path=str(tmp_path), keys={"piezoelectric_tensor": "swapped"})
+    with pytest.raises(TasksimError, match=r"data.split: row \d+ is \w+ for task '.*' but \w+ for '.*'"):
+        given_split(clash, table, n_folds=1, seed=0)

@@ -1,5 +1,8 @@
 """Preprocessing as in the RSA study on QM9: drop redundant targets, one shared split, folds.
 
+The shared split is seeded and random, or (``data.split`` other than ``random``) the user's own:
+published split files, a split column or a split file.
+
 Order rule of the target filter: targets are visited in the table's order (the config's
 ``data.targets`` order, or the loader's); a target is dropped when |Pearson r| with any target
 already kept exceeds the threshold. Correlations use training molecules only (pairwise-complete
@@ -12,6 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from tasksim_ray.config import SplitConfig
+from tasksim_ray.data.splits import PARTS, load_splits
+from tasksim_ray.data.tasks import TaskTable
+from tasksim_ray.errors import TasksimError
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,24 @@ def split_molecules(n: int, fractions: tuple[float, float, float], n_folds: int,
     train, val, test = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
     folds = np.stack([rng.permutation(train) for _ in range(n_folds)])
     return Split(np.sort(train), np.sort(val), np.sort(test), folds)
+
+
+def given_split(cfg: SplitConfig, table: TaskTable, n_folds: int, seed: int) -> Split:
+    """The shared split from the user's split source (its first seed): each row goes where its
+    tasks' splits put it (a crystal folder's files have rows of their own, so per-file published
+    splits combine); a row one task trains on and another tests on is an error naming both."""
+    where: dict[int, tuple[str, str]] = {}
+    for task in table.names:
+        for part, rows in zip(PARTS, load_splits(cfg.model_copy(update={"seeds": cfg.seeds[:1]}), table, task)[0]):
+            for r in rows.tolist():
+                seen = where.setdefault(r, (part, task))
+                if seen[0] != part:
+                    raise TasksimError(f"data.split: row {r} is {seen[0]} for task '{seen[1]}' but {part} for "
+                                       f"'{task}'; the learning-curve studies need one split for all tasks")
+    train, val, test = (np.array(sorted(r for r, (p, _) in where.items() if p == part), dtype=np.int64)
+                        for part in PARTS)
+    rng = np.random.default_rng(seed)
+    return Split(train, val, test, np.stack([rng.permutation(train) for _ in range(n_folds)]))
 
 
 def filter_correlated(labels: pd.DataFrame, threshold: float) -> tuple[list[str], list[DroppedTask]]:

@@ -12,7 +12,7 @@ import torch
 from torch_geometric.data import Data
 
 from tasksim_ray.data import probes
-from tasksim_ray.data.preprocess import filter_correlated, split_molecules
+from tasksim_ray.data.preprocess import filter_correlated, given_split, split_molecules
 from tasksim_ray.data.sources import load_tasks
 from tasksim_ray.data.tasks import ID, TaskTable, check_table
 from tasksim_ray.errors import TasksimError
@@ -60,13 +60,17 @@ def stage_preprocess(run: Run, tasks: Stage) -> Stage:
 
     def build(out: Path) -> dict[str, Any]:
         table = load_table(tasks)
-        split = split_molecules(len(table.frame), cfg.preprocess.split, cfg.preprocess.n_folds, cfg.seed)
+        if cfg.data.split.kind == "random":
+            split = split_molecules(len(table.frame), cfg.preprocess.split, cfg.preprocess.n_folds, cfg.seed)
+        else:
+            split = given_split(cfg.data.split, table, cfg.preprocess.n_folds, cfg.seed)
         kept, dropped = filter_correlated(table.frame.iloc[split.train][table.names], cfg.preprocess.corr_threshold)
         np.savez(out / "split.npz", train=split.train, val=split.val, test=split.test, folds=split.folds)
         return {"kept": kept, "dropped": [asdict(d) for d in dropped],
                 "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
 
-    return run.stage("preprocess", [tasks.key, cfg.preprocess.model_dump(), cfg.seed], build)
+    given = [] if cfg.data.split.kind == "random" else [cfg.data.split.model_dump()]
+    return run.stage("preprocess", [tasks.key, cfg.preprocess.model_dump(), cfg.seed, *given], build)
 
 
 def labelled_rows(labels: np.ndarray, order: np.ndarray, limit: int | None) -> np.ndarray:
