@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from typing import Annotated
 
@@ -28,9 +30,13 @@ def serve(config: ConfigArg, sets: SetOpt = None,
         url = deploy(result.model_dirs, kind, cfg.data.graph, port=port, replicas=replicas,
                      num_cpus=cfg.embed.num_cpus, num_gpus=0.0)
     console.print(f"serving {len(result.model_dirs)} task models at [bold]{url}[/bold] (Ctrl-C stops)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a job manager's stop: shut down as on Ctrl-C
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
         console.print("stopped")
 
