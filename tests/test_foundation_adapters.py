@@ -222,3 +222,63 @@ def test_registry_imports_foundation_libraries_only_on_build() -> None:
             "assert not {'chgnet', 'mace', 'alignn', 'e3nn'} & set(sys.modules), sorted(sys.modules); "
             "assert {'chgnet', 'mace', 'alignn'} <= set(m.BACKBONES)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def _scale_shift_mace() -> torch.nn.Module:
+    """A small ScaleShiftMACE (MACE-MP's class) from mace's own constructor, as mace's test suite
+    builds one (tests/test_foundations.py there; the repository keeps no small model file)."""
+    from e3nn import o3
+    from mace import modules
+
+    torch.manual_seed(1)
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    return modules.ScaleShiftMACE(
+        r_max=5.0, num_bessel=6, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block,
+        interaction_cls_first=block, num_interactions=2, num_elements=len(ELEMENTS),
+        hidden_irreps=o3.Irreps("16x0e + 16x1o"), MLP_irreps=o3.Irreps("8x0e"),
+        gate=torch.nn.functional.silu, atomic_energies=np.linspace(-3.0, -1.0, len(ELEMENTS)),
+        avg_num_neighbors=12.0, atomic_numbers=ELEMENTS, correlation=2, radial_MLP=[16, 16],
+        atomic_inter_scale=1.7, atomic_inter_shift=0.2).eval()
+
+
+def test_scale_shift_mace_foundation_files_embed_as_mace_does(tmp_path: Path) -> None:
+    """A ScaleShiftMACE file (weights-only with its config, or a trusted pickle) builds its own
+    architecture; node embeddings are mace's own node_feats' invariant channels on the same crystals,
+    and a model folder made from it rebuilds without the file."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from tasksim_ray.models.mace import MACEBackbone, _import_mace, save_foundation
+
+    _import_mace()  # first, so the process environment stays as it was (see the mace test above)
+    from mace.data import AtomicData, config_from_atoms
+    from mace.tools import AtomicNumberTable, torch_geometric
+
+    reference = _scale_shift_mace()
+    ids = [r["id"] for r in ROWS]
+    data = [AtomicData.from_config(config_from_atoms(AseAtomsAdaptor.get_atoms(STRUCTURES[i])),
+                                   z_table=AtomicNumberTable(ELEMENTS), cutoff=5.0) for i in ids]
+    with torch.no_grad():
+        feats = reference(torch_geometric.Batch.from_data_list(data).to_dict(), compute_force=False)["node_feats"]
+    # node_feats: 16x0e + 16x1o (64 numbers) after interaction 1, 16x0e after the last one
+    expected = torch.cat([feats[:, :16], feats[:, 64:80]], dim=1)
+    batch = batch_of(*ids)
+
+    save_foundation(reference, str(tmp_path / "mp.pt"))
+    torch.save(reference.double(), tmp_path / "mp.model")  # MACE-MP's own format: a float64 pickle
+    with pytest.raises(ValueError, match="trust_pickle"):
+        MACEBackbone(foundation_file=str(tmp_path / "mp.model"))
+    for hp in ({"foundation_file": str(tmp_path / "mp.pt")},
+               {"foundation_file": str(tmp_path / "mp.model"), "trust_pickle": True}):
+        model = MACEBackbone(**hp).eval()
+        assert type(model.mace).__name__ == "ScaleShiftMACE" and model.embedding_dim == 32
+        with torch.no_grad():
+            nodes = model.embed_nodes(batch)
+        assert torch.allclose(nodes, expected, atol=1e-5), (nodes - expected).abs().max()
+
+    save_checkpoint(tmp_path / "ckpt", model, TaskModelInfo("mace", hp, "e_form", "eV/atom", 0.0, 1.0))
+    (tmp_path / "mp.model").unlink()
+    loaded, info = load_checkpoint(tmp_path / "ckpt")
+    assert info.hparams["architecture"]["atomic_numbers"] == ELEMENTS
+    with torch.no_grad():
+        assert torch.equal(loaded.embed_nodes(batch), nodes)
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == UNSAFE_LOAD_BEFORE
