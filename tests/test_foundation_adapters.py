@@ -6,8 +6,10 @@ formation energies (JARVIS-DFT 2D) and bulk LiF and wurtzite GaN (Matbench phono
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ from torch_geometric.data import Batch, Data
 
 from tasksim_ray.config import FinetuneConfig
 from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint
+from tasksim_ray.models.structures import GraphCache
 from tasksim_ray.training.finetune import encoder_groups, finetune_options, head_names
 from tasksim_ray.training.loop import fit
 
@@ -114,6 +117,39 @@ def test_finetuning_strategies_see_the_layer_groups(name: str) -> None:
     for group, names in groups:
         assert any(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in names), group
     assert all(params[n].grad is not None for n in heads)
+
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_graph_cache_gives_the_uncached_embeddings(name: str) -> None:
+    model = build_model(name, HPARAMS[name]).eval()
+    uncached = build_model(name, HPARAMS[name] | {"graph_cache": 0}).eval()
+    uncached.load_state_dict(model.state_dict())
+    pair = batch_of(LIF, GAN)
+    with torch.no_grad():
+        first, again, reference = model.embed(pair), model.embed(pair), uncached.embed(pair)
+        alone = model.embed(batch_of(GAN))
+    assert len(model.graph_cache) == 2 and len(uncached.graph_cache) == 0
+    assert torch.equal(first, again) and torch.equal(first, reference)
+    assert torch.allclose(alone[0], first[1], atol=1e-5)
+    assert len(copy.deepcopy(model).graph_cache) == 0 and len(pickle.loads(pickle.dumps(model)).graph_cache) == 0
+
+
+def test_graph_cache_builds_each_crystal_once_and_stays_bounded() -> None:
+    built: list[int] = []
+
+    def build(z: np.ndarray, pos: np.ndarray, cell: np.ndarray) -> int:
+        built.append(len(z))
+        return len(z)
+
+    cache = GraphCache(max_size=2)
+    assert cache.graphs(batch_of(LIF, GAN), build) == [2, 4] and built == [2, 4]
+    assert cache.graphs(batch_of(GAN, LIF), build) == [4, 2] and built == [2, 4]
+    moved = batch_of(LIF)
+    moved.pos = moved.pos + 0.1  # other positions: another crystal, which evicts the least recent (GAN)
+    assert cache.graphs(moved, build) == [2] and built == [2, 4, 2] and len(cache) == 2
+    cache.graphs(batch_of(LIF, GAN), build)
+    assert built == [2, 4, 2, 4]
 
 
 def test_chgnet_is_the_frozen_universal_model() -> None:

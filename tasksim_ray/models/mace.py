@@ -158,12 +158,12 @@ class MACEBackbone(CrystalBackbone):
                  foundation_file: str | None = None, trust_pickle: bool = False,
                  architecture: dict[str, Any] | None = None,
                  pooling: str = "mean", dropout: float = 0.0, ffn_hidden_dim: int = 128,
-                 ffn_layers: int = 2, n_tasks: int = 1) -> None:
+                 ffn_layers: int = 2, n_tasks: int = 1, graph_cache: int = 2048) -> None:
         modules = _import_mace()
         from e3nn import o3
         from mace.tools import AtomicNumberTable
 
-        super().__init__(pooling, dropout, ffn_hidden_dim, ffn_layers)
+        super().__init__(pooling, dropout, ffn_hidden_dim, ffn_layers, graph_cache)
         state, from_file = read_foundation(foundation_file, trust_pickle) if foundation_file else (None, None)
         architecture = from_file or architecture
         self.hparams_from_file = {"architecture": architecture} if architecture else {}
@@ -210,8 +210,8 @@ class MACEBackbone(CrystalBackbone):
         unknown = set(batch.z.tolist()) - set(self.z_table.zs)
         if unknown:
             raise ValueError(f"atomic numbers {sorted(unknown)} are not in this MACE's atomic_numbers")
-        data = [AtomicData.from_config(config_from_atoms(a), z_table=self.z_table, cutoff=self.r_max)
-                for a in to_ase(batch)]
+        data = self.graph_cache.graphs(batch, lambda z, pos, cell: AtomicData.from_config(
+            config_from_atoms(to_ase(z, pos, cell)), z_table=self.z_table, cutoff=self.r_max))
         return torch_geometric.Batch.from_data_list(data).to(self.invariant.device).to_dict()
 
     def embed_nodes(self, batch: Batch) -> Tensor:
