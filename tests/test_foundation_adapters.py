@@ -6,8 +6,10 @@ formation energies (JARVIS-DFT 2D) and bulk LiF and wurtzite GaN (Matbench phono
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ from torch_geometric.data import Batch, Data
 
 from tasksim_ray.config import FinetuneConfig
 from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint
+from tasksim_ray.models.structures import GraphCache
 from tasksim_ray.training.finetune import encoder_groups, finetune_options, head_names
 from tasksim_ray.training.loop import fit
 
@@ -114,6 +117,39 @@ def test_finetuning_strategies_see_the_layer_groups(name: str) -> None:
     for group, names in groups:
         assert any(params[n].grad is not None and params[n].grad.abs().sum() > 0 for n in names), group
     assert all(params[n].grad is not None for n in heads)
+
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_graph_cache_gives_the_uncached_embeddings(name: str) -> None:
+    model = build_model(name, HPARAMS[name]).eval()
+    uncached = build_model(name, HPARAMS[name] | {"graph_cache": 0}).eval()
+    uncached.load_state_dict(model.state_dict())
+    pair = batch_of(LIF, GAN)
+    with torch.no_grad():
+        first, again, reference = model.embed(pair), model.embed(pair), uncached.embed(pair)
+        alone = model.embed(batch_of(GAN))
+    assert len(model.graph_cache) == 2 and len(uncached.graph_cache) == 0
+    assert torch.equal(first, again) and torch.equal(first, reference)
+    assert torch.allclose(alone[0], first[1], atol=1e-5)
+    assert len(copy.deepcopy(model).graph_cache) == 0 and len(pickle.loads(pickle.dumps(model)).graph_cache) == 0
+
+
+def test_graph_cache_builds_each_crystal_once_and_stays_bounded() -> None:
+    built: list[int] = []
+
+    def build(z: np.ndarray, pos: np.ndarray, cell: np.ndarray) -> int:
+        built.append(len(z))
+        return len(z)
+
+    cache = GraphCache(max_size=2)
+    assert cache.graphs(batch_of(LIF, GAN), build) == [2, 4] and built == [2, 4]
+    assert cache.graphs(batch_of(GAN, LIF), build) == [4, 2] and built == [2, 4]
+    moved = batch_of(LIF)
+    moved.pos = moved.pos + 0.1  # other positions: another crystal, which evicts the least recent (GAN)
+    assert cache.graphs(moved, build) == [2] and built == [2, 4, 2] and len(cache) == 2
+    cache.graphs(batch_of(LIF, GAN), build)
+    assert built == [2, 4, 2, 4]
 
 
 def test_chgnet_is_the_frozen_universal_model() -> None:
@@ -222,3 +258,63 @@ def test_registry_imports_foundation_libraries_only_on_build() -> None:
             "assert not {'chgnet', 'mace', 'alignn', 'e3nn'} & set(sys.modules), sorted(sys.modules); "
             "assert {'chgnet', 'mace', 'alignn'} <= set(m.BACKBONES)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def _scale_shift_mace() -> torch.nn.Module:
+    """A small ScaleShiftMACE (MACE-MP's class) from mace's own constructor, as mace's test suite
+    builds one (tests/test_foundations.py there; the repository keeps no small model file)."""
+    from e3nn import o3
+    from mace import modules
+
+    torch.manual_seed(1)
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    return modules.ScaleShiftMACE(
+        r_max=5.0, num_bessel=6, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block,
+        interaction_cls_first=block, num_interactions=2, num_elements=len(ELEMENTS),
+        hidden_irreps=o3.Irreps("16x0e + 16x1o"), MLP_irreps=o3.Irreps("8x0e"),
+        gate=torch.nn.functional.silu, atomic_energies=np.linspace(-3.0, -1.0, len(ELEMENTS)),
+        avg_num_neighbors=12.0, atomic_numbers=ELEMENTS, correlation=2, radial_MLP=[16, 16],
+        atomic_inter_scale=1.7, atomic_inter_shift=0.2).eval()
+
+
+def test_scale_shift_mace_foundation_files_embed_as_mace_does(tmp_path: Path) -> None:
+    """A ScaleShiftMACE file (weights-only with its config, or a trusted pickle) builds its own
+    architecture; node embeddings are mace's own node_feats' invariant channels on the same crystals,
+    and a model folder made from it rebuilds without the file."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from tasksim_ray.models.mace import MACEBackbone, _import_mace, save_foundation
+
+    _import_mace()  # first, so the process environment stays as it was (see the mace test above)
+    from mace.data import AtomicData, config_from_atoms
+    from mace.tools import AtomicNumberTable, torch_geometric
+
+    reference = _scale_shift_mace()
+    ids = [r["id"] for r in ROWS]
+    data = [AtomicData.from_config(config_from_atoms(AseAtomsAdaptor.get_atoms(STRUCTURES[i])),
+                                   z_table=AtomicNumberTable(ELEMENTS), cutoff=5.0) for i in ids]
+    with torch.no_grad():
+        feats = reference(torch_geometric.Batch.from_data_list(data).to_dict(), compute_force=False)["node_feats"]
+    # node_feats: 16x0e + 16x1o (64 numbers) after interaction 1, 16x0e after the last one
+    expected = torch.cat([feats[:, :16], feats[:, 64:80]], dim=1)
+    batch = batch_of(*ids)
+
+    save_foundation(reference, str(tmp_path / "mp.pt"))
+    torch.save(reference.double(), tmp_path / "mp.model")  # MACE-MP's own format: a float64 pickle
+    with pytest.raises(ValueError, match="trust_pickle"):
+        MACEBackbone(foundation_file=str(tmp_path / "mp.model"))
+    for hp in ({"foundation_file": str(tmp_path / "mp.pt")},
+               {"foundation_file": str(tmp_path / "mp.model"), "trust_pickle": True}):
+        model = MACEBackbone(**hp).eval()
+        assert type(model.mace).__name__ == "ScaleShiftMACE" and model.embedding_dim == 32
+        with torch.no_grad():
+            nodes = model.embed_nodes(batch)
+        assert torch.allclose(nodes, expected, atol=1e-5), (nodes - expected).abs().max()
+
+    save_checkpoint(tmp_path / "ckpt", model, TaskModelInfo("mace", hp, "e_form", "eV/atom", 0.0, 1.0))
+    (tmp_path / "mp.model").unlink()
+    loaded, info = load_checkpoint(tmp_path / "ckpt")
+    assert info.hparams["architecture"]["atomic_numbers"] == ELEMENTS
+    with torch.no_grad():
+        assert torch.equal(loaded.embed_nodes(batch), nodes)
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == UNSAFE_LOAD_BEFORE

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,11 @@ def build_model(backbone: str, hparams: dict[str, Any]) -> nn.Module:
 
 
 def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> None:
+    """``config.json`` + ``state_dict.pt``. A model whose architecture came from a build-only file (a
+    MACE foundation model) lists it in ``hparams_from_file``; those join the hparams, so the folder
+    rebuilds without that file."""
     directory.mkdir(parents=True, exist_ok=True)
+    info = replace(info, hparams=info.hparams | getattr(model, "hparams_from_file", {}))
     (directory / "config.json").write_text(json.dumps(asdict(info), indent=2))
     torch.save(model.state_dict(), directory / "state_dict.pt")
 

@@ -29,11 +29,11 @@ class ALIGNNBackbone(CrystalBackbone):
                  triplet_input_features: int = 40, atom_features: str = "cgcnn", cutoff: float = 8.0,
                  three_body_cutoff: float | None = None, max_neighbors: int = 12, pooling: str = "mean",
                  dropout: float = 0.0, ffn_hidden_dim: int = 128, ffn_layers: int = 2,
-                 n_tasks: int = 1) -> None:
+                 n_tasks: int = 1, graph_cache: int = 2048) -> None:
         from alignn.models.alignn_atomwise_pure import ALIGNNAtomWisePure, ALIGNNAtomWisePureConfig
         from jarvis.core.specie import get_node_attributes
 
-        super().__init__(pooling, dropout, ffn_hidden_dim, ffn_layers)
+        super().__init__(pooling, dropout, ffn_hidden_dim, ffn_layers, graph_cache)
         self.graph_args = {"atom_features": atom_features, "two_body_cutoff": cutoff,
                            "three_body_cutoff": three_body_cutoff, "max_neighbors": max_neighbors}
         config = ALIGNNAtomWisePureConfig(
@@ -55,8 +55,8 @@ class ALIGNNBackbone(CrystalBackbone):
         from alignn.torch_graph_builder import batch_torch_graph_pairs, build_pure_torch_graph
 
         device = self.alignn.fc.weight.device
-        g, lg = batch_torch_graph_pairs([build_pure_torch_graph(atoms=a, **self.graph_args)
-                                         for a in to_jarvis(batch)])
+        g, lg = batch_torch_graph_pairs(self.graph_cache.graphs(
+            batch, lambda z, pos, cell: build_pure_torch_graph(atoms=to_jarvis(z, pos, cell), **self.graph_args)))
         g, lg = g.to(device), lg.to(device)
         net = self.alignn
         x = net.atom_embedding(g.ndata["atom_features"])

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from tasksim_ray.models.structures import CrystalBackbone, to_structures, with_parameters
+from tasksim_ray.models.structures import CrystalBackbone, to_structure, with_parameters
 
 # the input embeddings, in the order CHGNet applies them
 _EMBEDDINGS = ("atom_embedding", "bond_basis_expansion", "bond_embedding", "bond_weights_ag",
@@ -46,10 +46,10 @@ class CHGNetBackbone(CrystalBackbone):
 
     def __init__(self, model_name: str = "0.3.0", pretrained: bool = True, freeze: bool = True,
                  pooling: str = "mean", dropout: float = 0.0, ffn_hidden_dim: int = 128,
-                 ffn_layers: int = 2, n_tasks: int = 1) -> None:
+                 ffn_layers: int = 2, n_tasks: int = 1, graph_cache: int = 2048) -> None:
         from chgnet.model.model import CHGNet
 
-        super().__init__(pooling, dropout, ffn_hidden_dim, ffn_layers)
+        super().__init__(pooling, dropout, ffn_hidden_dim, ffn_layers, graph_cache)
         checkpoint = _shipped_checkpoint(model_name)
         with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
             # mlp_out_bias as CHGNet.load sets it: only the 0.2.0 weights were trained with it
@@ -72,7 +72,8 @@ class CHGNetBackbone(CrystalBackbone):
 
     def _features(self, batch: Batch) -> dict[str, Tensor | list[Tensor]]:
         device = next(self.chgnet.parameters()).device
-        graphs = [self.chgnet.graph_converter(s).to(device) for s in to_structures(batch)]
+        graphs = [g.to(device) for g in self.graph_cache.graphs(
+            batch, lambda z, pos, cell: self.chgnet.graph_converter(to_structure(z, pos, cell)))]
         # a fully frozen encoder needs no autograd graph (the default, foundation-embedder use)
         with torch.set_grad_enabled(torch.is_grad_enabled() and
                                     any(p.requires_grad for p in self.chgnet.parameters())):
