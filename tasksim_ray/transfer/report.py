@@ -152,6 +152,8 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
             md.append(f"| {metric} | {sg.n_pairs} | {sg.pearson_r:.2f} | {sg.spearman_rho:.2f} | "
                       f"{sg.threshold:.3g} | {sg.f1:.2f} | {sg.confusion} |")
         md.append("")
+        if "recommendation" in r:
+            md += _recommendation(r["recommendation"])
     if "subset" in results:
         r = results["subset"]
         targets = list(r["targets"])
@@ -204,3 +206,30 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
     paths["markdown"] = out / f"{name}.md"
     write_text_atomic(paths["markdown"], "\n".join(intro + md))
     return paths
+
+
+def _recommendation(rec: dict[str, Any]) -> list[str]:
+    """Each metric as a recommender: hit rates, regret (% of scratch AUC), rank agreement with gain."""
+    def cell(summary: dict[str, float], interval: dict[str, Any], key: str, fmt: str) -> str:
+        value = summary.get(key)
+        text = "-" if value is None or np.isnan(value) else format(value, fmt)
+        lo, hi = interval.get(key, (None, None))
+        return text if lo is None or np.isnan(lo) else f"{text} [{format(lo, fmt)}, {format(hi, fmt)}]"
+
+    md = ["## Does the recommendation hold?", "",
+          "Top-1 / top-3: the measured best source is the recommended one / among the top 3. Regret: gain of the "
+          "best source minus gain of the recommended one (% of scratch AUC). Intervals: 95% over fold resamples. "
+          "`combined`: ridge regression on every metric, fitted leave-one-target-out.", "",
+          "| recommender | top-1 | top-3 | regret | Kendall tau | Spearman |", "|---|---|---|---|---|---|"]
+    rows = {m: (v["summary"], v["interval"]) for m, v in rec["metrics"].items()}
+    rows |= {"random (expected)": (rec["random"], {}), "oracle": (rec["oracle"], {})}
+    for name, (summary, interval) in rows.items():
+        md.append(f"| {name} | {cell(summary, interval, 'top1', '.2f')} | {cell(summary, interval, 'top3', '.2f')} | "
+                  f"{cell(summary, interval, 'regret', '.2f')} | {cell(summary, interval, 'kendall', '.2f')} | "
+                  f"{cell(summary, interval, 'spearman', '.2f')} |")
+    if "dont_pretrain" in rec:
+        nt = rec["negative_transfer"]
+        md += ["", f"Don't pretrain (no source predicted to help; scratch recommended): "
+                   f"{', '.join(rec['dont_pretrain']) or 'none'}. Negative-transfer call (predicted gain < 0): "
+                   f"precision {nt['precision']:.2f}, recall {nt['recall']:.2f}."]
+    return md + [""]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,17 @@ from tasksim_ray.training.multitask import submit_subsets, subset_model
 from tasksim_ray.transfer.analysis import auc, fold_gains, gain_matrix, mean_se, similarity_vs_gain, summarise_curve
 from tasksim_ray.transfer.cells import CellData, CellSettings, Recipe, cell_key, run_cells
 from tasksim_ray.transfer.data import SplitData, TransferData
+from tasksim_ray.transfer.recommend import (
+    FoldGains,
+    bootstrap,
+    dont_pretrain,
+    judge_target,
+    leave_one_target_out,
+    mean_gains,
+    negative_transfer,
+    random_baseline,
+    summarise,
+)
 
 SCRATCH = Recipe("scratch", "scratch")
 Job = tuple[CellData, Recipe]
@@ -141,9 +152,32 @@ def plan_matrix(ctx: Context) -> Plan:
             sub = np.asarray(m)[np.ix_(idx, idx)]
             out["similarity_vs_gain"][metric] = similarity_vs_gain(targets, sub, gain, metric,
                                                                    sim.kinds[metric] != "distance")
+        if sim:
+            per_fold = {t: {s: 100 * fold_gains(curves[(t, "scratch")]["fold_auc"], curves[(t, s)]["fold_auc"])
+                            for s in targets if s != t} for t in targets}
+            out["recommendation"] = recommendation(sim, targets, per_fold, ctx.run.cfg.seed)
         return out
 
     return Plan("matrix", jobs, finish)
+
+
+def recommendation(sim: SimilarityView, targets: list[str], per_fold: FoldGains, seed: int) -> dict[str, Any]:
+    """Every metric (and their leave-one-target-out combination) judged as a source recommender."""
+    gains = mean_gains(per_fold)
+    idx = {t: sim.names.index(t) for t in targets}
+    signed = {m: (-1.0 if sim.kinds[m] == "distance" else 1.0) * np.asarray(v) for m, v in sim.matrices.items()}
+    scores = {m: {t: {s: float(v[idx[t], idx[s]]) for s in gains[t]} for t in targets} for m, v in signed.items()}
+    out: dict[str, Any] = {"random": random_baseline(gains), "oracle": {"top1": 1.0, "top3": 1.0, "regret": 0.0},
+                           "metrics": {}}
+    if len(targets) >= 3:
+        features = {t: {s: np.array([scores[m][t][s] for m in scores]) for s in gains[t]} for t in targets}
+        scores["combined"] = leave_one_target_out(features, gains)
+        out["negative_transfer"] = negative_transfer(scores["combined"], gains)
+        out["dont_pretrain"] = dont_pretrain(scores["combined"])
+    for m, sc in scores.items():
+        out["metrics"][m] = {"summary": summarise(sc, gains), "interval": bootstrap(sc, per_fold, 200, seed),
+                             "per_target": {t: asdict(judge_target(sc[t], gains[t])) for t in targets}}
+    return out
 
 
 def plan_subset(ctx: Context) -> Plan:
