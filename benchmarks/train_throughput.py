@@ -53,7 +53,7 @@ from tasksim_ray.models.dmpnn import DMPNN
 from tasksim_ray.training import loop as ts_train
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_QM9 = Path("/work/shared/data/molecules/qm9_motse/10000")
+SHARED_QM9 = REPO.parent / "shared" / "data" / "molecules" / "qm9_motse" / "10000"  # the shared/ beside the repo
 FALLBACK_CSV = REPO / "tests/data/qm9_motse_600.csv"
 OUT_JSON = REPO / "benchmarks/results/train_throughput.json"
 HIDDEN, DEPTH, VAL_BATCH = 300, 3, 256  # VAL_BATCH: what tasksim_ray.training.loop.fit validates with
