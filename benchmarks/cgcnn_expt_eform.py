@@ -28,7 +28,8 @@ import torch
 from scipy import stats
 from torch_geometric.data import Batch
 
-from tasksim_ray.data.splits import load_moe_task
+from tasksim_ray.data.crystal_files import load_json_table
+from tasksim_ray.data.splits import load_published_splits
 from tasksim_ray.featurize.crystal import GraphSettings, graphs_from_structures
 from tasksim_ray.models.published import load_published, predict
 
@@ -54,8 +55,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="graph-building passes timed")
     args = parser.parse_args()
     crystals = args.data / "crystals"
-    ds = load_moe_task(crystals / "moe_tasks" / TASK, crystals / "moe_splits", seeds=[args.seed])
-    train, _, test = ds.splits[0]
+    ds = load_json_table(crystals / "moe_tasks" / TASK)
+    train, _, test = load_published_splits(crystals / "moe_splits", "expt_eform", len(ds), seeds=[args.seed])[0]
     y = ds.labels(TARGET)
 
     settings = GraphSettings()

@@ -15,7 +15,7 @@ from pymatgen.io.cif import CifWriter
 from tasksim_ray.config import DataConfig, SplitConfig
 from tasksim_ray.data.crystal_files import load_id_prop_folder, load_json_table, load_table
 from tasksim_ray.data.sources import load_tasks
-from tasksim_ray.data.splits import load_moe_task, load_published_splits, load_splits
+from tasksim_ray.data.splits import load_published_splits, load_splits
 from tasksim_ray.errors import TasksimError
 
 DATA = Path(__file__).resolve().parent / "data" / "crystals"
@@ -25,16 +25,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "crystals"
 
 
 def test_moe_task_with_published_split_seeds() -> None:
-    ds = load_moe_task(EXPT, MOE / "moe_splits", seeds=[0, 1])
+    ds = load_json_table(EXPT)
+    splits = load_published_splits(MOE / "moe_splits", "expt_eform", len(ds), seeds=[0, 1])
     assert len(ds) == 12 and ds.ids[0] == "mp-1138" and ds.units == {"e_form expt": "eV/atom"}
     assert list(ds.targets.columns) == ["e_form expt"] and ds.targets.dtypes.iloc[0] == np.float64
     assert ds.labels("e_form expt")[0] == pytest.approx(-3.197)  # source row 1693
-    train, val, test = ds.splits[0]
+    train, val, test = splits[0]
     assert train.tolist() == [0, 1, 2, 3] and val.tolist() == [4, 5, 6, 7] and test.tolist() == [8, 9, 10, 11]
-    assert ds.splits[1][1].tolist() == [6, 5]
+    assert splits[1][1].tolist() == [6, 5]
     assert ds.structures[0].composition.reduced_formula == "LiF"
     with pytest.raises(TasksimError, match="seed2_correctedExptEf.json: file not found"):
-        load_moe_task(EXPT, MOE / "moe_splits", seeds=[2])
+        load_published_splits(MOE / "moe_splits", "expt_eform", len(ds), seeds=[2])
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="shared data not at ../shared/data")
@@ -44,9 +45,10 @@ def test_full_moe_split_sizes() -> None:
     assert splits[0][0][:3].tolist() == [1693, 634, 1214]
     with pytest.raises(TasksimError, match=r"seed0_correctedExptEf.json: 'expt_eform': train index \d+ out of range"):
         load_published_splits(SHARED / "moe_splits", "expt_eform", 12, seeds=[0])
-    ds = load_moe_task(SHARED / "moe_tasks" / "jarvis_dft_2d_dielectric_tbmbj_2022-04-11.json.gz", SHARED / "moe_splits")
+    ds = load_json_table(SHARED / "moe_tasks" / "jarvis_dft_2d_dielectric_tbmbj_2022-04-11.json.gz")
+    splits = load_published_splits(SHARED / "moe_splits", "jarvis_2d_dielectric_tbmbj", len(ds))
     assert len(ds) == 120 and not ds.targets.isna().any().any()
-    assert all(sorted(np.concatenate(s).tolist()) == list(range(120)) for s in ds.splits)
+    assert all(sorted(np.concatenate(s).tolist()) == list(range(120)) for s in splits)
 
 
 def test_matbench_split_orient_rows_and_bad_row(tmp_path: Path) -> None:

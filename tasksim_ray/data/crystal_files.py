@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
-from tasksim_ray.data.tasks import Split
 from tasksim_ray.errors import TasksimError
 
 ID_COLUMNS = ("mpid", "material_id", "jid", "id")
@@ -38,21 +37,19 @@ PICKLE_SUFFIXES = (".pkl", ".pickle")
 @dataclass(frozen=True)
 class KnownFile:
     """What a known dataset adds to its columns: units, short task names and the MoE split key.
-    It never decides which columns become tasks; ``study_target`` is only the column the
-    mixture-of-experts study trained on, for that study."""
+    It never decides which columns become tasks."""
 
     units: dict[str, str]
     aliases: dict[str, str]
     split_key: str | None = None
-    study_target: str | None = None
 
 
 def _moe(split_key: str, units: dict[str, str], log: str | None = None) -> KnownFile:
     """A MoE task file: its raw column is aliased by the split key, its log column (if any) by
-    ``<split key with log_>``; the study trained on the log column where there is one."""
+    ``log_<split key>`` (the study trained on the log column where there is one)."""
     raw = next(c for c in units if c != log)
     aliases = {raw: split_key} | ({log: "log_" + split_key} if log else {})
-    return KnownFile(units, aliases, split_key, log or raw)
+    return KnownFile(units, aliases, split_key)
 
 
 # file stem -> units, aliases, split key (shared data README; rees-c/MoE get_small_datasets_info_dict)
@@ -92,15 +89,13 @@ KNOWN_FILES: dict[str, KnownFile] = {
 
 @dataclass
 class CrystalDataset:
-    """Rows are structures; ``targets`` has one float column per target, NaN where a label is missing.
-    ``splits[seed]`` is (train, val, test) row positions."""
+    """Rows are structures; ``targets`` has one float column per target, NaN where a label is missing."""
 
     name: str
     ids: list[str]
     structures: list[Structure]
     targets: pd.DataFrame
     units: dict[str, str]
-    splits: list[Split] | None = None
 
     def __len__(self) -> int:
         return len(self.structures)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from tasksim_ray.config import SplitConfig
-from tasksim_ray.data.crystal_files import KNOWN_FILES, CrystalDataset, file_stem, load_json_table, read_frame
+from tasksim_ray.data.crystal_files import KNOWN_FILES, file_stem, read_frame
 from tasksim_ray.data.tasks import SOURCE, SOURCE_ROW, Split, Task, TaskTable
 from tasksim_ray.errors import TasksimError
 
@@ -80,20 +80,6 @@ def load_published_splits(splits_dir: str | Path, split_key: str, n_rows: int,
             raise TasksimError(f"{path}: no split key '{split_key}'; keys: {sorted(doc)}")
         splits.append(check_split(doc[split_key], n_rows, f"{path}: '{split_key}'"))
     return splits
-
-
-def load_moe_task(path: str | Path, splits_dir: str | Path | None = None,
-                  seeds: Sequence[int] = range(5)) -> CrystalDataset:
-    """One task file of the mixture-of-experts study with its published splits (when ``splits_dir``)."""
-    path = Path(path)
-    known = KNOWN_FILES.get(file_stem(path))
-    if known is None or known.split_key is None:
-        moe = sorted(k for k, v in KNOWN_FILES.items() if v.split_key)
-        raise TasksimError(f"{path}: not a known MoE task file; known: {moe}")
-    ds = load_json_table(path)
-    if splits_dir is not None:
-        ds.splits = load_published_splits(splits_dir, known.split_key, len(ds), seeds)
-    return ds
 
 
 def split_key(cfg: SplitConfig, task: Task) -> str:

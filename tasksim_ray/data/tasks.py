@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,6 @@ from tasksim_ray.errors import TasksimError
 ID, SMILES = "mol_id", "smiles"
 SOURCE, SOURCE_ROW = "source", "source_row"
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (train, val, test) row positions
-InputKind = Literal["molecule", "crystal"]
 INPUT_COLUMNS: dict[str, str] = {"molecule": "smiles", "crystal": "structure"}
 _META_KEY = b"tasksim.tasks"
 

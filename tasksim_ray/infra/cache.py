@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,14 +260,3 @@ class Artifacts:
 
     def load_json(self, key: str) -> Any:
         return json.loads((self.path(key) / "result.json").read_text())
-
-    def cached_torch(self, key: str, build: Callable[[], Any]) -> Any:
-        """``build()`` saved as the artifact ``key``, or the verified value already there."""
-        import torch  # only the callers that cache tensors pay for importing it
-
-        if self.complete(key):
-            return torch.load(self.path(key) / "value.pt", weights_only=True)
-        value = build()
-        with self.build(key) as tmp:
-            torch.save(value, tmp / "value.pt")
-        return value

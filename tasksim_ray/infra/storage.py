@@ -86,10 +86,6 @@ class ArtifactStore:
         for name in [n for n in names if n != last] + [n for n in names if n == last]:
             self.put(source / name, f"{where}/{name}")
 
-    def upload_file(self, path: Path) -> None:
-        if (where := self.location(path)) is not None:
-            self.put(path, where)
-
     def put(self, local: Path, where: str) -> None:
         if isinstance(self.fs, pafs.LocalFileSystem):
             self.fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
