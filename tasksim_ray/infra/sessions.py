@@ -9,6 +9,7 @@ its driver; the next start kills every process still working in the temp dir of 
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -26,8 +27,9 @@ def new_session() -> Path:
     temp_dir = ROOT / uuid.uuid4().hex[:10]  # short: Ray's socket paths must fit in 107 characters
     temp_dir.mkdir()
     me = psutil.Process()
-    (ROOT / f"{temp_dir.name}.json").write_text(json.dumps({"pid": me.pid, "started": me.create_time(),
-                                                            "temp_dir": str(temp_dir)}))
+    record = ROOT / f"{temp_dir.name}.json"
+    record.write_text(json.dumps({"pid": me.pid, "started": me.create_time(), "temp_dir": str(temp_dir)}))
+    atexit.register(record.unlink, missing_ok=True)  # a clean exit leaves nothing for the next start to scan
     return temp_dir
 
 
