@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -121,11 +122,19 @@ def _column_split(cfg: SplitConfig, source: Path, n_rows: int) -> Split:
         raise TasksimError(f"{source}: split.kind 'column' needs the task's data file, not a folder")
     if source.suffix.lower() in (".pkl", ".pickle"):
         raise TasksimError(f"{source}: split.kind 'column' does not re-read pickles; use split.kind 'file'")
-    frame = read_frame(source)
-    if cfg.column not in frame.columns:
-        raise TasksimError(f"{source}: no split column '{cfg.column}'; columns: {list(frame.columns)}")
+    labels, columns = _split_column(str(source), cfg.column, source.stat().st_mtime_ns)
+    if labels is None:
+        raise TasksimError(f"{source}: no split column '{cfg.column}'; columns: {list(columns)}")
     where = f"{source}: split column '{cfg.column}'"
-    return _by_label(np.arange(len(frame)), frame[cfg.column], n_rows, where)
+    return _by_label(np.arange(len(labels)), pd.Series(labels), n_rows, where)
+
+
+@lru_cache(maxsize=4)
+def _split_column(source: str, column: str, stamp: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    """The split column of a data file (None if it has none) and its columns, read once for all the
+    file's tasks (``stamp``: the file's mtime, so an edited file is read again)."""
+    frame = read_frame(Path(source))
+    return (frame[column].to_numpy() if column in frame.columns else None), tuple(map(str, frame.columns))
 
 
 def load_splits(cfg: SplitConfig, table: TaskTable, task: str) -> list[Split]:
