@@ -10,11 +10,14 @@ import pytest
 from tasksim_ray.transfer.recommend import (
     bootstrap,
     dont_pretrain,
+    every_source_hurts,
     leave_one_target_out,
     mean_gains,
     negative_transfer,
     random_baseline,
+    recommend_report,
     summarise,
+    with_ties_broken_at_random,
 )
 
 TASKS = ["a", "b", "c", "d", "e"]
@@ -62,3 +65,42 @@ def test_dont_pretrain_and_the_negative_transfer_call() -> None:
     measured = {"a": {"b": -2.0, "c": 1.0}, "b": {"a": 1.0, "c": -1.0}}
     assert dont_pretrain(predicted) == ["a"]
     assert negative_transfer(predicted, measured) == {"precision": 2 / 3, "recall": 1.0}
+
+
+def test_ties_broken_at_random_make_a_constant_score_the_random_baseline() -> None:
+    constant = {t: {s: 3000.0 for s in row} for t, row in GAINS.items()}
+    got = with_ties_broken_at_random(constant, GAINS, n_draws=400, seed=1)
+    base = random_baseline(GAINS)
+    assert got["top1"] == pytest.approx(base["top1"], abs=0.05)
+    assert got["regret"] == pytest.approx(base["regret"], rel=0.1)
+
+
+def test_report_keeps_the_combined_score_only_when_it_beats_the_best_metric() -> None:
+    noise = {t: {s: float(RNG.normal()) for s in row} for t, row in GAINS.items()}
+    perfect = {t: dict(row) for t, row in GAINS.items()}
+    nan_feature = {t: {s: float("nan") for s in row} for t, row in GAINS.items()}  # unknown: imputed, not fatal
+    sizes = dict.fromkeys(TASKS, 100.0)
+    rep = recommend_report({"noise": noise, "perfect": perfect}, FOLDS, {"label r": nan_feature}, sizes, seed=0,
+                           n_boot=20)
+    assert rep["best_single"] == "perfect" and rep["recommenders"]["perfect"]["summary"]["regret"] == 0.0
+    assert not rep["combined_kept"] and rep["chosen"] == "perfect"
+    assert rep["baselines"]["oracle"]["top1"] == 1.0
+    for t, e in rep["targets"].items():
+        assert e["recommended"] in (GAINS[t] | {"scratch": 0})
+        lo, hi = e["best_predicted_interval"]
+        assert lo <= hi
+    # a lone noisy metric: the combined score, fitted on the informative pair feature, is kept
+    rep = recommend_report({"noise": noise}, FOLDS, {"gain proxy": perfect}, sizes, seed=0, n_boot=20)
+    assert rep["combined_kept"] and rep["chosen"] == "combined"
+    assert rep["recommenders"]["combined"]["summary"]["top1"] == 1.0
+
+
+def test_every_source_hurts_and_dont_pretrain_name_the_same_target_when_predictions_are_right() -> None:
+    folds = {"a": {"b": np.array([-3.0, -2.0]), "c": np.array([-1.0, -1.5])},
+             "b": {"a": np.array([4.0, 5.0]), "c": np.array([1.0, 2.0])},
+             "c": {"a": np.array([2.0, 3.0]), "b": np.array([6.0, 5.0])}}
+    gains = mean_gains(folds)
+    assert every_source_hurts(gains) == ["a"]
+    rep = recommend_report({"m": gains}, folds, {}, {"a": 1.0, "b": 1.0, "c": 1.0}, seed=0, n_boot=20)
+    assert rep["every_source_hurts"] == ["a"] and rep["dont_pretrain"] == ["a"]
+    assert rep["targets"]["a"]["recommended"] == "scratch" and rep["targets"]["b"]["recommended"] == "a"

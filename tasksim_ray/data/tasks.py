@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra.cache import stable_hash
 
 ID, SMILES = "mol_id", "smiles"
 SOURCE, SOURCE_ROW = "source", "source_row"
@@ -64,6 +65,13 @@ class TaskTable:
     def inputs(self) -> np.ndarray:
         """Each row's input: a SMILES string, or a crystal structure as JSON."""
         return self.frame[self.input_column].to_numpy()
+
+    def fingerprint(self, name: str, *parts: list[int] | np.ndarray) -> str:
+        """A key of one task's labels and inputs on these row lists, not of the whole table, so
+        adding a task to a study leaves the other tasks' cached work valid."""
+        labels, inputs = self.labels(name), self.inputs()
+        return stable_hash(name, *[(labels[list(rows)].tobytes().hex(), inputs[list(rows)].tolist()) for rows in parts],
+                           length=32)
 
     def subset(self, names: list[str]) -> TaskTable:
         unknown = [n for n in names if n not in self.names]

@@ -78,7 +78,7 @@ class Run:
             self.console.print(f"[bold]\\[{name}][/bold] running ({key})")
             with atomic_dir(path) as tmp:
                 info = build(tmp)
-                write_manifest(tmp, name, key, **info)
+                write_manifest(tmp, name, key, **info, build_seconds=round(time.perf_counter() - start, 3))
             self.timings[name] = {"seconds": round(time.perf_counter() - start, 2), "cached": False}
         return Stage(name, key, path)
 

@@ -8,6 +8,7 @@ shared model.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,13 +95,16 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
             run.log("embed", f"embedding {len(missing)} of {len(out)} tasks (the rest are cached)")
             with run.console.status(f"Ray Data: probe set through {len(missing)} task models on the hosts"), \
                     tempfile.TemporaryDirectory(dir=run.artifacts) as scratch:
+                start = time.perf_counter()
                 embed_table(probe.path / "probe.parquet", {t: models[t].directory for t in missing},
                             cfg.embed, Path(scratch) / "raw", layer, run.hosts(len(models)))
                 ids, embs = read_embedded(Path(scratch) / "raw", missing, layer)
+                share = round((time.perf_counter() - start) / len(missing), 3)  # what each task's embedding cost
                 for t in missing:
                     with atomic_dir(out[t].path) as tmp:
                         save_embedding(tmp / "embeddings.parquet", ids, embs[t])
-                        write_manifest(tmp, "embedding", out[t].key, task=t, layer=layer, probe=probe.key)
+                        write_manifest(tmp, "embedding", out[t].key, task=t, layer=layer, probe=probe.key,
+                                       seconds=share)
         else:
             run.log("embed", "all task embeddings cached")
     return out

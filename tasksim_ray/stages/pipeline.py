@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 
 from tasksim_ray.config import PipelineConfig
-from tasksim_ray.infra.cache import publish_dir
+from tasksim_ray.infra.cache import publish_dir, read_manifest
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.similarity import METRICS
 from tasksim_ray.similarity.select import Selection, select_subset
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, stage_featurize, stage_preprocess, stage_tasks
-from tasksim_ray.stages.embedding import stage_dataset_features, stage_embed, stage_probe
+from tasksim_ray.stages.embedding import TaskEmbedding, stage_dataset_features, stage_embed, stage_probe
 from tasksim_ray.stages.preflight import check_comparable, check_config
 from tasksim_ray.stages.published import stage_published
 from tasksim_ray.stages.report import write_report
@@ -50,6 +50,7 @@ class PipelineResult:
     selection: Selection | None = None
     dropped: list[dict[str, Any]] = field(default_factory=list)
     paths: dict[str, Path] = field(default_factory=dict)  # report files
+    similarity_seconds: float = float("nan")  # measured cost of the similarities: embedding + metrics
 
     @property
     def similarity(self) -> np.ndarray:
@@ -97,6 +98,15 @@ def _finish(run: Run, result: PipelineResult, sim: SimilarityResult, n_probes: i
     return result
 
 
+def similarity_cost(embs: dict[str, TaskEmbedding], sim: Stage, dataset_features: Stage | None) -> float:
+    """Seconds the similarities took when they were computed (read back from their artifacts, so
+    a cached run reports them too): each task's share of embedding the probe set, plus the metrics."""
+    stages = [sim, *([dataset_features] if dataset_features else [])]
+    parts = [read_manifest(e.path).get("seconds") for e in embs.values()] + \
+        [s.manifest.get("build_seconds") for s in stages]
+    return float(sum(parts)) if all(p is not None for p in parts) else float("nan")
+
+
 def _with_models(result: PipelineResult, models: dict[str, PretrainedModel], units: dict[str, str]) -> None:
     result.model_dirs = {t: m.directory for t, m in models.items()}
     result.models = {t: {"units": units.get(t, ""), **m.metrics} for t, m in models.items()}
@@ -121,6 +131,7 @@ def run_published(run: Run, result: PipelineResult, stop: int) -> PipelineResult
         result.artifact = run.artifacts / "embeddings"
         return result
     sim = stage_similarity(run, embs, probe, None, None)
+    result.similarity_seconds = similarity_cost(embs, sim.stage, None)
     return _finish(run, result, sim, probe.manifest["n_probes"])
 
 
@@ -167,5 +178,6 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
         return result
     dataset_features = stage_dataset_features(run, feats, models) if "csi" in cfg.similarity.metrics else None
     sim = stage_similarity(run, embs, probe, tasks, dataset_features)
+    result.similarity_seconds = similarity_cost(embs, sim.stage, dataset_features)
     result.dropped = prep.manifest["dropped"]
     return _finish(run, result, sim, probe.manifest["n_probes"])

@@ -45,7 +45,7 @@ class TaskPool:
     val_y: np.ndarray
 
 
-def combine_pools(tasks_key: str, pools: list[TaskPool]) -> SubsetData:
+def combine_pools(data_key: str, pools: list[TaskPool]) -> SubsetData:
     """A subset's pretraining data from its tasks' pools; validation on the union of their
     validation molecules, each task labelled where it has a label (NaN elsewhere)."""
     val_rows = sorted({r for p in pools for r in p.val_rows})
@@ -56,7 +56,7 @@ def combine_pools(tasks_key: str, pools: list[TaskPool]) -> SubsetData:
         idx = [where[r] for r in p.val_rows]
         val_pos[idx] = p.val_pos
         val_y[idx, t] = p.val_y
-    key = stable_hash(tasks_key, [p.task for p in pools], [p.rows for p in pools], val_rows)
+    key = stable_hash(data_key, [p.task for p in pools], [p.rows for p in pools], val_rows)
     return SubsetData(tuple(p.task for p in pools), tuple(p.pos for p in pools), tuple(p.y for p in pools),
                       val_pos, val_y, key)
 

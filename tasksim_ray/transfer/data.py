@@ -134,9 +134,22 @@ class TransferData:
     def cell(self, target: str, fold: int, size: int) -> CellData:
         d, lab = self.rows[target], self.table.labels(target)
         train = d["folds"][fold][:size]
-        key = stable_hash(self.tasks_key, target, train, d["val"], d["test"])
+        key = self.table.fingerprint(target, train, d["val"], d["test"])
         return CellData(target, fold, size, self._pos(train), lab[train], self._pos(d["val"]), lab[d["val"]],
                         self._pos(d["test"]), lab[d["test"]], key)
+
+    def label_correlation(self, target: str, source: str, min_shared: int = 10) -> float:
+        """Pearson r between the two tasks' labels on the target's own training inputs (fold 0, the
+        labels a user has) that the source also labels, matched by input; NaN under ``min_shared``."""
+        rows = self.rows[target]["folds"][0]
+        inputs = self.table.inputs()
+        by_input = pd.Series(self.table.labels(source)).groupby(inputs).mean().dropna()
+        theirs = by_input.reindex(inputs[rows]).to_numpy()
+        mine = self.table.labels(target)[rows]
+        shared = np.isfinite(theirs) & np.isfinite(mine)
+        if shared.sum() < min_shared or np.ptp(theirs[shared]) == 0 or np.ptp(mine[shared]) == 0:
+            return float("nan")
+        return float(np.corrcoef(mine[shared], theirs[shared])[0, 1])
 
     def pool(self, task: str) -> TaskPool:
         d, lab = self.rows[task], self.table.labels(task)
@@ -145,7 +158,9 @@ class TransferData:
 
     def subset(self, tasks: list[str]) -> SubsetData:
         """Pretraining data of ``tasks``, validated on the per-task models' validation molecules."""
-        return combine_pools(self.tasks_key, [self.pool(t) for t in tasks])
+        key = stable_hash(*[self.table.fingerprint(t, self.rows[t]["pool"], self.rows[t]["pretrain_val"])
+                            for t in tasks])
+        return combine_pools(key, [self.pool(t) for t in tasks])
 
 
 def split_rows(table: TaskTable, task: str, split: SplitConfig) -> list[list[list[int]]]:
@@ -239,7 +254,6 @@ class SplitData:
     """The methods study's cells: each task's rows per split seed, on its whole training split."""
 
     stage: Stage
-    tasks_key: str
     table: TaskTable
     rows: dict[str, dict[str, Any]]
     store_rows: np.ndarray
@@ -247,7 +261,7 @@ class SplitData:
 
     @classmethod
     def load(cls, stage: Stage, tasks: Stage, standardize: str) -> SplitData:
-        return cls(stage, tasks.key, load_table(tasks), json.loads((stage.path / "task_rows.json").read_text()),
+        return cls(stage, load_table(tasks), json.loads((stage.path / "task_rows.json").read_text()),
                    np.load(stage.path / "rows.npy"), standardize)
 
     targets = TransferData.targets
@@ -263,6 +277,6 @@ class SplitData:
     def cell(self, target: str, index: int, seed: int) -> CellData:
         tr, va, te = self.rows[target]["splits"][index]
         lab = self.table.labels(target)
-        key = stable_hash(self.tasks_key, target, tr, va, te)
+        key = self.table.fingerprint(target, tr, va, te)
         return CellData(target, seed, None, self._pos(tr), lab[tr], self._pos(va), lab[va], self._pos(te), lab[te],
                         key, seed=seed, standardize=self.standardize)  # type: ignore[arg-type]

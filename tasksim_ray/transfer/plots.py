@@ -154,3 +154,23 @@ def plot_gate_heatmap(path: Path, targets: list[str], experts: list[str], weight
     ax.set_title(title, fontsize=9, wrap=True)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_recommenders(path: Path, names: list[str], stats: dict[str, list[tuple[float, float, float]]],
+                      title: str) -> None:
+    """One panel per statistic (value with its interval as error bars) across recommenders, so a
+    metric is read against the random baseline and the oracle in the same panel."""
+    fig, axes = plt.subplots(1, len(stats), figsize=(3.2 * len(stats), 0.35 * len(names) + 1.8), sharey=True)
+    y = np.arange(len(names))
+    for ax, (label, rows) in zip(np.atleast_1d(axes), stats.items()):
+        value = np.array([r[0] for r in rows], dtype=float)
+        lo = np.array([r[1] if np.isfinite(r[1]) else r[0] for r in rows], dtype=float)
+        hi = np.array([r[2] if np.isfinite(r[2]) else r[0] for r in rows], dtype=float)
+        ax.barh(y, value, xerr=[value - lo, hi - value], capsize=3, color="tab:blue", alpha=0.7)
+        ax.set_yticks(y, names)
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+    np.atleast_1d(axes)[0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)

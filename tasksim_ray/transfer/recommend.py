@@ -12,7 +12,8 @@ regression fitted leave-one-target-out, so a target's own gains never inform its
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import kendalltau, spearmanr
@@ -50,16 +51,17 @@ def judge_target(scores: dict[str, float], gains: dict[str, float]) -> TargetCal
                       _nan_corr(kendalltau, s, g), _nan_corr(spearmanr, s, g), sources[recommended], sources[best])
 
 
+def _finite_mean(values: list[float]) -> float:
+    kept = [v for v in values if np.isfinite(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
 def summarise(scores: Scores, gains: dict[str, dict[str, float]]) -> dict[str, float]:
     calls = [judge_target(scores[t], gains[t]) for t in gains]
 
-    def finite_mean(values: list[float]) -> float:
-        kept = [v for v in values if np.isfinite(v)]
-        return float(np.mean(kept)) if kept else float("nan")
-
     return {"top1": float(np.mean([c.top1 for c in calls])), "top3": float(np.mean([c.top3 for c in calls])),
-            "regret": float(np.mean([c.regret for c in calls])), "kendall": finite_mean([c.kendall for c in calls]),
-            "spearman": finite_mean([c.spearman for c in calls])}
+            "regret": float(np.mean([c.regret for c in calls])), "kendall": _finite_mean([c.kendall for c in calls]),
+            "spearman": _finite_mean([c.spearman for c in calls])}
 
 
 def random_baseline(gains: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -94,27 +96,72 @@ def bootstrap(scores: Scores, fold_gains: FoldGains, n_boot: int, seed: int,
     return out
 
 
+def _ridge_fit_predict(x: np.ndarray, y: np.ndarray, query: np.ndarray, alpha: float) -> np.ndarray:
+    """Ridge regression on z-scored columns (a constant column drops out; a missing value is the
+    training column's mean), intercept not shrunk."""
+    finite = np.isfinite(x)
+    mean = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+    x = np.where(np.isfinite(x), x, mean)
+    query = np.where(np.isfinite(query), query, mean)
+    sd = x.std(axis=0)
+    sd = np.where(sd > 0, sd, np.inf)
+    z = np.column_stack([np.ones(len(x)), (x - mean) / sd])
+    penalty = alpha * np.eye(z.shape[1])
+    penalty[0, 0] = 0.0
+    w = np.linalg.solve(z.T @ z + penalty, z.T @ y)
+    return np.column_stack([np.ones(len(query)), (query - mean) / sd]) @ w
+
+
 def leave_one_target_out(features: dict[str, dict[str, np.ndarray]], gains: dict[str, dict[str, float]],
                          alpha: float = 1.0) -> Scores:
-    """Predicted gain of every (target, source) pair from its feature vector (one entry per metric,
-    directional: the pair's own row), by ridge regression on the other targets' pairs only."""
+    """Predicted gain of every (target, source) pair from its feature vector (directional: the
+    pair's own row), by ridge regression fitted on the other targets' pairs only."""
     out: Scores = {}
     for held in gains:
         rows = [(features[t][s], gains[t][s]) for t in gains if t != held for s in gains[t]]
         x = np.array([r[0] for r in rows], dtype=float)
         y = np.array([r[1] for r in rows], dtype=float)
-        mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-12
-        z = np.column_stack([np.ones(len(x)), (x - mu) / sd])
-        penalty = alpha * np.eye(z.shape[1])
-        penalty[0, 0] = 0.0  # the intercept is not shrunk
-        w = np.linalg.solve(z.T @ z + penalty, z.T @ y)
-        out[held] = {s: float(np.r_[1.0, (features[held][s] - mu) / sd] @ w) for s in gains[held]}
+        sources = list(gains[held])
+        pred = _ridge_fit_predict(x, y, np.array([features[held][s] for s in sources], dtype=float), alpha)
+        out[held] = dict(zip(sources, pred.tolist()))
     return out
+
+
+def prediction_intervals(features: dict[str, dict[str, np.ndarray]], fold_gains: FoldGains, n_boot: int,
+                         seed: int, level: float = 0.95) -> dict[str, dict[str, tuple[float, float]]]:
+    """Percentile intervals of each leave-one-target-out predicted gain over fold resamples."""
+    n_folds = len(next(iter(next(iter(fold_gains.values())).values())))
+    rng = np.random.default_rng(seed)
+    draws = [leave_one_target_out(features, mean_gains(fold_gains, rng.integers(0, n_folds, n_folds)))
+             for _ in range(n_boot)]
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {t: {s: (float(np.percentile([d[t][s] for d in draws], lo)),
+                    float(np.percentile([d[t][s] for d in draws], hi))) for s in row}
+            for t, row in fold_gains.items()}
+
+
+def with_ties_broken_at_random(scores: Scores, gains: dict[str, dict[str, float]], n_draws: int = 200,
+                               seed: int = 0) -> dict[str, float]:
+    """The summary of a recommender whose ties (e.g. equal source sizes) are broken at random:
+    the mean over draws, so a constant score is the random baseline, not the first name."""
+    rng = np.random.default_rng(seed)
+
+    def jittered(row: dict[str, float]) -> dict[str, float]:
+        ranks = np.unique(list(row.values()), return_inverse=True)[1]  # equal scores, equal rank
+        return dict(zip(row, (ranks + 0.5 * rng.random(len(ranks))).tolist()))
+
+    draws = [summarise({t: jittered(row) for t, row in scores.items()}, gains) for _ in range(n_draws)]
+    return {k: _finite_mean([d[k] for d in draws]) for k in draws[0]}
 
 
 def dont_pretrain(predicted: Scores) -> list[str]:
     """Targets for which no source is predicted to help: the recommendation there is scratch."""
     return [t for t, row in predicted.items() if max(row.values()) <= 0]
+
+
+def every_source_hurts(gains: dict[str, dict[str, float]]) -> list[str]:
+    """Targets for which every source measured worse than scratch: where "don't pretrain" is right."""
+    return [t for t, row in gains.items() if max(row.values()) < 0]
 
 
 def negative_transfer(predicted: Scores, gains: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -123,3 +170,56 @@ def negative_transfer(predicted: Scores, gains: dict[str, dict[str, float]]) -> 
     tp = sum(c and h for c, h in called)
     n_called, n_hurt = sum(c for c, _ in called), sum(h for _, h in called)
     return {"precision": tp / n_called if n_called else float("nan"), "recall": tp / n_hurt if n_hurt else float("nan")}
+
+
+def recommend_report(scores: dict[str, Scores], fold_gains: FoldGains, pair_features: dict[str, Scores],
+                     source_sizes: dict[str, float], seed: int, n_boot: int = 200) -> dict[str, Any]:
+    """Every recommender judged against the measured gains, next to the baselines, and the call per
+    target from the one kept: the combined score when it beats the best single metric by regret,
+    else that metric. ``scores``: metric -> higher = more recommended; ``pair_features``: cheap
+    features of each pair (NaN where unknown), used by the combined score only."""
+    gains = mean_gains(fold_gains)
+    targets = list(gains)
+    single = dict(scores)
+    names = list(single) + list(pair_features)
+    features = {t: {s: np.array([(single | pair_features)[m][t][s] for m in names], dtype=float) for s in gains[t]}
+                for t in targets}
+    recommenders = dict(single)
+    if len(targets) >= 3:
+        recommenders["combined"] = leave_one_target_out(features, gains)
+    out: dict[str, Any] = {"features": names, "recommenders": {}, "baselines": {
+        "random (expected)": random_baseline(gains),
+        "largest source": with_ties_broken_at_random({t: {s: source_sizes[s] for s in gains[t]} for t in targets},
+                                                     gains, seed=seed),
+        "oracle": summarise(gains, gains)}}
+    for name, sc in recommenders.items():
+        out["recommenders"][name] = {"summary": summarise(sc, gains),
+                                     "interval": bootstrap(sc, fold_gains, n_boot, seed),
+                                     "per_target": {t: asdict(judge_target(sc[t], gains[t])) for t in targets}}
+    best_single = min(single, key=lambda m: out["recommenders"][m]["summary"]["regret"]) if single else None
+    kept = "combined" in recommenders and (best_single is None or out["recommenders"]["combined"]["summary"]["regret"]
+                                           < out["recommenders"][best_single]["summary"]["regret"])
+    chosen = "combined" if kept else best_single
+    out |= {"best_single": best_single, "combined_kept": kept, "chosen": chosen}
+    if chosen is None or len(targets) < 3:
+        return out
+    # the chosen recommender's gains, calibrated leave-one-target-out, decide "don't pretrain"
+    cols = list(range(len(names))) if chosen == "combined" else [names.index(chosen)]
+    own = {t: {s: f[cols] for s, f in row.items()} for t, row in features.items()}
+    predicted = leave_one_target_out(own, gains)
+    intervals = prediction_intervals(own, fold_gains, max(20, n_boot // 2), seed)
+    out["negative_transfer"] = negative_transfer(predicted, gains)
+    out["dont_pretrain"] = dont_pretrain(predicted)
+    out["every_source_hurts"] = every_source_hurts(gains)
+    out["targets"] = {}
+    for t in targets:
+        call = judge_target(recommenders[chosen][t], gains[t])
+        ranked = sorted(gains[t], key=lambda s: -recommenders[chosen][t][s])
+        top = max(predicted[t], key=predicted[t].get)
+        out["targets"][t] = {"recommended": call.recommended if t not in out["dont_pretrain"] else "scratch",
+                             "top3": ranked[:3], "predicted_gain": predicted[t][call.recommended],
+                             "best_predicted": top, "best_predicted_gain": predicted[t][top],
+                             "best_predicted_interval": list(intervals[t][top]),
+                             "measured_best": call.best, "measured_best_gain": gains[t][call.best],
+                             "recommended_gain": gains[t][call.recommended], "regret": call.regret}
+    return out

@@ -153,7 +153,9 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
                       f"{sg.threshold:.3g} | {sg.f1:.2f} | {sg.confusion} |")
         md.append("")
         if "recommendation" in r:
-            md += _recommendation(r["recommendation"])
+            paths |= write_recommendation(out, r["recommendation"], ctx.run.cfg.name)
+            chosen = r["recommendation"].get("chosen")
+            md += [f"Does the recommendation hold? See `recommendation.md` (calls from {chosen}).", ""]
     if "subset" in results:
         r = results["subset"]
         targets = list(r["targets"])
@@ -208,28 +210,58 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
     return paths
 
 
-def _recommendation(rec: dict[str, Any]) -> list[str]:
-    """Each metric as a recommender: hit rates, regret (% of scratch AUC), rank agreement with gain."""
-    def cell(summary: dict[str, float], interval: dict[str, Any], key: str, fmt: str) -> str:
-        value = summary.get(key)
-        text = "-" if value is None or np.isnan(value) else format(value, fmt)
-        lo, hi = interval.get(key, (None, None))
-        return text if lo is None or np.isnan(lo) else f"{text} [{format(lo, fmt)}, {format(hi, fmt)}]"
-
-    md = ["## Does the recommendation hold?", "",
+def write_recommendation(out: Path, rec: dict[str, Any], title: str) -> dict[str, Path]:
+    """``recommendation.{json,md,png}``: each recommender and the baselines, the call per target,
+    "don't pretrain", the negative-transfer call and what the recommendation cost."""
+    paths = {"recommendation_json": out / "recommendation.json", "recommendation_md": out / "recommendation.md",
+             "recommendation_png": out / "recommendation.png"}
+    write_json_atomic(paths["recommendation_json"], _jsonable(rec))
+    rows = {m: (v["summary"], v["interval"]) for m, v in rec["recommenders"].items()}
+    rows |= {name: (summary, {}) for name, summary in rec["baselines"].items()}
+    keys = {"top1": "top-1 hit", "top3": "top-3 hit", "regret": "regret (% of scratch AUC)", "spearman": "Spearman"}
+    plots.plot_recommenders(paths["recommendation_png"], list(rows), {
+        label: [(s.get(k, np.nan), *iv.get(k, (np.nan, np.nan))) for s, iv in rows.values()]
+        for k, label in keys.items()}, f"Does the recommendation hold? {title}")
+    md = [f"# Does the recommendation hold? {title}", "",
           "Top-1 / top-3: the measured best source is the recommended one / among the top 3. Regret: gain of the "
-          "best source minus gain of the recommended one (% of scratch AUC). Intervals: 95% over fold resamples. "
-          "`combined`: ridge regression on every metric, fitted leave-one-target-out.", "",
+          "best source minus gain of the recommended one (% of scratch AUC). Kendall / Spearman: score vs gain over "
+          "a target's sources, averaged over targets. Intervals: 95% over fold resamples. `combined`: ridge "
+          f"regression of gain on {', '.join(rec['features'])}, fitted leave-one-target-out (a target's own gains "
+          "never inform its recommendation). Baselines: a random source (expected), the source with most "
+          "training labels (ties broken at random), the oracle.", "",
           "| recommender | top-1 | top-3 | regret | Kendall tau | Spearman |", "|---|---|---|---|---|---|"]
-    rows = {m: (v["summary"], v["interval"]) for m, v in rec["metrics"].items()}
-    rows |= {"random (expected)": (rec["random"], {}), "oracle": (rec["oracle"], {})}
     for name, (summary, interval) in rows.items():
-        md.append(f"| {name} | {cell(summary, interval, 'top1', '.2f')} | {cell(summary, interval, 'top3', '.2f')} | "
-                  f"{cell(summary, interval, 'regret', '.2f')} | {cell(summary, interval, 'kendall', '.2f')} | "
-                  f"{cell(summary, interval, 'spearman', '.2f')} |")
-    if "dont_pretrain" in rec:
+        md.append(f"| {name} | " + " | ".join(_with_interval(summary, interval, k) for k in
+                                              ("top1", "top3", "regret", "kendall", "spearman")) + " |")
+    if rec.get("chosen"):
+        md += ["", f"Best single metric (lowest regret): **{rec['best_single']}**. The combined score is "
+                   f"{'kept: it has lower regret' if rec['combined_kept'] else 'not kept: it does not beat it'}; "
+                   f"the calls below use **{rec['chosen']}**."]
+    if "targets" in rec:
         nt = rec["negative_transfer"]
+        md += ["", "| target | recommended | top 3 | its gain (%) | measured best (gain %) | regret | "
+                   "best predicted gain [95%] |", "|---|---|---|---|---|---|---|"]
+        for t, e in rec["targets"].items():
+            lo, hi = e["best_predicted_interval"]
+            md.append(f"| {t} | {e['recommended']} | {', '.join(e['top3'])} | {e['recommended_gain']:.1f} | "
+                      f"{e['measured_best']} ({e['measured_best_gain']:.1f}) | {e['regret']:.1f} | "
+                      f"{e['best_predicted']} {e['best_predicted_gain']:.1f} [{lo:.1f}, {hi:.1f}] |")
         md += ["", f"Don't pretrain (no source predicted to help; scratch recommended): "
-                   f"{', '.join(rec['dont_pretrain']) or 'none'}. Negative-transfer call (predicted gain < 0): "
-                   f"precision {nt['precision']:.2f}, recall {nt['recall']:.2f}."]
-    return md + [""]
+                   f"{', '.join(rec['dont_pretrain']) or 'none'}. Measured, every source hurt: "
+                   f"{', '.join(rec['every_source_hurts']) or 'none'}. Negative-transfer call (predicted gain < 0) "
+                   f"against measured gain < 0: precision {nt['precision']:.2f}, recall {nt['recall']:.2f}."]
+    if "cost" in rec:
+        c = rec["cost"]
+        md += ["", f"Cost (measured compute seconds): the similarities {c['similarity_s']:.0f} s against the "
+                   f"brute-force transfer matrix {c['transfer_matrix_s']:.0f} s ({c['transfer_matrix_cells']} "
+                   f"learning-curve cells), {c['transfer_matrix_s'] / c['similarity_s']:.0f}x; both need the per-task "
+                   f"models ({c['task_models_s']:.0f} s)."]
+    write_text_atomic(paths["recommendation_md"], "\n".join(md + [""]))
+    return paths
+
+
+def _with_interval(summary: dict[str, float], interval: dict[str, Any], key: str) -> str:
+    value = summary.get(key)
+    text = "-" if value is None or not np.isfinite(value) else f"{value:.2f}"
+    lo, hi = interval.get(key, (None, None))
+    return text if lo is None or not np.isfinite(lo) else f"{text} [{lo:.2f}, {hi:.2f}]"

@@ -59,7 +59,8 @@ def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) 
     similarity = None
     if need_similarity:
         assert res.selection is not None  # the run went up to the report
-        similarity = SimilarityView(res.tasks, res.matrices, res.kinds, res.metric, res.selection.subset)
+        similarity = SimilarityView(res.tasks, res.matrices, res.kinds, res.metric, res.selection.subset,
+                                    res.similarity_seconds)
     settings = CellSettings(cfg.model, cfg.transfer.finetune, cfg.transfer.moe, cfg.seed)
     return Context(run, data, ray.put(data.store()), settings, model_dirs, similarity)
 

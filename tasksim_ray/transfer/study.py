@@ -19,30 +19,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
+from tasksim_ray.infra.cache import read_manifest
 from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.stages import Run
 from tasksim_ray.training.multitask import submit_subsets, subset_model
 from tasksim_ray.transfer.analysis import auc, fold_gains, gain_matrix, mean_se, similarity_vs_gain, summarise_curve
 from tasksim_ray.transfer.cells import CellData, CellSettings, Recipe, cell_key, run_cells
 from tasksim_ray.transfer.data import SplitData, TransferData
-from tasksim_ray.transfer.recommend import (
-    FoldGains,
-    bootstrap,
-    dont_pretrain,
-    judge_target,
-    leave_one_target_out,
-    mean_gains,
-    negative_transfer,
-    random_baseline,
-    summarise,
-)
+from tasksim_ray.transfer.recommend import FoldGains, recommend_report
 
 SCRATCH = Recipe("scratch", "scratch")
 Job = tuple[CellData, Recipe]
@@ -59,6 +50,7 @@ class SimilarityView:
     kinds: dict[str, str]
     selection_metric: str
     subset: list[str]
+    seconds: float = float("nan")  # what computing them took (embedding + metrics), cached or not
 
     def row(self, target: str, sources: list[str]) -> tuple[float, ...]:
         """The selection metric from ``target`` to each source, higher = more similar."""
@@ -155,29 +147,32 @@ def plan_matrix(ctx: Context) -> Plan:
         if sim:
             per_fold = {t: {s: 100 * fold_gains(curves[(t, "scratch")]["fold_auc"], curves[(t, s)]["fold_auc"])
                             for s in targets if s != t} for t in targets}
-            out["recommendation"] = recommendation(sim, targets, per_fold, ctx.run.cfg.seed)
+            out["recommendation"] = recommendation(ctx, targets, per_fold)
+            cells = [c for t in targets for r in ["scratch", *targets] if r != t for c in curves[(t, r)]["cells"]]
+            out["recommendation"]["cost"] = {
+                "similarity_s": sim.seconds, "transfer_matrix_s": float(sum(c["seconds"] for c in cells)),
+                "transfer_matrix_cells": len(cells),
+                "task_models_s": float(sum(read_manifest(Path(ctx.model_dirs[t])).get("metrics", {}).get("seconds", 0)
+                                           for t in targets))}
         return out
 
     return Plan("matrix", jobs, finish)
 
 
-def recommendation(sim: SimilarityView, targets: list[str], per_fold: FoldGains, seed: int) -> dict[str, Any]:
-    """Every metric (and their leave-one-target-out combination) judged as a source recommender."""
-    gains = mean_gains(per_fold)
+def recommendation(ctx: Context, targets: list[str], per_fold: FoldGains) -> dict[str, Any]:
+    """Every metric (and their leave-one-target-out combination with cheap pair features: source
+    size, label correlation on the target's training inputs) judged as a source recommender."""
+    sim = ctx.similarity
+    assert sim is not None
     idx = {t: sim.names.index(t) for t in targets}
     signed = {m: (-1.0 if sim.kinds[m] == "distance" else 1.0) * np.asarray(v) for m, v in sim.matrices.items()}
-    scores = {m: {t: {s: float(v[idx[t], idx[s]]) for s in gains[t]} for t in targets} for m, v in signed.items()}
-    out: dict[str, Any] = {"random": random_baseline(gains), "oracle": {"top1": 1.0, "top3": 1.0, "regret": 0.0},
-                           "metrics": {}}
-    if len(targets) >= 3:
-        features = {t: {s: np.array([scores[m][t][s] for m in scores]) for s in gains[t]} for t in targets}
-        scores["combined"] = leave_one_target_out(features, gains)
-        out["negative_transfer"] = negative_transfer(scores["combined"], gains)
-        out["dont_pretrain"] = dont_pretrain(scores["combined"])
-    for m, sc in scores.items():
-        out["metrics"][m] = {"summary": summarise(sc, gains), "interval": bootstrap(sc, per_fold, 200, seed),
-                             "per_target": {t: asdict(judge_target(sc[t], gains[t])) for t in targets}}
-    return out
+    scores = {m: {t: {s: float(v[idx[t], idx[s]]) for s in per_fold[t]} for t in targets} for m, v in signed.items()}
+    sizes = {s: float(read_manifest(Path(ctx.model_dirs[s])).get("metrics", {}).get("n_train", np.nan))
+             for s in targets}
+    corr = {t: {s: ctx.data.label_correlation(t, s) for s in per_fold[t]} for t in targets}
+    pair = {"log10 source size": {t: {s: float(np.log10(sizes[s])) for s in per_fold[t]} for t in targets},
+            "label r": corr, "|label r|": {t: {s: abs(v) for s, v in row.items()} for t, row in corr.items()}}
+    return recommend_report(scores, per_fold, pair, sizes, ctx.run.cfg.seed)
 
 
 def plan_subset(ctx: Context) -> Plan:
