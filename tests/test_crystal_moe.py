@@ -102,3 +102,26 @@ def test_renamed_task_files_and_columns_run_from_config_alone(ray_local: None, t
     raw["data"]["split"] = {"kind": "random", "seeds": [0, 1], "fractions": [0.7, 0.15, 0.15]}
     r = run_transfer(parse_config(raw), ["methods"], Console())["studies"]["methods"]
     assert {c["fold"] for c in r["cells"]} == {0, 1} and all(sum(c["n"]) == 28 for c in r["cells"])
+
+
+@needs_extractors
+@pytest.mark.ray
+def test_each_source_in_turn_scores_the_logme_recommendation(ray_local: None, tmp_path: Path) -> None:
+    tasks = [*TASKS, "piezoelectric_tensor"]  # the raw column of the piezo file is a third task
+    cfg = config(tmp_path, DATA / "moe_tasks", methods=["scratch", "sources"], tasks=tasks)
+    out = run_transfer(cfg, ["methods"], Console(quiet=True))
+    r = out["studies"]["methods"]
+    sources = ["eform_32hfealen", "32hfl_jarvisEg", "gvrh_32hfealen"]  # names without the shared words
+    assert r["methods"] == ["scratch", *[f"from {s}" for s in sources]]
+    rec = r["recommendation"]
+    assert set(rec["recommenders"]) == {"logme", "combined"} and set(rec["targets"]) == set(tasks)
+    assert "largest source" not in rec["baselines"]  # published extractors do not say what they saw
+    for t in tasks:  # the gains are the cells' own test MAEs against scratch
+        mae = {c["recipe"]: c["test_mae"] for c in r["cells"] if c["target"] == t}
+        best = max(sources, key=lambda s: mae["scratch"] - mae[f"from {s}"])
+        assert rec["targets"][t]["measured_best"] == best
+        assert rec["targets"][t]["measured_best_gain"] == pytest.approx(
+            100 * (mae["scratch"] - mae[f"from {best}"]) / mae["scratch"])
+    assert rec["cost"]["transfer_matrix_cells"] == len(tasks) * len(sources)
+    md = Path(out["paths"]["recommendation_md"]).read_text()
+    assert "| logme |" in md and "best single source" in Path(out["paths"]["markdown"]).read_text()

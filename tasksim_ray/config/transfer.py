@@ -164,7 +164,8 @@ class TransferConfig(_Strict):
     scratch: ScratchConfig = ScratchConfig()
     sources: SourcesConfig = SourcesConfig()
     standardize: Literal["train", "train_val"] = "train"  # labels scaled on train, or train+val (published MoE)
-    methods: list[Literal["scratch", "finetune", "moe"]] = Field(default_factory=lambda: ["scratch", "finetune", "moe"],
+    # sources: fine-tune from each published source in turn (the per-source transfer a recommendation is scored on)
+    methods: list[Literal["scratch", "finetune", "moe", "sources"]] = Field(default_factory=lambda: ["scratch", "finetune", "moe"],
                                                                   min_length=1)
     studies: list[str] | None = None  # what `tasksim study` runs (None: matrix, subset, moe [, strategies])
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)

@@ -188,10 +188,10 @@ def recommend_report(scores: dict[str, Scores], fold_gains: FoldGains, pair_feat
     if len(targets) >= 3:
         recommenders["combined"] = leave_one_target_out(features, gains)
     out: dict[str, Any] = {"features": names, "recommenders": {}, "baselines": {
-        "random (expected)": random_baseline(gains),
-        "largest source": with_ties_broken_at_random({t: {s: source_sizes[s] for s in gains[t]} for t in targets},
-                                                     gains, seed=seed),
-        "oracle": summarise(gains, gains)}}
+        "random (expected)": random_baseline(gains), "oracle": summarise(gains, gains)}}
+    if all(np.isfinite(v) for v in source_sizes.values()):  # published sources may not say what they saw
+        out["baselines"]["largest source"] = with_ties_broken_at_random(
+            {t: {s: source_sizes[s] for s in gains[t]} for t in targets}, gains, seed=seed)
     for name, sc in recommenders.items():
         out["recommenders"][name] = {"summary": summarise(sc, gains),
                                      "interval": bootstrap(sc, fold_gains, n_boot, seed),

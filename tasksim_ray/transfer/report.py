@@ -89,20 +89,33 @@ def _relative_bars(per_target: dict[str, dict[str, Any]], targets: list[str],
 def _methods(out: Path, r: dict[str, Any], ctx: Context, paths: dict[str, Path]) -> list[str]:
     """Test MAE mean ± std over split seeds per task and method, wins, cost, gates."""
     tc = ctx.run.cfg.transfer
-    methods = r["methods"]
+    each = [m for m in r["methods"] if m.startswith("from ")]  # one column for all per-source fine-tuning
+    methods = [m for m in r["methods"] if m not in each]
     md = ["## Methods (whole training split per split seed)", "",
-          f"Test MAE (task units), mean ± std over split seeds {r['seeds']} ({ctx.run.cfg.data.split.kind} splits); sources: "
-          f"{tc.sources.kind} {Path(tc.sources.path or '').name}; MoE top-{tc.moe.k}, penalty {tc.moe.penalty} on "
-          f"{tc.moe.penalty_on}, expert last layer {'trainable' if tc.moe.train_last else 'frozen'}.", "",
-          "| task | units | train/val/test | " + " | ".join(methods) + " | best |", "|---|---|---|" + "---|" * len(methods)
-          + "---|"]
+          f"Test MAE (task units), mean ± std over split seeds {r['seeds']} ({ctx.run.cfg.data.split.kind} "
+          f"splits); sources: {tc.sources.kind} {Path(tc.sources.path or '').name}; MoE top-{tc.moe.k}, penalty "
+          f"{tc.moe.penalty} on {tc.moe.penalty_on}, expert last layer "
+          f"{'trainable' if tc.moe.train_last else 'frozen'}.", "",
+          "| task | units | train/val/test | " + " | ".join(methods + (["best single source"] if each else []))
+          + " | best |", "|---|---|---|" + "---|" * (len(methods) + bool(each)) + "---|"]
     for t, e in r["targets"].items():
-        md.append(f"| {t} | {e['units']} | {'/'.join(map(str, e['n']))} | "
-                  + " | ".join(f"{e[m]['mean']:.4g} ± {e[m]['std']:.2g}" for m in methods) + f" | {e['best']} |")
-    md += ["", "Wins: " + ", ".join(f"{m} {n}" for m, n in r["wins"].items()), "",
+        cells = [f"{e[m]['mean']:.4g} ± {e[m]['std']:.2g}" for m in methods]
+        if each:
+            top = min(each, key=lambda m: e[m]["mean"])
+            cells.append(f"{top.removeprefix('from ')}: {e[top]['mean']:.4g} ± {e[top]['std']:.2g}")
+        md.append(f"| {t} | {e['units']} | {'/'.join(map(str, e['n']))} | " + " | ".join(cells) + f" | {e['best']} |")
+    md += ["", "Wins: " + ", ".join(f"{m} {n}" for m, n in r["wins"].items() if n or m in methods), "",
            "| method | cells | mean epochs | mean s/epoch | mean s/cell |", "|---|---|---|---|---|"]
     md += [f"| {m} | {c['cells']} | {c['epochs']:.0f} | {c['s_per_epoch']:.4f} | {c['s_per_cell']:.1f} |"
-           for m, c in r["cost"].items()]
+           for m, c in r["cost"].items() if m in methods]
+    if each:
+        cost = [r["cost"][m] for m in each]
+        md.append(f"| each source ({len(each)}) | {sum(c['cells'] for c in cost)} | "
+                  f"{np.mean([c['epochs'] for c in cost]):.0f} | {np.mean([c['s_per_epoch'] for c in cost]):.4f} | "
+                  f"{np.mean([c['s_per_cell'] for c in cost]):.1f} |")
+    if "recommendation" in r:
+        paths |= write_recommendation(out, r["recommendation"], ctx.run.cfg.name)
+        md += ["", f"Does the recommendation hold? See `recommendation.md` (calls from {r['recommendation']['chosen']})."]
     gated = {t: e["gates"] for t, e in r["targets"].items() if "gates" in e}
     if gated:
         experts = list(next(iter(gated.values())))
@@ -218,17 +231,18 @@ def write_recommendation(out: Path, rec: dict[str, Any], title: str) -> dict[str
     write_json_atomic(paths["recommendation_json"], _jsonable(rec))
     rows = {m: (v["summary"], v["interval"]) for m, v in rec["recommenders"].items()}
     rows |= {name: (summary, {}) for name, summary in rec["baselines"].items()}
-    keys = {"top1": "top-1 hit", "top3": "top-3 hit", "regret": "regret (% of scratch AUC)", "spearman": "Spearman"}
+    keys = {"top1": "top-1 hit", "top3": "top-3 hit", "regret": "regret (gain points)", "spearman": "Spearman"}
     plots.plot_recommenders(paths["recommendation_png"], list(rows), {
         label: [(s.get(k, np.nan), *iv.get(k, (np.nan, np.nan))) for s, iv in rows.values()]
         for k, label in keys.items()}, f"Does the recommendation hold? {title}")
     md = [f"# Does the recommendation hold? {title}", "",
-          "Top-1 / top-3: the measured best source is the recommended one / among the top 3. Regret: gain of the "
-          "best source minus gain of the recommended one (% of scratch AUC). Kendall / Spearman: score vs gain over "
-          "a target's sources, averaged over targets. Intervals: 95% over fold resamples. `combined`: ridge "
-          f"regression of gain on {', '.join(rec['features'])}, fitted leave-one-target-out (a target's own gains "
-          "never inform its recommendation). Baselines: a random source (expected), the source with most "
-          "training labels (ties broken at random), the oracle.", "",
+          f"Gain: {rec['gain']}. Top-1 / top-3: the measured best source is the recommended one / among the top 3. "
+          "Regret: gain of the best source minus gain of the recommended one (gain points). Kendall / Spearman: "
+          "score vs gain over a target's sources, averaged over targets. Intervals: 95% over resamples of the "
+          f"folds (split seeds). `combined`: ridge regression of gain on {', '.join(rec['features'])}, fitted "
+          "leave-one-target-out (a target's own gains never inform its recommendation). Baselines: a random "
+          "source (expected), the source with most training labels when known (ties broken at random), the "
+          "oracle.", "",
           "| recommender | top-1 | top-3 | regret | Kendall tau | Spearman |", "|---|---|---|---|---|---|"]
     for name, (summary, interval) in rows.items():
         md.append(f"| {name} | " + " | ".join(_with_interval(summary, interval, k) for k in
@@ -252,10 +266,10 @@ def write_recommendation(out: Path, rec: dict[str, Any], title: str) -> dict[str
                    f"against measured gain < 0: precision {nt['precision']:.2f}, recall {nt['recall']:.2f}."]
     if "cost" in rec:
         c = rec["cost"]
-        md += ["", f"Cost (measured compute seconds): the similarities {c['similarity_s']:.0f} s against the "
+        shared = f"; both need the per-task models ({c['task_models_s']:.0f} s)" if c["task_models_s"] else ""
+        md += ["", f"Cost (measured compute seconds): the similarities {c['similarity_s']:.1f} s against the "
                    f"brute-force transfer matrix {c['transfer_matrix_s']:.0f} s ({c['transfer_matrix_cells']} "
-                   f"learning-curve cells), {c['transfer_matrix_s'] / c['similarity_s']:.0f}x; both need the per-task "
-                   f"models ({c['task_models_s']:.0f} s)."]
+                   f"cells), {c['transfer_matrix_s'] / c['similarity_s']:.0f}x{shared}."]
     write_text_atomic(paths["recommendation_md"], "\n".join(md + [""]))
     return paths
 

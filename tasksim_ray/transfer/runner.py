@@ -78,6 +78,18 @@ def _foundation_dirs(run: Run, data: TransferData) -> dict[str, str]:
     return {n: str(stage_foundation_model(run, n)) for n in names}
 
 
+def source_names(checkpoints: list[Path]) -> dict[Path, str]:
+    """Published checkpoints' names as sources: file names without the extension and without the
+    '_'-separated words every one of them starts or ends with (``singletask_``, ``_best_model``)."""
+    words = [p.name.removesuffix(".pth.tar").split("_") for p in checkpoints]
+    head = tail = 0
+    while len(words) > 1 and all(len(w) > head + tail + 1 and w[head] == words[0][head] for w in words):
+        head += 1
+    while len(words) > 1 and all(len(w) > head + tail + 1 and w[-1 - tail] == words[0][-1 - tail] for w in words):
+        tail += 1
+    return {p: "_".join(w[head:len(w) - tail]) for p, w in zip(checkpoints, words)}
+
+
 def _published_files(cfg: PipelineConfig) -> tuple[list[Path], Path | None]:
     """(the MoE's extractor files, the one fine-tuning starts from), checked before any work."""
     src = cfg.transfer.sources
@@ -104,14 +116,15 @@ def methods_context(cfg: PipelineConfig, console: Console) -> tuple[Context, dic
     stage = stage_split_data(run, tasks)
     data = SplitData.load(stage, tasks, cfg.transfer.standardize)
     store = data.store()
-    wanted = (experts if "moe" in cfg.transfer.methods else []) + ([tl] if tl and "finetune" in cfg.transfer.methods
-                                                                    else [])
+    each = "sources" in cfg.transfer.methods
+    wanted = (experts if "moe" in cfg.transfer.methods or each else []) + (
+        [tl] if tl and "finetune" in cfg.transfer.methods else [])
     strategy = cfg.transfer.finetune.strategy
     n_atoms = int(store["atom_ptr"][-1])
     ap = store["atom_ptr"]
     extractors = [p.resolve() for p in dict.fromkeys(wanted)]
-    trained_last = {p.resolve() for p in wanted
-                    if (p in experts and cfg.transfer.moe.train_last) or (p == tl and strategy == "last")}
+    trained_last = {p.resolve() for p in wanted if (p in experts and cfg.transfer.moe.train_last)
+                    or (p == tl and strategy == "last") or (each and strategy == "last")}
     feat = {p: torch.zeros(len(data.store_rows), 0) for p in extractors}
     h_in = {p: torch.zeros(n_atoms, 0) for p in trained_last}
     for t in data.targets:
@@ -136,10 +149,13 @@ def methods_context(cfg: PipelineConfig, console: Console) -> tuple[Context, dic
                                   fingerprints=prints([tl]) if tl else ()),
                "moe": Recipe("moe", "moe", tuple(str(p.resolve()) for p in experts), published=True,
                              fingerprints=prints(experts))}
+    if each:  # one fine-tuning recipe per source, labelled by the source's name
+        recipes |= {f"from {name}": Recipe("finetune", f"from {name}", (str(p.resolve()),), published=True,
+                                           fingerprints=prints([p])) for p, name in source_names(experts).items()}
     tc = cfg.transfer
     settings = CellSettings(cfg.model, tc.finetune, tc.moe, cfg.seed, tc.scratch)
     ctx = Context(run, data, ray.put(store), settings, {})
-    return ctx, {m: recipes[m] for m in tc.methods}
+    return ctx, {m: r for m, r in recipes.items() if m in tc.methods or (each and m.startswith("from "))}
 
 
 def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | None = None,

@@ -17,6 +17,7 @@ then each study summarises its cells:
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import ray
 
 from tasksim_ray.infra.cache import read_manifest
 from tasksim_ray.infra.progress import task_progress
+from tasksim_ray.similarity.logme import logme_score
 from tasksim_ray.stages import Run
 from tasksim_ray.training.multitask import submit_subsets, subset_model
 from tasksim_ray.transfer.analysis import auc, fold_gains, gain_matrix, mean_se, similarity_vs_gain, summarise_curve
@@ -172,7 +174,8 @@ def recommendation(ctx: Context, targets: list[str], per_fold: FoldGains) -> dic
     corr = {t: {s: ctx.data.label_correlation(t, s) for s in per_fold[t]} for t in targets}
     pair = {"log10 source size": {t: {s: float(np.log10(sizes[s])) for s in per_fold[t]} for t in targets},
             "label r": corr, "|label r|": {t: {s: abs(v) for s, v in row.items()} for t, row in corr.items()}}
-    return recommend_report(scores, per_fold, pair, sizes, ctx.run.cfg.seed)
+    rec = recommend_report(scores, per_fold, pair, sizes, ctx.run.cfg.seed)
+    return rec | {"gain": "relative AUC improvement over scratch, % of scratch AUC, mean over folds"}
 
 
 def plan_subset(ctx: Context) -> Plan:
@@ -275,10 +278,38 @@ def plan_methods(ctx: Context, recipes: dict[str, Recipe]) -> Plan:
                               "s_per_epoch": float(np.mean([c["seconds"] / max(c["epochs_run"], 1) for c in mine])),
                               "s_per_cell": float(np.mean([c["seconds"] for c in mine]))}
         out["wins"] = {m: sum(e["best"] == m for e in out["targets"].values()) for m in recipes}
+        per_source = {m.removeprefix("from "): r for m, r in recipes.items() if m.startswith("from ")}
+        if len(per_source) >= 3 and "scratch" in recipes and len(data.targets) >= 3:
+            out["recommendation"] = source_recommendation(ctx, per_source, cells)
         out["cells"] = cells
         return out
 
     return Plan("methods", jobs, finish)
+
+
+def source_recommendation(ctx: Context, sources: dict[str, Recipe], cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each published source as a recommendation for each task, judged against fine-tuning from it:
+    gain = test MAE improvement over scratch (% of scratch) per split seed; the score is LogME of the
+    source's frozen features on the target's own training labels (what a user has before training)."""
+    data, seeds = ctx.data, ctx.run.cfg.data.split.seeds
+    assert isinstance(data, SplitData)
+    mae = {(c["target"], c["recipe"], c["fold"]): c["test_mae"] for c in cells}
+    store = ray.get(ctx.store_ref)
+    start = time.perf_counter()
+    scores: dict[str, dict[str, float]] = {}
+    for t in data.targets:
+        train = [data.cell(t, i, s) for i, s in enumerate(seeds)]
+        scores[t] = {name: float(np.mean([logme_score(store[f"feat/{Path(r.checkpoints[0]).name}"][c.train_pos].numpy(),
+                                                      c.y_train) for c in train])) for name, r in sources.items()}
+    seconds = time.perf_counter() - start
+    per_fold = {t: {name: np.array([100 * (mae[(t, "scratch", s)] - mae[(t, f"from {name}", s)]) / mae[(t, "scratch", s)]
+                                    for s in seeds]) for name in sources} for t in data.targets}
+    rec = recommend_report({"logme": scores}, per_fold, {}, dict.fromkeys(sources, float("nan")), ctx.run.cfg.seed)
+    rec["gain"] = "test MAE improvement over scratch, % of scratch MAE, mean over split seeds"
+    mine = [c for c in cells if c["recipe"].startswith("from ")]
+    rec["cost"] = {"similarity_s": seconds, "transfer_matrix_s": float(sum(c["seconds"] for c in mine)),
+                   "transfer_matrix_cells": len(mine), "task_models_s": 0.0}
+    return rec
 
 
 def run_studies(ctx: Context, plans: list[Plan]) -> dict[str, Any]:
