@@ -181,3 +181,15 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     for path in files.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in files.values())  # no temp files left
+
+
+def test_paired_difference_uses_a_t_interval_over_folds() -> None:
+    from tasksim_ray.transfer.analysis import paired_difference
+
+    got = paired_difference(np.array([10.0, 12.0, 11.0]), np.array([1.0, 2.0, 1.5]))
+    d = np.array([9.0, 10.0, 9.5])
+    half = 4.302653 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 dof)
+    assert got["mean"] == pytest.approx(9.5) and got["ci"] == pytest.approx([9.5 - half, 9.5 + half], rel=1e-5)
+    assert got["differ"]
+    assert not paired_difference(np.array([1.0, -1.0, 2.0]), np.zeros(3))["differ"]
+    assert not paired_difference(np.array([5.0]), np.array([1.0]))["differ"]  # one fold: no interval

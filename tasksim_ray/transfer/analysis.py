@@ -87,6 +87,15 @@ def summarise_curve(sizes: list[int] | np.ndarray, mae_by_fold: np.ndarray) -> C
                         auc_norm_mean=norm_mean, auc_norm_se=norm_se, n_folds=int(m.shape[0]))
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict[str, Any]:
+    """Mean per-fold difference a - b with its t interval (n - 1 degrees of freedom): whether two
+    arms measured on the same folds differ beyond their fold-to-fold noise."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    mean, se = mean_se(d)
+    half = float(stats.t.ppf((1 + level) / 2, d.size - 1) * se) if d.size > 1 else float("nan")
+    return {"mean": mean, "ci": [mean - half, mean + half], "differ": bool(d.size > 1 and abs(mean) > half)}
+
+
 def fold_gains(auc_scratch: np.ndarray, auc_transfer: np.ndarray) -> np.ndarray:
     """Relative AUC improvement per fold, (scratch - transfer) / scratch; paired by fold so the
     fold's split difficulty cancels. Positive = pretraining helped."""

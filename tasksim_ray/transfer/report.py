@@ -183,6 +183,11 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
                "| target | arm | pretraining tasks | labels used / available |", "|---|---|---|---|"]
         md += [f"| {t} | {lbl} | {', '.join(e['pretrain_tasks'])} | {e['labels_used']} / {e['labels_available']} |"
                for t, entries in r["targets"].items() for lbl, e in entries.items() if "pretrain_tasks" in e]
+        md += ["", "Diverse subset minus all others, gain points per fold (paired), mean [95% t interval]:", "",
+               "| target | budget | difference | beyond the interval? |", "|---|---|---|---|"]
+        md += [f"| {t} | {lbl.removeprefix('diverse subset ')} | {d['mean']:.1f} [{d['ci'][0]:.1f}, {d['ci'][1]:.1f}] | "
+               f"{'yes' if d['differ'] else 'no'} |" for t, entries in r["targets"].items()
+               for lbl, e in entries.items() if (d := e.get("vs_all_others"))]
         md.append("")
     if "moe" in results:
         r = results["moe"]

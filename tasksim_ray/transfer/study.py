@@ -32,7 +32,15 @@ from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.similarity.logme import logme_score
 from tasksim_ray.stages import Run
 from tasksim_ray.training.multitask import submit_subsets, subset_model
-from tasksim_ray.transfer.analysis import auc, fold_gains, gain_matrix, mean_se, similarity_vs_gain, summarise_curve
+from tasksim_ray.transfer.analysis import (
+    auc,
+    fold_gains,
+    gain_matrix,
+    mean_se,
+    paired_difference,
+    similarity_vs_gain,
+    summarise_curve,
+)
 from tasksim_ray.transfer.cells import CellData, CellSettings, Recipe, cell_key, run_cells
 from tasksim_ray.transfer.data import SplitData, TransferData
 from tasksim_ray.transfer.recommend import FoldGains, recommend_report
@@ -204,6 +212,14 @@ def plan_subset(ctx: Context) -> Plan:
                 "pretrain_tasks": tasks, "labels_used": model.metrics["labels_used"],
                 "labels_available": model.metrics["labels_available"],
                 "samples_seen": model.metrics["samples_seen"], "pretrain_val_score": model.metrics["best_val_mae"]}
+        for t in ctx.data.targets:  # the two arms on the same folds: do they differ beyond fold noise?
+            base = curves[(t, "scratch")]["fold_auc"]
+            for n, e in splits:
+                diverse, others = f"diverse subset {n}x{e}", f"all others {n}x{e}"
+                if diverse in per_target[t] and others in per_target[t]:
+                    per_target[t][diverse]["vs_all_others"] = paired_difference(
+                        100 * fold_gains(base, curves[(t, diverse)]["fold_auc"]),
+                        100 * fold_gains(base, curves[(t, others)]["fold_auc"]))
         return {"subset": subset, "splits": [list(s) for s in splits], "targets": per_target,
                 "uncovered_targets": [t for t in ctx.data.targets if not [s for s in subset if s != t]]}
 
@@ -315,7 +331,9 @@ def source_recommendation(ctx: Context, sources: dict[str, Recipe], cells: list[
 def run_studies(ctx: Context, plans: list[Plan]) -> dict[str, Any]:
     """Run all plans' cells in one go (shared cells once) and summarise each plan."""
     tc = ctx.run.cfg.transfer
-    jobs = [j for p in plans for j in p.jobs]
+    # fold by fold (stable otherwise): a study stopped early has whole folds, which a rerun with
+    # fewer transfer.folds reuses
+    jobs = sorted((j for p in plans for j in p.jobs), key=lambda j: j[0].fold)
     n_cells = len({cell_key(c, r, ctx.settings) for c, r in jobs})
     with ctx.run.timed("transfer") as timing, task_progress(ctx.run.console, "transfer", n_cells) as advance:
         results = run_cells(ctx.store_ref, jobs, ctx.settings, ctx.run.artifacts / "cells", tc.num_cpus, tc.num_gpus,
