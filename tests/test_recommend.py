@@ -96,11 +96,12 @@ def test_report_keeps_the_combined_score_only_when_it_beats_the_best_metric() ->
 
 
 def test_every_source_hurts_and_dont_pretrain_name_the_same_target_when_predictions_are_right() -> None:
-    folds = {"a": {"b": np.array([-3.0, -2.0]), "c": np.array([-1.0, -1.5])},
-             "b": {"a": np.array([4.0, 5.0]), "c": np.array([1.0, 2.0])},
-             "c": {"a": np.array([2.0, 3.0]), "b": np.array([6.0, 5.0])}}
+    centres = {"a": -6.0, "b": 4.0, "c": 2.0, "d": 6.0, "e": 0.0}  # every source of a hurts
+    folds = {t: {s: c + np.array([-1.0, 1.0]) * 0.1 * (j + 1) + 2.0 * (j - 1.5)
+                 for j, s in enumerate(x for x in centres if x != t)} for t, c in centres.items()}
     gains = mean_gains(folds)
     assert every_source_hurts(gains) == ["a"]
-    rep = recommend_report({"m": gains}, folds, {}, {"a": 1.0, "b": 1.0, "c": 1.0}, seed=0, n_boot=20)
+    rep = recommend_report({"m": gains}, folds, {}, dict.fromkeys(centres, 1.0), seed=0, n_boot=20)
     assert rep["every_source_hurts"] == ["a"] and rep["dont_pretrain"] == ["a"]
-    assert rep["targets"]["a"]["recommended"] == "scratch" and rep["targets"]["b"]["recommended"] == "a"
+    assert rep["targets"]["a"]["call"] == "scratch" and rep["targets"]["b"]["call"] == "pretrain"
+    assert rep["targets"]["b"]["recommended"] == max(gains["b"], key=gains["b"].get)

@@ -172,6 +172,27 @@ def negative_transfer(predicted: Scores, gains: dict[str, dict[str, float]]) -> 
     return {"precision": tp / n_called if n_called else float("nan"), "recall": tp / n_hurt if n_hurt else float("nan")}
 
 
+def with_within_target_scores(features: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Each feature as two numbers a linear model can compare across targets: its percentile among
+    all pairs (bounded, so one outlying target cannot be extrapolated to absurd gains) and its
+    z-score among the target's own sources (the rank a recommendation acts on)."""
+    pairs = [(t, s) for t, row in features.items() for s in row]
+    x = np.array([features[t][s] for t, s in pairs], dtype=float)
+    order = np.argsort(np.argsort(np.where(np.isfinite(x), x, -np.inf), axis=0, kind="stable"), axis=0)
+    pct = np.where(np.isfinite(x), order / max(len(pairs) - 1, 1), np.nan)
+    out: dict[str, dict[str, np.ndarray]] = {t: {} for t in features}
+    for t, row in features.items():
+        idx = [i for i, p in enumerate(pairs) if p[0] == t]
+        v = x[idx]
+        finite = np.isfinite(v)
+        mean = np.where(finite, v, 0.0).sum(0) / np.maximum(finite.sum(0), 1)
+        sd = np.sqrt(np.where(finite, (v - mean) ** 2, 0.0).sum(0) / np.maximum(finite.sum(0), 1))
+        z = np.where(finite & (sd > 0), (v - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+        for j, i in enumerate(idx):
+            out[t][pairs[i][1]] = np.concatenate([pct[i], z[j]])
+    return out
+
+
 def recommend_report(scores: dict[str, Scores], fold_gains: FoldGains, pair_features: dict[str, Scores],
                      source_sizes: dict[str, float], seed: int, n_boot: int = 200) -> dict[str, Any]:
     """Every recommender judged against the measured gains, next to the baselines, and the call per
@@ -182,8 +203,8 @@ def recommend_report(scores: dict[str, Scores], fold_gains: FoldGains, pair_feat
     targets = list(gains)
     single = dict(scores)
     names = list(single) + list(pair_features)
-    features = {t: {s: np.array([(single | pair_features)[m][t][s] for m in names], dtype=float) for s in gains[t]}
-                for t in targets}
+    features = with_within_target_scores({t: {s: np.array([(single | pair_features)[m][t][s] for m in names],
+                                                          dtype=float) for s in gains[t]} for t in targets})
     recommenders = dict(single)
     if len(targets) >= 3:
         recommenders["combined"] = leave_one_target_out(features, gains)
@@ -204,7 +225,8 @@ def recommend_report(scores: dict[str, Scores], fold_gains: FoldGains, pair_feat
     if chosen is None or len(targets) < 3:
         return out
     # the chosen recommender's gains, calibrated leave-one-target-out, decide "don't pretrain"
-    cols = list(range(len(names))) if chosen == "combined" else [names.index(chosen)]
+    n = len(names)  # features hold each raw value, then its within-target score
+    cols = list(range(2 * n)) if chosen == "combined" else [names.index(chosen), n + names.index(chosen)]
     own = {t: {s: f[cols] for s, f in row.items()} for t, row in features.items()}
     predicted = leave_one_target_out(own, gains)
     intervals = prediction_intervals(own, fold_gains, max(20, n_boot // 2), seed)
@@ -216,8 +238,9 @@ def recommend_report(scores: dict[str, Scores], fold_gains: FoldGains, pair_feat
         call = judge_target(recommenders[chosen][t], gains[t])
         ranked = sorted(gains[t], key=lambda s: -recommenders[chosen][t][s])
         top = max(predicted[t], key=predicted[t].get)
-        out["targets"][t] = {"recommended": call.recommended if t not in out["dont_pretrain"] else "scratch",
-                             "top3": ranked[:3], "predicted_gain": predicted[t][call.recommended],
+        out["targets"][t] = {"call": "scratch" if t in out["dont_pretrain"] else "pretrain",
+                             "recommended": call.recommended, "top3": ranked[:3],
+                             "predicted_gain": predicted[t][call.recommended],
                              "best_predicted": top, "best_predicted_gain": predicted[t][top],
                              "best_predicted_interval": list(intervals[t][top]),
                              "measured_best": call.best, "measured_best_gain": gains[t][call.best],

@@ -258,13 +258,18 @@ def write_recommendation(out: Path, rec: dict[str, Any], title: str) -> dict[str
                    f"the calls below use **{rec['chosen']}**."]
     if "targets" in rec:
         nt = rec["negative_transfer"]
-        md += ["", "| target | recommended | top 3 | its gain (%) | measured best (gain %) | regret | "
-                   "best predicted gain [95%] |", "|---|---|---|---|---|---|---|"]
+        md += ["", "Per target: the top-ranked source and the top 3, the top source's measured gain against the best "
+                   "source's, the highest predicted gain (leave-one-target-out) with its 95% interval over fold "
+                   "resamples, and the call: pretrain on the top source, or scratch when no source is predicted to "
+                   "help.", "",
+               "| target | top-ranked source | top 3 | its gain | measured best (gain) | regret | "
+               "highest predicted gain [95%] | call |", "|---|---|---|---|---|---|---|---|"]
         for t, e in rec["targets"].items():
             lo, hi = e["best_predicted_interval"]
             md.append(f"| {t} | {e['recommended']} | {', '.join(e['top3'])} | {e['recommended_gain']:.1f} | "
                       f"{e['measured_best']} ({e['measured_best_gain']:.1f}) | {e['regret']:.1f} | "
-                      f"{e['best_predicted']} {e['best_predicted_gain']:.1f} [{lo:.1f}, {hi:.1f}] |")
+                      f"{e['best_predicted_gain']:.1f} [{lo:.1f}, {hi:.1f}] ({e['best_predicted']}) | "
+                      f"{e['call'] if e['call'] == 'scratch' else 'pretrain on ' + e['recommended']} |")
         md += ["", f"Don't pretrain (no source predicted to help; scratch recommended): "
                    f"{', '.join(rec['dont_pretrain']) or 'none'}. Measured, every source hurt: "
                    f"{', '.join(rec['every_source_hurts']) or 'none'}. Negative-transfer call (predicted gain < 0) "
