@@ -81,6 +81,8 @@ CASES: dict[str, tuple[Case, str]] = {
     "target-constant": (lambda t: _csv(t, lambda f: _set(f, "homo", 0.25)), "target 'homo' is constant"),
     "single-task": (lambda t: ["--set", "data.targets=[mu]"], "similarity needs at least 2 tasks"),
     "truncated-json-gz": (_truncated_gz, "table.json.gz: truncated gzip file"),
+    "logme-too-few-probe-labels": (lambda t: _csv(t, lambda f: _set(f, "homo", np.nan, slice(12, None))),
+                                   "metric 'logme': task 'homo' has"),
 }
 
 

@@ -17,8 +17,14 @@ from tasksim_ray.similarity import METRICS
 from tasksim_ray.similarity.select import Selection, select_subset
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, stage_featurize, stage_preprocess, stage_tasks
-from tasksim_ray.stages.embedding import TaskEmbedding, stage_dataset_features, stage_embed, stage_probe
-from tasksim_ray.stages.preflight import check_comparable, check_config
+from tasksim_ray.stages.embedding import (
+    TaskEmbedding,
+    probe_labels,
+    stage_dataset_features,
+    stage_embed,
+    stage_probe,
+)
+from tasksim_ray.stages.preflight import check_comparable, check_config, check_probe_labels
 from tasksim_ray.stages.published import stage_published
 from tasksim_ray.stages.report import write_report
 from tasksim_ray.stages.similarity import SimilarityResult, stage_similarity
@@ -162,6 +168,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
         return result
     # the probe set before any training: a missing or too small probe file fails in seconds
     probe = stage_probe(run, tasks, prep) if stop >= STAGES.index("probe") else None
+    if probe is not None and stop >= STAGES.index("similarity") and "logme" in cfg.similarity.metrics:
+        check_probe_labels(probe_labels(probe, tasks, prep.manifest["kept"]), cfg.probe.source)
     ensure_ray(cfg.ray)
     models = stage_pretrain(run, tasks, feats)
     units = {t.name: t.units for t in load_table(tasks).tasks}
