@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tasksim_ray.infra.cache import stable_hash
 from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, task_rows
@@ -18,12 +17,10 @@ def stage_pretrain(run: Run, tasks: Stage, feats: Stage) -> dict[str, Pretrained
     units = {t.name: t.units for t in table.tasks}
     rows = task_rows(feats)
     data = []
-    inputs = table.inputs()
     for task, pos in rows["positions"].items():
         labels = table.labels(task)
         r = rows["rows"][task]
-        content = stable_hash(task, labels[r["train"]].tobytes().hex(), labels[r["val"]].tobytes().hex(),
-                              inputs[r["train"]].tolist(), inputs[r["val"]].tolist(), length=32)
+        content = table.fingerprint(task, r["train"], r["val"])
         data.append(TaskData(task, units[task], np.array(pos["train"], dtype=int), labels[r["train"]],
                              np.array(pos["val"], dtype=int), labels[r["val"]], content))
     store = torch.load(feats.path / "graphs.pt", weights_only=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,7 @@ class TransferData:
     table: TaskTable
     rows: dict[str, dict[str, Any]]
     store_rows: np.ndarray
+    _by_input: dict[str, pd.Series] = field(default_factory=dict, repr=False)  # source labels by input
 
     @classmethod
     def load(cls, stage: Stage, tasks: Stage) -> TransferData:
@@ -142,9 +143,10 @@ class TransferData:
         """Pearson r between the two tasks' labels on the target's own training inputs (fold 0, the
         labels a user has) that the source also labels, matched by input; NaN under ``min_shared``."""
         rows = self.rows[target]["folds"][0]
-        inputs = self.table.inputs()
-        by_input = pd.Series(self.table.labels(source)).groupby(inputs).mean().dropna()
-        theirs = by_input.reindex(inputs[rows]).to_numpy()
+        if source not in self._by_input:  # once per source, not once per pair
+            labels = pd.Series(self.table.labels(source), index=self.table.inputs()).dropna()
+            self._by_input[source] = labels.groupby(level=0).mean()
+        theirs = self._by_input[source].reindex(self.table.inputs()[rows]).to_numpy()
         mine = self.table.labels(target)[rows]
         shared = np.isfinite(theirs) & np.isfinite(mine)
         if shared.sum() < min_shared or np.ptp(theirs[shared]) == 0 or np.ptp(mine[shared]) == 0:
