@@ -96,11 +96,16 @@ def bootstrap(scores: Scores, fold_gains: FoldGains, n_boot: int, seed: int,
     return out
 
 
+def _column_mean(x: np.ndarray) -> np.ndarray:
+    """Mean of each column over its finite entries (0 for a column with none)."""
+    finite = np.isfinite(x)
+    return np.where(finite, x, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+
+
 def _ridge_fit_predict(x: np.ndarray, y: np.ndarray, query: np.ndarray, alpha: float) -> np.ndarray:
     """Ridge regression on z-scored columns (a constant column drops out; a missing value is the
     training column's mean), intercept not shrunk."""
-    finite = np.isfinite(x)
-    mean = np.where(finite, x, 0.0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1)
+    mean = _column_mean(x)
     x = np.where(np.isfinite(x), x, mean)
     query = np.where(np.isfinite(query), query, mean)
     sd = x.std(axis=0)
@@ -184,10 +189,9 @@ def with_within_target_scores(features: dict[str, dict[str, np.ndarray]]) -> dic
     for t, row in features.items():
         idx = [i for i, p in enumerate(pairs) if p[0] == t]
         v = x[idx]
-        finite = np.isfinite(v)
-        mean = np.where(finite, v, 0.0).sum(0) / np.maximum(finite.sum(0), 1)
-        sd = np.sqrt(np.where(finite, (v - mean) ** 2, 0.0).sum(0) / np.maximum(finite.sum(0), 1))
-        z = np.where(finite & (sd > 0), (v - mean) / np.where(sd > 0, sd, 1.0), 0.0)
+        mean = _column_mean(v)
+        sd = np.sqrt(_column_mean((v - mean) ** 2))
+        z = np.where(np.isfinite(v) & (sd > 0), (v - mean) / np.where(sd > 0, sd, 1.0), 0.0)
         for j, i in enumerate(idx):
             out[t][pairs[i][1]] = np.concatenate([pct[i], z[j]])
     return out
