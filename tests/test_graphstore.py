@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from tasksim_ray.featurize.graphstore import graph_from_bytes, graph_to_bytes, pack_graphs, unpack_graphs
+from tasksim_ray.featurize.graphstore import (batch_from_bytes, graph_from_bytes, graph_to_bytes, pack_graphs,
+                                              unpack_graphs)
 from tasksim_ray.featurize.molecule import smiles_to_graph
 
 
@@ -33,6 +34,21 @@ def test_bytes_and_store_round_trip(graphs: list[Data]) -> None:
     assert len(unpacked) == len(graphs)
     for g, h in zip(graphs, unpacked):
         _same(g, h)
+
+
+@pytest.mark.parametrize("graphs", [
+    [smiles_to_graph(s) for s in ["C", "CCO", "c1ccccc1O", "[Na+].[Cl-]"]],
+    [_crystal(1, 12, 0), _crystal(5, 60, 1), _crystal(3, 0, 2)],
+])
+def test_batch_from_bytes_equals_pyg_collation(graphs: list[Data]) -> None:
+    """The hosts' one-pass decoder gives the tensors PyG's collation gives, so embeddings are the same bytes."""
+    ref = Batch.from_data_list([graph_from_bytes(graph_to_bytes(g)) for g in graphs])
+    got = batch_from_bytes([graph_to_bytes(g) for g in graphs])
+    assert got.num_graphs == ref.num_graphs == len(graphs) and got.num_nodes == ref.num_nodes
+    assert sorted(got.keys()) == sorted(ref.keys())
+    for k in ref.keys():
+        if k != "num_nodes":
+            assert torch.equal(got[k], ref[k]) and got[k].dtype == ref[k].dtype, k
 
 
 def test_crystal_batch_stacks_cells() -> None:

@@ -28,7 +28,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tasksim_ray.config import EmbedConfig
-from tasksim_ray.featurize.graphstore import graph_from_bytes
+from tasksim_ray.featurize.graphstore import batch_from_bytes
 from tasksim_ray.infra.metrics import probes_embedded
 from tasksim_ray.infra.runtime import cluster_cpus, cluster_gpus
 from tasksim_ray.models import load_checkpoint
@@ -85,7 +85,7 @@ class ModelHost:
     def embed(self, graphs: Iterable[bytes], models: dict[str, str], layer: str = "graph") -> Embedded:
         """Each of ``models`` (name -> model folder) on one batch of serialised graphs."""
         start = time.perf_counter()
-        batch = Batch.from_data_list([graph_from_bytes(b) for b in graphs]).to(self.device)
+        batch = batch_from_bytes(list(graphs)).to(self.device)
         self.seconds["decode"] += time.perf_counter() - start
         out: Embedded = {}
         for name, directory in models.items():

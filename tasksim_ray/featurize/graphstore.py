@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 NODE_FIELDS = ("x", "z", "pos")
 EDGE_FIELDS = ("edge_index", "edge_attr")  # edge_index is (2, E): concatenated along dim 1
@@ -75,15 +75,45 @@ def graph_to_bytes(g: Data) -> bytes:
     return struct.pack("<I", len(head)) + head + b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
 
 
-def graph_from_bytes(buf: bytes) -> Data:
+def _arrays(buf: bytes) -> tuple[int, dict[str, np.ndarray]]:
+    """A serialised graph's atom count and fields, as read-only views into ``buf``."""
     (n_head,) = struct.unpack_from("<I", buf)
     header = json.loads(buf[4:4 + n_head])
-    off = 4 + n_head
-    g = Data()
+    off, arrays = 4 + n_head, {}
     for key, dtype, shape in header["fields"]:
-        count = int(np.prod(shape))
-        arr = np.frombuffer(buf, np.dtype(dtype), count, off).reshape(shape)
+        arr = np.frombuffer(buf, np.dtype(dtype), int(np.prod(shape)), off).reshape(shape)
         off += arr.nbytes
+        arrays[key] = arr
+    return header["n"], arrays
+
+
+def graph_from_bytes(buf: bytes) -> Data:
+    n, arrays = _arrays(buf)
+    g = Data()
+    for key, arr in arrays.items():
         g[key] = torch.from_numpy(arr.copy())
-    g.num_nodes = header["n"]
+    g.num_nodes = n
     return g
+
+
+def batch_from_bytes(bufs: Sequence[bytes]) -> Batch:
+    """Serialised graphs straight into one batch, the tensors ``Batch.from_data_list`` would give
+    (fields concatenated, edge indices offset by the atoms before them, ``batch`` and ``ptr``):
+    one concatenation per field instead of a ``Data`` object per graph, which cost the embedding
+    hosts four times more than the collation itself."""
+    if not bufs:
+        raise ValueError("no graphs to batch")
+    counts, parts = np.empty(len(bufs), np.int64), {}
+    for i, buf in enumerate(bufs):
+        counts[i], arrays = _arrays(buf)
+        for key, arr in arrays.items():
+            parts.setdefault(key, []).append(arr)
+    ptr = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)])
+    fields = {k: torch.from_numpy(np.concatenate(v, axis=_cat_dim(k))) for k, v in parts.items()}
+    if "edge_index" in fields:
+        offsets = np.repeat(ptr[:-1], [a.shape[1] for a in parts["edge_index"]])
+        fields["edge_index"] += torch.from_numpy(offsets).to(fields["edge_index"].dtype)
+    batch = Batch(batch=torch.from_numpy(np.repeat(np.arange(len(bufs)), counts)), ptr=torch.from_numpy(ptr), **fields)
+    batch.num_nodes = int(ptr[-1])
+    batch._num_graphs = len(bufs)
+    return batch
