@@ -143,6 +143,12 @@ def case(smiles: list[str], n: int, n_models: int, args: argparse.Namespace, tmp
     hosts = [h["seconds"] for h in timings["hosts"]]
     row["hosts"] = len(hosts)
     row["host_busy_s"] = {k: round(sum(h[k] for h in hosts), 3) for k in hosts[0]}
+    # shares of the cold call's wall time: start-up (to the first batch back, less the hosts' own
+    # work in it), the driver reading and writing, the hosts' decoding and forward passes (per host)
+    per_host = {k: v / len(hosts) for k, v in row["host_busy_s"].items()}
+    parts = {"start-up": timings["first_batch_s"], "read": timings["driver_read_s"],
+             "write": timings["driver_write_s"], "decode": per_host["decode"], "forward": per_host["forward"]}
+    row["ray_share"] = {k: round(v / row["ray_s"], 3) for k, v in parts.items()}
     ids, got = read_embedded(work / "ray", list(dirs))
     assert ids == frame[ID].tolist()
     row["max_abs_diff_vs_loop"] = max_diff(got, ref)
@@ -181,7 +187,7 @@ def main() -> None:
                   f"{r['loop_1thread_s']:6.2f}/{r['loop_2threads_s']:6.2f} s, ray {r['ray_s']:6.2f} s "
                   f"(warm hosts {r['ray_warm_s']:6.2f} s) "
                   f"({r['ray_vs_script']:.2f} x script; {r['hosts']} hosts; split {r['ray_split_s']}; host busy "
-                  f"{r['host_busy_s']}); max |ray - loop| {r['max_abs_diff_vs_loop']:.1e}")
+                  f"{r['host_busy_s']}; share of wall {r['ray_share']}); max |ray - loop| {r['max_abs_diff_vs_loop']:.1e}")
     ray.shutdown()
     result = {"measured": "probe embedding: model hosts vs a fresh-process script vs an in-process loop",
               "data": str(data.relative_to(ROOT.parent) if data.is_relative_to(ROOT.parent) else data),
