@@ -99,3 +99,26 @@ def test_a_foundation_model_is_a_fine_tuning_source(first_run: PipelineResult, w
     tuned, scratch = out["finetuned"], out["scratch"]
     assert tuned["recipe"] == "chgnet" and tuned["epochs_run"] == 2 and np.isfinite(tuned["test_mae"])
     assert scratch["recipe"] == "scratch" and np.isfinite(scratch["test_mae"])
+
+
+def test_budget_study_scores_csi_as_single_source_pick(first_run: PipelineResult, workdir: Path) -> None:
+    """Every other task alone under one budget vs all others under the same budget, per target; CSI
+    (CHGNet node features) picks the single source and is judged as a recommender."""
+    from tasksim_ray.transfer.runner import run_transfer
+
+    cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet"})
+    out = run_transfer(cfg, ["budget"])
+    r = out["studies"]["budget"]
+    assert r["pick_metric"] == "csi" and r["split"] == [60, 2]
+    csi = np.asarray(first_run.matrices["csi"])
+    for t, e in r["targets"].items():
+        others = [s for s in TASKS if s != t]
+        i = first_run.tasks.index(t)
+        assert e["picked"] == min(others, key=lambda s: csi[i, first_run.tasks.index(s)])  # lowest CSI first
+        arms = {k: v for k, v in e["curves"].items() if k != "scratch"}
+        assert sorted(arms) == sorted([f"{s} 60x2" for s in others] + ["all others 60x2"])
+        assert {v["samples_seen"] for v in arms.values()} == {120}  # one budget for every arm
+        assert np.isfinite(e["picked_vs_all_others"]["mean"])
+    assert set(r["recommendation"]["recommenders"]) >= {"csi", "rsa", "cka"}
+    assert Path(out["paths"]["budget_recommendation_md"]).is_file() and Path(out["paths"]["budget_gain"]).is_file()
+    assert "Budget study" in Path(out["paths"]["markdown"]).read_text()

@@ -108,6 +108,13 @@ def moe(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
+def budget(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Per target: every other task alone, and all of them, pretrained under one budget; which single
+    source the similarities (CSI first) pick, and does it beat the budget spread over all?"""
+    _study(config, set_, ["budget"])
+
+
+@app.command()
 def strategies(config: ConfigArg, target: Annotated[str | None, typer.Option(help="target task")] = None,
                source: SourceOpt = None, set_: SetOpt = None) -> None:
     """Fine-tuning variants (transfer.variants) on TARGET from each source, or on transfer.strategy_pairs."""

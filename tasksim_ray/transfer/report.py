@@ -128,6 +128,32 @@ def _methods(out: Path, r: dict[str, Any], ctx: Context, paths: dict[str, Path])
     return [*md, ""]
 
 
+def _budget(out: Path, r: dict[str, Any], ctx: Context, paths: dict[str, Path]) -> list[str]:
+    """The budget study: single sources under one budget, the pick metric's choice vs all others."""
+    n, e = r["split"]
+    paths["budget_gain"] = out / "budget_gain_matrix.png"
+    plots.plot_gain_heatmap(paths["budget_gain"], r["names"], np.array(r["gain"], dtype=float),
+                            f"Gain (%) from each source alone under {n} x {e} samples: rows target, columns source")
+    rec = write_recommendation(out, r["recommendation"], f"{ctx.run.cfg.name}, single sources under one budget",
+                               "budget_recommendation")
+    paths |= {f"budget_{k}": v for k, v in rec.items()}
+    md = ["## Budget study: one source alone vs the same budget over all", "",
+          f"Budget {n} samples per epoch x {e} epochs = {n * e} samples for every pretraining. Picked: the source "
+          f"ranked first by **{r['pick_metric']}**. Gain: relative AUC improvement over scratch (%), mean over "
+          "folds; picked minus all others paired by fold, mean [95% t interval]. Every metric as a recommender of "
+          "the single source: `budget_recommendation.md`.", "",
+          "| target | picked | its gain | measured best (gain) | all others' gain | picked - all others | beyond? |",
+          "|---|---|---|---|---|---|---|"]
+    for t, x in r["targets"].items():
+        d = x["picked_vs_all_others"]
+        md.append(f"| {t} | {x['picked']} | {x['picked_gain']:.1f} | {x['measured_best']} ({x['best_gain']:.1f}) | "
+                  f"{x['all_others_gain']:.1f} | {d['mean']:.1f} [{d['ci'][0]:.1f}, {d['ci'][1]:.1f}] | "
+                  f"{'yes' if d['differ'] else 'no'} |")
+    md += ["", f"The picked source alone beats all others under the same budget for {r['picked_beats_all_others']} "
+               f"of {len(r['targets'])} targets; it is the measured best single source for {r['picked_is_best']}.", ""]
+    return md
+
+
 def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> dict[str, Path]:
     """Figures and tables for whichever studies ran; returns the written paths by name."""
     out.mkdir(parents=True, exist_ok=True)
@@ -219,6 +245,8 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
         md += ["## Fine-tuning variants", "", *_table(pairs, ["scratch", *names], "source→target"), ""]
     if "methods" in results:
         md += _methods(out, results["methods"], ctx, paths)
+    if "budget" in results:
+        md += _budget(out, results["budget"], ctx, paths)
     # one JSON and one summary per run of studies, named by them, so `tasksim moe` does not erase the matrix
     name = "_".join(results)
     paths["json"] = out / f"{name}.json"
@@ -228,11 +256,10 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
     return paths
 
 
-def write_recommendation(out: Path, rec: dict[str, Any], title: str) -> dict[str, Path]:
-    """``recommendation.{json,md,png}``: each recommender and the baselines, the call per target,
+def write_recommendation(out: Path, rec: dict[str, Any], title: str, stem: str = "recommendation") -> dict[str, Path]:
+    """``<stem>.{json,md,png}``: each recommender and the baselines, the call per target,
     "don't pretrain", the negative-transfer call and what the recommendation cost."""
-    paths = {"recommendation_json": out / "recommendation.json", "recommendation_md": out / "recommendation.md",
-             "recommendation_png": out / "recommendation.png"}
+    paths = {f"recommendation_{ext}": out / f"{stem}.{ext}" for ext in ("json", "md", "png")}
     write_json_atomic(paths["recommendation_json"], _jsonable(rec))
     rows = {m: (v["summary"], v["interval"]) for m, v in rec["recommenders"].items()}
     rows |= {name: (summary, {}) for name, summary in rec["baselines"].items()}

@@ -27,6 +27,7 @@ from tasksim_ray.transfer.data import (
     stage_split_data,
     stage_transfer_data,
 )
+from tasksim_ray.transfer.budget_study import plan_budget
 from tasksim_ray.transfer.report import write_transfer_report
 from tasksim_ray.transfer.study import (
     SCRATCH,
@@ -42,7 +43,7 @@ from tasksim_ray.transfer.study import (
     run_studies,
 )
 
-STUDIES = ("curves", "matrix", "subset", "moe", "strategies", "methods")
+STUDIES = ("curves", "matrix", "subset", "moe", "strategies", "methods", "budget")
 
 
 def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) -> Context:
@@ -169,7 +170,7 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
             raise TasksimError(f"the methods study runs alone (it uses its own splits), not with {studies}")
         ctx, recipes = methods_context(cfg, console or Console())
         return _finish(cfg, ctx, [plan_methods(ctx, recipes)])
-    need_sim = bool({"matrix", "subset"} & set(studies)) or ("moe" in studies and cfg.transfer.moe.init == "similarity")
+    need_sim = bool({"matrix", "subset", "budget"} & set(studies)) or ("moe" in studies and cfg.transfer.moe.init == "similarity")
     ctx = build_context(cfg, console or Console(), need_sim)
     plans: list[Plan] = []
     for study in studies:
@@ -185,7 +186,7 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
                 _check_sources(ctx, t, [s])
             plans.append(plan_strategies(ctx, pairs))
         else:
-            plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe}[study](ctx))
+            plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe, "budget": plan_budget}[study](ctx))
     return _finish(cfg, ctx, plans)
 
 

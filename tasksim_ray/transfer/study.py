@@ -11,6 +11,8 @@ then each study summarises its cells:
   same budget, then fine-tune;
 - ``moe``: per target, a mixture of the other tasks' frozen experts;
 - ``strategies``: fine-tuning variants (strategy, unfreezing, regulariser) on chosen pairs;
+- ``budget`` (``budget_study.py``): per target, every other task alone and all of them under one
+  budget: the single source a similarity (CSI) picks vs the budget spread over all;
 - ``methods``: per task and split seed, on the whole training split, each of ``transfer.methods``
   (scratch, fine-tuning from one source, a mixture of all sources): the MoE study (Chang et al.).
 """
@@ -121,13 +123,13 @@ def plan_curves(ctx: Context, target: str, sources: list[str]) -> Plan:
     recipes = [SCRATCH, *[ctx.from_task(s) for s in sources]]
 
     def finish(curves: Curves) -> dict[str, Any]:
-        out = {r.label: _curve_entry(curves, target, r.label) for r in recipes}
+        out = {r.label: curve_entry(curves, target, r.label) for r in recipes}
         return {"target": target, "units": ctx.data.units(target), "curves": out}
 
     return Plan("curves", curve_jobs(ctx, target, recipes), finish)
 
 
-def _curve_entry(curves: Curves, target: str, label: str) -> dict[str, Any]:
+def curve_entry(curves: Curves, target: str, label: str) -> dict[str, Any]:
     c = curves[(target, label)]
     entry = c["summary"].to_dict()
     if label != "scratch":
@@ -141,7 +143,7 @@ def plan_matrix(ctx: Context) -> Plan:
     jobs = [j for t in targets for j in curve_jobs(ctx, t, [SCRATCH, *[ctx.from_task(s) for s in targets if s != t]])]
 
     def finish(curves: Curves) -> dict[str, Any]:
-        entries = {t: {r: _curve_entry(curves, t, r) for r in ["scratch", *targets] if r != t} for t in targets}
+        entries = {t: {r: curve_entry(curves, t, r) for r in ["scratch", *targets] if r != t} for t in targets}
         pairs = [(t, s) for t in targets for s in targets if s != t]
         gain = gain_matrix(targets, {(t, s): entries[t][s]["gain_mean"] for t, s in pairs})
         out: dict[str, Any] = {"targets": targets, "gain": gain.tolist(),
@@ -178,7 +180,7 @@ def recommendation(ctx: Context, targets: list[str], per_fold: FoldGains) -> dic
     signed = {m: (-1.0 if sim.kinds[m] == "distance" else 1.0) * np.asarray(v) for m, v in sim.matrices.items()}
     scores = {m: {t: {s: float(v[idx[t], idx[s]]) for s in per_fold[t]} for t in targets} for m, v in signed.items()}
     sizes = {s: float(read_manifest(Path(ctx.model_dirs[s])).get("metrics", {}).get("n_train", np.nan))
-             for s in targets}
+             for s in {s for row in per_fold.values() for s in row}}
     corr = {t: {s: ctx.data.label_correlation(t, s) for s in per_fold[t]} for t in targets}
     pair = {"log10 source size": {t: {s: float(np.log10(sizes[s])) for s in per_fold[t]} for t in targets},
             "label r": corr, "|label r|": {t: {s: abs(v) for s, v in row.items()} for t, row in corr.items()}}
@@ -204,11 +206,11 @@ def plan_subset(ctx: Context) -> Plan:
     jobs += [j for i, (t, *_) in enumerate(arms) for j in curve_jobs(ctx, t, [recipes[i]])]
 
     def finish(curves: Curves) -> dict[str, Any]:
-        per_target: dict[str, dict[str, Any]] = {t: {"scratch": _curve_entry(curves, t, "scratch")}
+        per_target: dict[str, dict[str, Any]] = {t: {"scratch": curve_entry(curves, t, "scratch")}
                                                  for t in ctx.data.targets}
         for i, (t, arm, tasks, split) in enumerate(arms):
             model = subset_model(dirs[i])
-            per_target[t][label[i]] = _curve_entry(curves, t, label[i]) | {
+            per_target[t][label[i]] = curve_entry(curves, t, label[i]) | {
                 "pretrain_tasks": tasks, "labels_used": model.metrics["labels_used"],
                 "labels_available": model.metrics["labels_available"],
                 "samples_seen": model.metrics["samples_seen"], "pretrain_val_score": model.metrics["best_val_mae"]}
@@ -235,8 +237,8 @@ def plan_strategies(ctx: Context, pairs: list[tuple[str, str]]) -> Plan:
 
     def finish(curves: Curves) -> dict[str, Any]:
         return {"variants": {name: ft.model_dump() for name, ft in variants.items()},
-                "pairs": [{"target": t, "source": s, "scratch": _curve_entry(curves, t, "scratch"),
-                           "variants": {r.label.split(": ", 1)[1]: _curve_entry(curves, t, r.label) for r in rs}}
+                "pairs": [{"target": t, "source": s, "scratch": curve_entry(curves, t, "scratch"),
+                           "variants": {r.label.split(": ", 1)[1]: curve_entry(curves, t, r.label) for r in rs}}
                           for (t, s), rs in recipes.items()]}
 
     return Plan("strategies", jobs, finish)
@@ -259,7 +261,7 @@ def plan_moe(ctx: Context) -> Plan:
             cells = [c for c in curves[(t, "moe")]["cells"] if c["size"] == largest]
             mean_gate = np.mean([c["gates"] for c in cells], axis=0)
             gates[i, [sources.index(e) for e in experts]] = mean_gate
-            out["targets"][t] = {"scratch": _curve_entry(curves, t, "scratch"), "moe": _curve_entry(curves, t, "moe"),
+            out["targets"][t] = {"scratch": curve_entry(curves, t, "scratch"), "moe": curve_entry(curves, t, "moe"),
                                  "gates": dict(zip(experts, mean_gate.round(4).tolist()))}
         out["gate_matrix"] = gates.tolist()
         return out
