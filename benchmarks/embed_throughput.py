@@ -61,15 +61,15 @@ import numpy as np, pyarrow as pa, pyarrow.parquet as pq, torch
 from torch_geometric.data import Batch
 from tasksim_ray.featurize.graphstore import graph_from_bytes
 from tasksim_ray.models import load_checkpoint
-table, models_dir, out, batch = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-models = {d.name: load_checkpoint(d)[0] for d in sorted(models_dir.iterdir())}
+table, models_dir, out, batch, dev = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+models = {d.name: load_checkpoint(d, dev)[0] for d in sorted(models_dir.iterdir())}
 frame = pq.read_table(table).to_pandas()
 outs = {t: [] for t in models}
 with torch.no_grad():
     for i in range(0, len(frame), batch):
-        graphs = Batch.from_data_list([graph_from_bytes(b) for b in frame["graph"][i:i + batch]])
+        graphs = Batch.from_data_list([graph_from_bytes(b) for b in frame["graph"][i:i + batch]]).to(dev)
         for t, m in models.items():
-            outs[t].append(m.embed(graphs).numpy())
+            outs[t].append(m.embed(graphs).cpu().numpy())
 cols = {"id": pa.array(frame["id"].tolist())}
 for t, parts in outs.items():
     emb = np.concatenate(parts)
@@ -90,25 +90,30 @@ def make_models(root: Path, n: int, hidden: int, depth: int) -> dict[str, Path]:
     return dirs
 
 
-def loop(frame: Any, dirs: dict[str, Path], batch: int, threads: int) -> tuple[float, dict[str, np.ndarray]]:
+def loop(frame: Any, dirs: dict[str, Path], batch: int, threads: int, device: str) -> tuple[float, dict[str, np.ndarray]]:
     torch.set_num_threads(threads)
-    models = {t: load_checkpoint(d)[0] for t, d in dirs.items()}
+    models = {t: load_checkpoint(d, device)[0] for t, d in dirs.items()}
     out: dict[str, list[np.ndarray]] = {t: [] for t in dirs}
     start = time.perf_counter()
     with torch.no_grad():
         for i in range(0, len(frame), batch):
-            graphs = Batch.from_data_list([graph_from_bytes(b) for b in frame[GRAPH][i:i + batch]])
+            graphs = Batch.from_data_list([graph_from_bytes(b) for b in frame[GRAPH][i:i + batch]]).to(device)
             for t, m in models.items():
-                out[t].append(m.embed(graphs).numpy())
+                out[t].append(m.embed(graphs).cpu().numpy())
     return time.perf_counter() - start, {t: np.concatenate(v) for t, v in out.items()}
 
 
-def fresh_script(table: Path, models_root: Path, out: Path, batch: int) -> float:
+def fresh_script(table: Path, models_root: Path, out: Path, batch: int, device: str) -> float:
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-c", SCRIPT, str(table), str(models_root), str(out), str(batch)], check=True,
+    subprocess.run([sys.executable, "-c", SCRIPT, str(table), str(models_root), str(out), str(batch), device], check=True,
                    env=env, capture_output=True, text=True)
     return time.perf_counter() - start
+
+
+def embed_cfg(args: argparse.Namespace) -> EmbedConfig:
+    """The hosts as the pipeline configures them; on CUDA each asks for a quarter of a GPU."""
+    return EmbedConfig(batch_size=args.batch_size, use_gpu="always" if args.device == "cuda" else "never")
 
 
 def max_diff(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
@@ -123,21 +128,22 @@ def case(smiles: list[str], n: int, n_models: int, args: argparse.Namespace, tmp
     frame.to_parquet(work / "probe.parquet", index=False)
     dirs = make_models(work / "models", n_models, args.hidden, args.depth)
     row: dict[str, Any] = {"probes": len(frame), "models": n_models}
-    row["script_s"] = fresh_script(work / "probe.parquet", work / "models", work / "script.parquet", args.batch_size)
-    row["loop_1thread_s"], ref = loop(frame, dirs, args.batch_size, 1)
-    row["loop_2threads_s"], _ = loop(frame, dirs, args.batch_size, 2)
+    row["script_s"] = fresh_script(work / "probe.parquet", work / "models", work / "script.parquet", args.batch_size,
+                                   args.device)
+    row["loop_1thread_s"], ref = loop(frame, dirs, args.batch_size, 1, args.device)
+    row["loop_2threads_s"], _ = loop(frame, dirs, args.batch_size, 2, args.device)
     timings: dict[str, Any] = {}
     start = time.perf_counter()
-    embed_table(work / "probe.parquet", dirs, EmbedConfig(batch_size=args.batch_size), work / "ray", hosts=None,
+    embed_table(work / "probe.parquet", dirs, embed_cfg(args), work / "ray", hosts=None,
                 timings=timings)
     row["ray_s"] = time.perf_counter() - start
     row["ray_split_s"] = {k: round(v, 3) for k, v in timings.items() if k.endswith("_s")}
     # warm: the hosts of a run that already embedded (another stage): no start-up, models loaded
-    group = HostGroup(EmbedConfig(batch_size=args.batch_size), len(dirs))
-    embed_table(work / "probe.parquet", dirs, EmbedConfig(batch_size=args.batch_size),
+    group = HostGroup(embed_cfg(args), len(dirs))
+    embed_table(work / "probe.parquet", dirs, embed_cfg(args),
                 work / "ray_warmup", hosts=group)
     start = time.perf_counter()
-    embed_table(work / "probe.parquet", dirs, EmbedConfig(batch_size=args.batch_size), work / "ray_warm", hosts=group)
+    embed_table(work / "probe.parquet", dirs, embed_cfg(args), work / "ray_warm", hosts=group)
     row["ray_warm_s"] = time.perf_counter() - start
     group.close()
     hosts = [h["seconds"] for h in timings["hosts"]]
@@ -168,14 +174,18 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=300)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=EmbedConfig().batch_size)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "embed_throughput.json")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: loops, script and hosts (GPU fractions) on the GPU; the reference is the CUDA loop")
+    p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/embed_throughput[_cuda].json")
     args = p.parse_args()
+    suffix = "_cuda" if args.device == "cuda" else ""
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"embed_throughput{suffix}.json"
     data = args.data or (SHARED if SHARED.is_file() else FALLBACK)
     print(f"probes from {data}")
     _, smiles, _ = read_probe_file(data, size=10**9, seed=0)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    ensure_ray(RayConfig(num_cpus=2))
+    ensure_ray(RayConfig(num_cpus=2, num_gpus=torch.cuda.device_count() if args.device == "cuda" else 0))
     ray_init_s = time.perf_counter() - start
     rows = []
     with tempfile.TemporaryDirectory(prefix="embed_bench_") as tmp:
@@ -192,7 +202,8 @@ def main() -> None:
     result = {"measured": "probe embedding: model hosts vs a fresh-process script vs an in-process loop",
               "data": str(data.relative_to(ROOT.parent) if data.is_relative_to(ROOT.parent) else data),
               "settings": {"hidden_dim": args.hidden, "depth": args.depth, "batch_size": args.batch_size,
-                           "ray_num_cpus": 2, "cpu_count": os.cpu_count()},
+                           "ray_num_cpus": 2, "cpu_count": os.cpu_count(),
+                           "device": args.device},
               "ray_init_s": ray_init_s, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
               "targets": TARGETS, "cases": rows}
