@@ -118,3 +118,23 @@ def test_import_published_serves_through_load_checkpoint(tmp_path: Path) -> None
     assert (info.backbone, info.units, info.target_mean, info.target_std) == ("cgcnn", "eV/atom", mean, std)
     batch = two_crystals()
     torch.testing.assert_close(model.embed(batch), ref.embed(batch))
+
+
+def test_convolution_gradients_match_the_gate_layer_on_concatenated_bonds() -> None:
+    """The atom terms of ``fc_full`` are computed once per atom; output and every gradient equal
+    the original W [v_i, v_j, u_ij] on each bond row up to float rounding."""
+    batch = two_crystals()
+    torch.manual_seed(0)
+    conv = CGCNN().convs[0]
+    h = torch.randn(batch.num_nodes, 64, requires_grad=True)
+    conv(h, batch.edge_index, batch.edge_attr).square().sum().backward()
+    fast = [h.grad.clone()] + [p.grad.clone() for p in conv.parameters()]
+    h.grad = None
+    conv.zero_grad()
+    nbr, centre = batch.edge_index
+    gated = conv.bn1(conv.fc_full(torch.cat([h[centre], h[nbr], batch.edge_attr], dim=1)))
+    filt, core = gated.chunk(2, dim=1)
+    summed = torch.zeros(batch.num_nodes, 64).index_add(0, centre, torch.sigmoid(filt) * F.softplus(core))
+    F.softplus(h + conv.bn2(summed)).square().sum().backward()
+    for got, want in zip(fast, [h.grad] + [p.grad for p in conv.parameters()]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(1.0, float(want.abs().max())))

@@ -36,8 +36,14 @@ class ConvLayer(nn.Module):
         self.bn2 = nn.BatchNorm1d(atom_fea_len)
 
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        # W [v_i, v_j, u_ij] = W_i v_i + W_j v_j + W_u u_ij: the atom terms are computed once per atom
+        # and gathered per bond (12 bonds an atom), 2x faster than the matmul over the concatenated
+        # bond rows (benchmarks/crystal_epoch.py); equal up to float rounding
         nbr, centre = edge_index
-        gated = self.bn1(self.fc_full(torch.cat([h[centre], h[nbr], edge_attr], dim=1)))
+        a, weight = h.shape[1], self.fc_full.weight
+        per_bond = torch.addmm(self.fc_full.bias, edge_attr, weight[:, 2 * a:].t())
+        gated = self.bn1(per_bond + F.linear(h, weight[:, :a]).index_select(0, centre)
+                         + F.linear(h, weight[:, a:2 * a]).index_select(0, nbr))
         filt, core = gated.chunk(2, dim=1)
         summed = scatter(torch.sigmoid(filt) * F.softplus(core), centre, dim=0, dim_size=h.shape[0], reduce="sum")
         return F.softplus(h + self.bn2(summed))

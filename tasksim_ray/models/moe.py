@@ -9,8 +9,10 @@ Expert i's feature comes from one of three places, so the same model serves ever
 
 - ``experts[i].embed(batch)``: whole expert modules (per-task models; ``moe_options`` leaves
   their last encoder layer trainable);
-- ``tails[i]`` (an expert's last convolution, trainable) applied to ``batch.h_in[:, i]``, the atom
-  features entering it, computed once by the frozen layers below (published CGCNN extractors);
+- ``tails[i]`` (an expert's last convolution, trainable) applied to the atom features entering it,
+  computed once by the frozen layers below (published CGCNN extractors): ``tail_inputs[i]`` holds
+  them for every atom and each batch gathers its rows (``batch.atom_id``) for the selected experts
+  only, so a step's cost depends on k, not on the number of experts;
 - ``batch.feat[:, i]``: the pooled feature of a completely frozen expert, computed once.
 
 Transfer learning from one extractor with a new head is the one-expert case (the gate is 1).
@@ -60,11 +62,12 @@ def softplus_head(in_dim: int, hidden: int, n_layers: int) -> nn.Sequential:
 
 class MixtureOfExperts(nn.Module):
     """``embed`` is the gated sum of expert features; ``head`` maps it to the target. Give
-    ``experts`` (modules), or ``tails`` (last layers on cached atom features), or neither
-    (precomputed frozen features in ``batch.feat``); ``theta`` has one logit per expert."""
+    ``experts`` (modules), or ``tails`` with ``tail_inputs`` (last layers on cached atom features),
+    or neither (precomputed frozen features in ``batch.feat``); ``theta`` has one logit per expert."""
 
     def __init__(self, theta: Tensor, k: int, head: nn.Module, dim: int, experts: list[nn.Module] | None = None,
-                 tails: list[nn.Module] | None = None, penalty_on: str = "theta") -> None:
+                 tails: list[nn.Module] | None = None, tail_inputs: list[Tensor] | None = None,
+                 penalty_on: str = "theta") -> None:
         super().__init__()
         n = theta.numel()
         if experts is not None:
@@ -76,6 +79,10 @@ class MixtureOfExperts(nn.Module):
         self.theta = nn.Parameter(theta.clone(), requires_grad=n > 1)
         self.experts = nn.ModuleList(experts) if experts is not None else None
         self.tails = nn.ModuleList(tails) if tails is not None else None
+        if tails is not None and (tail_inputs is None or len(tail_inputs) != len(tails)):
+            raise TasksimError("moe: tails need one table of input atom features each (tail_inputs)")
+        for i, table in enumerate(tail_inputs or []):  # data, not weights: kept out of the state dict
+            self.register_buffer(f"tail_input_{i}", table, persistent=False)
         self.head = head
         self.embedding_dim = dim
         self.penalty_on = penalty_on
@@ -87,7 +94,8 @@ class MixtureOfExperts(nn.Module):
         if self.experts is not None:
             return self.experts[i].embed(batch, layer)
         if self.tails is not None:
-            h = self.tails[i](batch.h_in[:, i], batch.edge_index, batch.edge_attr)
+            h_in = getattr(self, f"tail_input_{i}").index_select(0, batch.atom_id)
+            h = self.tails[i](h_in, batch.edge_index, batch.edge_attr)
             return F.softplus(scatter(h, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean"))
         return batch.feat[:, i]
 

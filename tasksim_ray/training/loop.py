@@ -17,7 +17,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -121,12 +121,17 @@ def _batches(inputs: Inputs, batch_size: int) -> Iterator[Data | FeatureBatch]:
     return iter(DataLoader(list(inputs), batch_size=batch_size))
 
 
-@torch.no_grad()
 def predict(model: nn.Module, inputs: Inputs, batch_size: int, device: torch.device) -> np.ndarray:
     """Standardised predictions, shape (n, n_outputs) (or (n,) for one output), for graphs or
     feature rows."""
+    return predict_batches(model, _batches(inputs, batch_size), device)
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches: Iterable[Data | FeatureBatch], device: torch.device) -> np.ndarray:
+    """``predict`` on batches already made (the validation batches, collated once per fit)."""
     model.eval()
-    outs = [forward(model, b.to(device))[0].cpu() for b in _batches(inputs, batch_size)]
+    outs = [forward(model, b.to(device))[0].cpu() for b in batches]
     if not outs:
         return np.zeros(0)
     pred = torch.cat(outs).numpy()
@@ -182,6 +187,8 @@ class Trainer:
         self.net: nn.Module = model.module if isinstance(model, DistributedDataParallel) else model
         self.mean, self.std = np.atleast_1d(np.asarray(mean, float)), np.atleast_1d(np.asarray(std, float))
         self.val, self.y_val = val, as_matrix(y_val)
+        # the validation batches are the same every epoch: collated (and moved) once
+        self.val_batches = [b.to(self.device) for b in _batches(val, 256)]
         self.generator = torch.Generator().manual_seed(seed)
         y_std = (as_matrix(y_train) - self.mean) / self.std
         self.batches = TrainBatches(train, y_std, opts.batch_size, opts.sampler, self.generator)
@@ -232,7 +239,7 @@ class Trainer:
                 total += loss.item()
                 n_batches += 1
                 self.seen += len(batch.y)
-        mae = masked_mae(predict(self.net, self.val, 256, self.device) * self.std + self.mean, self.y_val)
+        mae = masked_mae(predict_batches(self.net, self.val_batches, self.device) * self.std + self.mean, self.y_val)
         score = float(np.nanmean(mae / self.std))
         record = {"epoch": self.epoch, "train_loss": total / max(n_batches, 1), "val_score": score,
                   **({"val_mae": float(mae[0])} if len(mae) == 1 else {})}

@@ -143,7 +143,8 @@ def _train_last(recipe: Recipe, settings: CellSettings) -> bool:
     return strategy == "last"
 
 
-def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.device):
+def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.device,
+           store: dict[str, torch.Tensor]):
     if recipe.kind == "finetune" and not recipe.published:
         return finetune_setup(Path(recipe.checkpoints[0]), recipe.finetune or settings.finetune, seed, device)
     torch.manual_seed(seed)
@@ -156,8 +157,9 @@ def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.devi
     if recipe.published:  # the frozen layers are in the store; the last ones load here if they train
         tails = [load_published(c)[0].convs[-1] for c in recipe.checkpoints] if _train_last(recipe, settings) else None
         dim = 64 if tails is None else tails[0].bn2.num_features
+        inputs = None if tails is None else [store[f"h_in/{Path(c).name}"] for c in recipe.checkpoints]
         model = MixtureOfExperts(theta, moe.k, _head(moe, settings.model, dim), dim, tails=tails,
-                                 penalty_on=moe.penalty_on)
+                                 tail_inputs=inputs, penalty_on=moe.penalty_on)
     else:
         experts = [load_checkpoint(Path(c), device)[0] for c in recipe.checkpoints]
         dim = experts[0].embedding_dim
@@ -166,12 +168,12 @@ def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.devi
     return model, moe_options(model, moe, ft.max_epochs, ft.patience, ft.batch_size)
 
 
-def _with_atom_features(store: dict[str, torch.Tensor], graphs: list[Data], names: list[str]) -> list[Data]:
-    """Graphs carrying the chosen experts' atom features entering their last layer (``h_in``)."""
-    h_in = torch.stack([store[f"h_in/{n}"] for n in names], dim=1)
+def _with_atom_ids(store: dict[str, torch.Tensor], graphs: list[Data]) -> list[Data]:
+    """Graphs carrying their atoms' rows in the store (``atom_id``), where the mixture finds the
+    experts' atom features entering their last layer (``h_in/<name>``)."""
     ap = store["atom_ptr"].tolist()
-    return [Data(edge_index=g.edge_index, edge_attr=g.edge_attr, h_in=h_in[ap[i]:ap[i + 1]], num_nodes=g.num_nodes)
-            for i, g in enumerate(graphs)]
+    return [Data(edge_index=g.edge_index, edge_attr=g.edge_attr, atom_id=torch.arange(ap[i], ap[i + 1]),
+                 num_nodes=g.num_nodes) for i, g in enumerate(graphs)]
 
 
 def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, settings: CellSettings,
@@ -181,7 +183,7 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     torch.set_num_threads(num_threads)
     device = choose_device()
     seed = cell.seed if cell.seed is not None else settings.seed + 1000 * cell.fold
-    model, opts = _build(recipe, settings, seed, device)
+    model, opts = _build(recipe, settings, seed, device, store)
     opts = replace(opts, stage=recipe.kind, task=cell.target)
     mean, std = cell.mean_std()
     names = [Path(c).name for c in recipe.checkpoints]
@@ -195,7 +197,7 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     else:
         graphs = unpack_graphs(store)
         if recipe.published:
-            graphs = _with_atom_features(store, graphs, names)
+            graphs = _with_atom_ids(store, graphs)
         result = fit(model, [graphs[i] for i in cell.train_pos], cell.y_train, [graphs[i] for i in cell.val_pos],
                      cell.y_val, opts, seed, mean, std, device)
         mae = test_mae(model, graphs, cell, mean, std, device)
