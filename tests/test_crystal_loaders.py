@@ -206,3 +206,24 @@ def test_repeated_ids_in_a_crystal_file_are_made_unique_with_a_warning(caplog: p
         assert unique_ids(["a", "b", "a", "a"], Path("x.json.gz")) == ["a", "b", "a#2", "a#3"]
     assert "x.json.gz: 1 ids are on several rows (e.g. 'a')" in caplog.text
     assert unique_ids(["a", "b"], Path("y.json.gz")) == ["a", "b"]
+
+
+def test_kfold_split_is_sklearns_kfold_over_file_rows() -> None:
+    """Matbench's folds: KFold(5, shuffle=True, random_state=18012019) over the rows in file order; each
+    training fold splits into train + seeded validation, and max_train subsamples train, nested."""
+    from sklearn.model_selection import KFold
+
+    table = _table(DATA / "tiny_tasks" / "jarvis_dft_2d_exfol_energy.json.gz")
+    task = table.names[0]
+    n = len(table.frame)
+    cfg = SplitConfig(kind="kfold", seeds=[0, 1, 2, 3, 4], val_fraction=0.2)
+    splits = load_splits(cfg, table, task)
+    for (train, val, test), (ref_train, ref_test) in zip(splits, KFold(5, shuffle=True, random_state=18012019)
+                                                         .split(np.arange(n))):
+        assert sorted(test.tolist()) == sorted(ref_test.tolist())
+        assert sorted(np.concatenate([train, val]).tolist()) == sorted(ref_train.tolist())
+        assert len(val) == round(0.2 * len(ref_train)) and not set(train) & set(val)
+    small, large = (load_splits(cfg.model_copy(update={"max_train": m}), table, task)[0][0] for m in (10, 20))
+    assert len(small) == 10 and set(small) <= set(large) <= set(splits[0][0])
+    with pytest.raises(ValueError, match=r"split.seeds are kfold test folds"):
+        SplitConfig(kind="kfold", seeds=[5])

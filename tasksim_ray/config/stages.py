@@ -34,18 +34,28 @@ class SplitConfig(_Strict):
     ``fractions``), ``published`` (a folder of ``*_seed{seed}*.json`` files, ``{key: [train, val, test]}``
     row positions as the mixture-of-experts study ships them; ``key`` defaults to the task file's
     known split key, else the task name; ``keys`` sets it per task), ``column`` (a column of the data file holding
-    ``train``/``val``/``test``) or ``file`` (a CSV with ``row,split`` or a JSON ``[train, val, test]``)."""
+    ``train``/``val``/``test``), ``file`` (a CSV with ``row,split`` or a JSON ``[train, val, test]``) or ``kfold``
+    (sklearn's shuffled ``KFold`` over the file's rows, Matbench's by default: 5 folds, random_state 18012019;
+    ``seeds`` are the test folds, and ``val_fraction`` of each training fold validates). ``max_train`` keeps a
+    seeded subsample of every training part (laptop runs); ``sample_seed`` seeds it and the kfold validation."""
 
-    kind: Literal["random", "published", "column", "file"] = "random"
+    kind: Literal["random", "published", "column", "file", "kfold"] = "random"
     path: str | None = None
     key: str | None = None
     keys: dict[str, str] = Field(default_factory=dict)  # per task: its key in the published files
     column: str = "split"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    n_splits: int = Field(default=5, ge=2)
+    random_state: int = 18012019  # Matbench v0.1's KFold seed
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    max_train: int | None = Field(default=None, ge=2)
+    sample_seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
+        if self.kind == "kfold" and not all(0 <= s < self.n_splits for s in self.seeds):
+            raise ValueError(f"split.seeds are kfold test folds: each in [0, {self.n_splits}), got {self.seeds}")
         if self.kind in ("published", "file") and not self.path:
             raise ValueError(f"split.path is required when split.kind is '{self.kind}'")
         if abs(sum(self.fractions) - 1.0) > 1e-6 or min(self.fractions) < 0:

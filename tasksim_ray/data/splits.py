@@ -7,7 +7,11 @@ published study, never from a file's name alone:
   (rees-c/MoE): ``{key: [[train], [val], [test]]}`` row positions in the task's file;
 * ``column``: a column of the task's data file holding ``train``/``val``/``test``;
 * ``file``: a CSV with ``row,split`` columns or a JSON ``[[train], [val], [test]]`` (every seed);
-* ``random``: seeded fractions of the task's labelled rows.
+* ``random``: seeded fractions of the task's labelled rows;
+* ``kfold``: sklearn's shuffled ``KFold`` test folds over the file's rows (Matbench v0.1: 5 folds,
+  ``random_state`` 18012019, rows in file order), a seeded fraction of each training fold validating.
+
+``max_train`` then keeps a seeded subsample of every training part (nested: a smaller cap is a prefix).
 
 :func:`load_splits` maps file positions onto the rows of a :class:`TaskTable` and drops rows without a
 label for the task. A split naming a row the file lacks, or one row twice, is a one-line
@@ -137,6 +141,31 @@ def _split_column(source: str, column: str, stamp: int) -> tuple[np.ndarray | No
     return (frame[column].to_numpy() if column in frame.columns else None), tuple(map(str, frame.columns))
 
 
+def kfold_splits(cfg: SplitConfig, n_rows: int) -> list[Split]:
+    """Per ``cfg.seeds`` (test fold indices): the fold of ``KFold(n_splits, shuffle=True, random_state)``
+    over ``n_rows`` positions as test, its training fold minus a seeded ``val_fraction`` as train."""
+    order = np.arange(n_rows)
+    np.random.RandomState(cfg.random_state).shuffle(order)  # what KFold(shuffle=True) does, then contiguous folds
+    sizes = np.full(cfg.n_splits, n_rows // cfg.n_splits)
+    sizes[:n_rows % cfg.n_splits] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    out = []
+    for fold in cfg.seeds:
+        test = order[bounds[fold]:bounds[fold + 1]]
+        rest = np.random.default_rng([cfg.sample_seed, fold]).permutation(np.setdiff1d(order, test))
+        n_val = max(1, round(cfg.val_fraction * len(rest)))
+        out.append((np.sort(rest[n_val:]), np.sort(rest[:n_val]), np.sort(test)))
+    return out
+
+
+def _capped(cfg: SplitConfig, splits: list[Split]) -> list[Split]:
+    """Each training part cut to a seeded ``max_train`` subsample (validation and test untouched)."""
+    if cfg.max_train is None:
+        return splits
+    return [(np.sort(np.random.default_rng([cfg.sample_seed, seed, 1]).permutation(train)[:cfg.max_train]), val, test)
+            for seed, (train, val, test) in zip(cfg.seeds, splits)]
+
+
 def load_splits(cfg: SplitConfig, table: TaskTable, task: str) -> list[Split]:
     """One (train, val, test) triple of ``table`` row positions per ``cfg.seeds``, for ``task``.
 
@@ -155,9 +184,14 @@ def load_splits(cfg: SplitConfig, table: TaskTable, task: str) -> list[Split]:
             n_train, n_val = (round(f * len(order)) for f in cfg.fractions[:2])
             out.append((np.sort(order[:n_train]), np.sort(order[n_train:n_train + n_val]),
                         np.sort(order[n_train + n_val:])))
-        return out
+        return _capped(cfg, out)
     n_rows = int(file_rows.max()) + 1 if len(file_rows) else 0
-    if cfg.kind == "published":
+    if cfg.kind == "kfold":
+        if len(file_rows) != n_rows:  # folds over a subset of the file would not be the file's folds
+            raise TasksimError(f"{meta.source}: split.kind 'kfold' needs every row of the file; the task table has "
+                               f"{len(file_rows)} of {n_rows} (data.max_molecules capped it?)")
+        positions = kfold_splits(cfg, n_rows)
+    elif cfg.kind == "published":
         positions = load_published_splits(cfg.path or "", split_key(cfg, meta), n_rows, cfg.seeds)
     elif cfg.kind == "file":
         positions = [_file_split(Path(cfg.path or ""), n_rows)] * len(cfg.seeds)
@@ -173,4 +207,4 @@ def load_splits(cfg: SplitConfig, table: TaskTable, task: str) -> list[Split]:
             raise TasksimError(f"{cfg.path or meta.source}: row {missing} of {meta.source} is not in the task "
                                f"table (data.max_molecules capped it?)")
         out.append(tuple(p[labelled[p]] for p in parts))
-    return out  # type: ignore[return-value]
+    return _capped(cfg, out)  # type: ignore[arg-type]
