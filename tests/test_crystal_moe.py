@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 
 from tasksim_ray.config import parse_config
 from tasksim_ray.errors import TasksimError
@@ -125,3 +127,37 @@ def test_each_source_in_turn_scores_the_logme_recommendation(ray_local: None, tm
     assert rec["cost"]["transfer_matrix_cells"] == len(tasks) * len(sources)
     md = Path(out["paths"]["recommendation_md"]).read_text()
     assert "| logme |" in md and "best single source" in Path(out["paths"]["markdown"]).read_text()
+
+
+@needs_extractors
+@pytest.mark.ray
+def test_atom_features_entering_the_last_convolution_come_from_the_hosts(ray_local: None, tmp_path: Path) -> None:
+    """What a MoE whose last convolutions train reads (``node:last_input``) is served by the model
+    hosts, equal to the extractor's own in-process features, atoms stacked in input order."""
+    from tasksim_ray.config import EmbedConfig
+    from tasksim_ray.embedding.service import embed_table, graph_table, read_embedded
+    from tasksim_ray.models.published import extractor_features, load_published, write_published
+    from tasksim_ray.featurize.graphstore import graph_from_bytes
+
+    with gzip.open(DATA / "moe_tasks" / f"{FILES[0]}.json.gz", "rt") as fh:
+        rows = json.load(fh)["data"][:9]
+    frame, _ = graph_table([json.dumps(r["structure"]) for r in rows], [f"{i:03d}" for i in range(9)], "crystal")
+    frame.to_parquet(tmp_path / "graphs.parquet", index=False)
+    folder = write_published(EXTRACTORS / EXPERTS[1], tmp_path / "model")
+    embed_table(tmp_path / "graphs.parquet", {"x": folder}, EmbedConfig(batch_size=4), tmp_path / "out", "node:last_input")
+    ids, got = read_embedded(tmp_path / "out", ["x"], "node:last_input")
+    graphs = [graph_from_bytes(b) for b in frame["graph"]]
+    atoms, _ = extractor_features(load_published(EXTRACTORS / EXPERTS[1])[0], graphs)
+    assert ids == frame["id"].tolist() and [len(a) for a in got["x"]] == [g.num_nodes for g in graphs]
+    assert np.allclose(np.concatenate(got["x"]), atoms.numpy(), atol=1e-5)
+
+
+@needs_extractors
+@pytest.mark.ray
+def test_moe_with_trainable_last_convolutions_runs_on_host_features(ray_local: None, tmp_path: Path) -> None:
+    moe = {"k": 2, "penalty_on": "gates", "train_last": True, "head_layers": 3, "schedule": "cosine"}
+    cfg = config(tmp_path, DATA / "moe_tasks", methods=["moe"], moe=moe)
+    r = run_transfer(cfg, ["methods"], Console())["studies"]["methods"]
+    assert {c["target"] for c in r["cells"]} == set(TASKS) and all(c["test_mae"] > 0 for c in r["cells"])
+    cached = [torch.load(f, weights_only=True) for f in (tmp_path / "artifacts" / "expert-features").glob("*/features.pt")]
+    assert len(cached) == 2 * len(EXPERTS) and all(f["h_in"].shape[1] == 64 for f in cached)

@@ -40,15 +40,20 @@ def model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
 
 
+def is_node_layer(layer: str) -> bool:
+    """``node`` (the backbone's atom features) or ``node:<name>`` (one of its ``NODE_LAYERS``)."""
+    return layer == "node" or layer.startswith("node:")
+
+
 @torch.no_grad()
 def embed_batch(model: nn.Module, batch: Batch, layer: str = "graph", name: str = "model") -> Embedded:
-    """One model on one collated batch: ``name`` -> (n, dim) float32 rows, or for ``node`` each
+    """One model on one collated batch: ``name`` -> (n, dim) float32 rows, or for a node layer each
     input's atom vectors as float32 bytes plus ``<name>__n``, the atom counts."""
     probes_embedded(name, batch.num_graphs)
-    if layer != "node":  # "graph": the backbone's default graph-level layer
+    if not is_node_layer(layer):  # "graph": the backbone's default graph-level layer
         emb = model.embed(batch) if layer == "graph" else model.embed(batch, layer)
         return {name: emb.float().cpu().numpy()}
-    nodes = model.embed_nodes(batch).float().cpu().numpy()
+    nodes = (model.embed_nodes(batch) if layer == "node" else model.embed_nodes(batch, layer[5:])).float().cpu().numpy()
     counts = torch.bincount(batch.batch, minlength=batch.num_graphs).cpu().numpy()
     bounds = np.concatenate([[0], np.cumsum(counts)])
     rows = np.array([nodes[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object)

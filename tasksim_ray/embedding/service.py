@@ -23,7 +23,7 @@ import ray
 
 from tasksim_ray.config import CrystalGraphConfig, EmbedConfig
 from tasksim_ray.data.tasks import INPUT_COLUMNS
-from tasksim_ray.embedding.hosts import HostGroup
+from tasksim_ray.embedding.hosts import HostGroup, is_node_layer
 from tasksim_ray.featurize.graphstore import graph_to_bytes
 from tasksim_ray.featurize.inputs import featurize_inputs
 from tasksim_ray.featurize.molecule import FeaturizeReport
@@ -115,7 +115,7 @@ def read_embedded(directory: Path, names: list[str], layer: str = "graph") -> tu
     out: dict[str, np.ndarray | list[np.ndarray]] = {}
     for name in names:
         col = frame[emb_column(name)]
-        if layer == "node":
+        if is_node_layer(layer):
             counts = frame[f"{emb_column(name)}__n"].to_numpy()
             out[name] = [np.frombuffer(b, np.float32).reshape(n, -1) for b, n in zip(col, counts)]
         else:

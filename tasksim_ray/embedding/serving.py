@@ -24,7 +24,7 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 
 from tasksim_ray.config import CrystalGraphConfig
-from tasksim_ray.embedding.hosts import ModelHost, embed_batch
+from tasksim_ray.embedding.hosts import ModelHost, embed_batch, is_node_layer
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.inputs import featurize_inputs
 
@@ -75,8 +75,8 @@ class EmbeddingServer:
             return JSONResponse({"error": f"bad request: {type(exc).__name__}: {exc}"}, status_code=400)
         if task not in self.dirs:
             return JSONResponse({"error": f"unknown task {task!r}; tasks: {self.tasks()}"}, status_code=404)
-        if layer == "node":
-            return JSONResponse({"error": "layer 'node' is not served; ask for 'graph' or a named layer"},
+        if is_node_layer(layer):
+            return JSONResponse({"error": f"layer {layer!r} is not served (atom level); ask for 'graph' or a named layer"},
                                 status_code=400)
         model = await self.get_model(task)
         items = featurize_items(self.kind, inputs, self.graph)

@@ -51,6 +51,7 @@ class ConvLayer(nn.Module):
 
 class CGCNN(nn.Module):
     LAYERS = ("conv", "fc")
+    NODE_LAYERS = ("conv", "last_input")  # atom features after every convolution / entering the last one
 
     def __init__(self, orig_atom_fea_len: int = 92, nbr_fea_len: int = 41, atom_fea_len: int = 64,
                  n_conv: int = 4, h_fea_len: int = 32, n_h: int = 1, classification: bool = False,
@@ -96,10 +97,13 @@ class CGCNN(nn.Module):
         self._new_head(n_outputs, classification=False)
         self.to(self.embedding.weight.device)
 
-    def embed_nodes(self, batch: Batch) -> Tensor:
-        """Atom features after the last convolution, shape (n_atoms, atom_fea_len)."""
+    def embed_nodes(self, batch: Batch, layer: str = "conv") -> Tensor:
+        """Atom features, shape (n_atoms, atom_fea_len): ``conv`` after the last convolution,
+        ``last_input`` entering it (what a mixture of experts whose last convolutions train reads)."""
+        if layer not in self.NODE_LAYERS:
+            raise ValueError(f"unknown node layer '{layer}'; node layers: {self.NODE_LAYERS}")
         h = self.embedding(batch.x)
-        for conv in self.convs:
+        for conv in self.convs if layer == "conv" else self.convs[:-1]:
             h = conv(h, batch.edge_index, batch.edge_attr)
         return h
 

@@ -19,12 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy._core.multiarray import scalar as _np_scalar
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
-from torch_geometric.utils import scatter
 
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.crystal import GraphSettings
@@ -150,17 +148,15 @@ def predict(model: CGCNN, batch: Batch, mean: float, std: float) -> Tensor:
 @torch.no_grad()
 def extractor_features(model: CGCNN, graphs: list[Data], batch_size: int = 256) -> tuple[Tensor, Tensor]:
     """(atom features entering the last convolution, (n_atoms, d); softplus of the mean-pooled atom
-    features after it, (n_graphs, d), i.e. ``model.embed``), in eval mode: what a frozen extractor
-    gives a mixture of experts, computed once (the published code left its batch-norm in train mode)."""
+    features after it, (n_graphs, d), i.e. ``model.embed``), in eval mode, in this process: what a
+    frozen extractor gives a mixture of experts (the published code left its batch-norm in train
+    mode). Studies get the same from the model hosts; benchmarks call this."""
     model.eval()
     atoms, pooled = [], []
-    for b in DataLoader(graphs, batch_size=batch_size):
-        h = model.embedding(b.x)
-        for conv in model.convs[:-1]:
-            h = conv(h, b.edge_index, b.edge_attr)
-        atoms.append(h)
-        last = model.convs[-1](h, b.edge_index, b.edge_attr)
-        pooled.append(F.softplus(scatter(last, b.batch, dim=0, dim_size=b.num_graphs, reduce="mean")))
+    with torch.no_grad():
+        for b in DataLoader(graphs, batch_size=batch_size):
+            atoms.append(model.embed_nodes(b, "last_input"))
+            pooled.append(model.embed(b))
     return torch.cat(atoms), torch.cat(pooled)
 
 

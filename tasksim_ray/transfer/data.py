@@ -23,12 +23,13 @@ import torch
 from tasksim_ray.config import SplitConfig
 from tasksim_ray.data.splits import load_splits
 from tasksim_ray.data.tasks import ID, TaskTable
+from tasksim_ray.embedding.hosts import is_node_layer
 from tasksim_ray.embedding.service import GRAPH, embed_table, read_embedded
 from tasksim_ray.embedding.service import ID as GRAPH_ID
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import graph_to_bytes, pack_graphs, unpack_graphs
 from tasksim_ray.infra.cache import Artifacts, stable_hash
-from tasksim_ray.models.published import extractor_features, load_published, write_published
+from tasksim_ray.models.published import write_published
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import featurize_rows, labelled_rows, load_table
 from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
@@ -212,27 +213,31 @@ def published_model_dirs(run: Run, files: list[Path]) -> dict[Path, Path]:
     return out
 
 
-def _pooled_on_hosts(run: Run, graphs: list, folders: dict[Path, Path]) -> dict[Path, torch.Tensor]:
-    """Each extractor's graph-level feature (softplus of the pooled last convolution) of ``graphs``,
-    from the run's model hosts: one pass over the graphs, every extractor on each batch."""
+def _on_hosts(run: Run, graphs: list, folders: dict[Path, Path], layer: str) -> dict[Path, torch.Tensor]:
+    """Each extractor's ``layer`` features of ``graphs`` from the run's model hosts, one pass over the
+    graphs with every extractor on each batch: (n_graphs, d) for a graph layer, the graphs' atoms
+    stacked in order, (n_atoms, d), for a node layer."""
+    if not folders:
+        return {}
     with tempfile.TemporaryDirectory(dir=run.artifacts) as scratch:
         table = Path(scratch) / "graphs.parquet"
         ids = [f"{i:09d}" for i in range(len(graphs))]
         pd.DataFrame({GRAPH_ID: ids, GRAPH: [graph_to_bytes(g) for g in graphs]}).to_parquet(table, index=False)
         names = {f: f.name for f in folders}
-        embed_table(table, {names[f]: d for f, d in folders.items()}, run.cfg.embed, Path(scratch) / "out", "graph",
+        embed_table(table, {names[f]: d for f, d in folders.items()}, run.cfg.embed, Path(scratch) / "out", layer,
                     run.hosts(len(folders)))
-        got_ids, embs = read_embedded(Path(scratch) / "out", list(names.values()))
+        got_ids, embs = read_embedded(Path(scratch) / "out", list(names.values()), layer)
     assert got_ids == ids
-    return {f: torch.from_numpy(np.asarray(embs[names[f]])) for f in folders}
+    stack = np.concatenate if is_node_layer(layer) else np.asarray
+    return {f: torch.from_numpy(stack(embs[names[f]])) for f in folders}
 
 
 def expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, extractors: list[Path],
                     with_atoms: set[Path]) -> dict[Path, dict[str, torch.Tensor]]:
-    """Each published extractor's frozen features of one task's graphs, cached per (task, extractor):
-    ``pooled`` (n_graphs, d), computed on the run's model hosts for every missing extractor in one
-    pass, and, when the extractor's last layer trains, ``h_in`` (n_atoms, d), the atom features
-    entering it."""
+    """Each published extractor's frozen features of one task's graphs, cached per (task, extractor),
+    computed on the run's model hosts for every missing extractor in one pass: ``pooled``
+    (n_graphs, d), and, when the extractor's last layer trains, ``h_in`` (n_atoms, d), the atom
+    features entering it."""
     store = Artifacts(run.artifacts / "expert-features", "expert-features")
     keys = {f: stable_hash("expert-features", data.key, task, [f.name, f.stat().st_size], f in with_atoms)
             for f in extractors}
@@ -241,11 +246,11 @@ def expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, ext
         run.log("transfer-data", f"{task}: frozen features of {len(missing)} extractors on the model hosts")
         graphs = unpack_graphs(torch.load(data.path / "graphs.pt", weights_only=True))
         mine = [graphs[i] for i in positions]
-        pooled = _pooled_on_hosts(run, mine, published_model_dirs(run, missing))
+        folders = published_model_dirs(run, missing)
+        pooled = _on_hosts(run, mine, folders, "graph")
+        atoms = _on_hosts(run, mine, {f: d for f, d in folders.items() if f in with_atoms}, "node:last_input")
         for f in missing:
-            value = {"pooled": pooled[f]}
-            if f in with_atoms:
-                value["h_in"] = extractor_features(load_published(f)[0], mine)[0]
+            value = {"pooled": pooled[f]} | ({"h_in": atoms[f]} if f in atoms else {})
             with store.build(keys[f], task=task, extractor=f.name) as tmp:
                 torch.save(value, tmp / "features.pt")
     return {f: torch.load(store.path(keys[f]) / "features.pt", weights_only=True) for f in extractors}
