@@ -125,6 +125,7 @@ def strategies(config: ConfigArg, target: Annotated[str | None, typer.Option(hel
 def study(config: ConfigArg, set_: SetOpt = None) -> None:
     """The studies of transfer.studies, by default the whole transfer design in one run: gain matrix,
     similarity vs gain, subset study, MoE (and the fine-tuning variants when transfer.strategy_pairs
-    is set); `studies: [methods]` is the MoE study of published extractors over split seeds."""
+    is set); `studies: [methods]` is the MoE study of published extractors over split seeds, or with
+    transfer.foundation the foundation fine-tuning study (configs/foundation_ft.yaml)."""
     _study(config, set_, None)
 

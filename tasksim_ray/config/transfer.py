@@ -164,9 +164,10 @@ class TransferConfig(_Strict):
     scratch: ScratchConfig = ScratchConfig()
     sources: SourcesConfig = SourcesConfig()
     standardize: Literal["train", "train_val"] = "train"  # labels scaled on train, or train+val (published MoE)
-    # sources: fine-tune from each published source in turn (the per-source transfer a recommendation is scored on)
-    methods: list[Literal["scratch", "finetune", "moe", "sources"]] = Field(default_factory=lambda: ["scratch", "finetune", "moe"],
-                                                                  min_length=1)
+    # sources: fine-tune from each published source in turn (the per-source transfer a recommendation is scored on);
+    # variants: fine-tune each ``foundation`` model with each of ``variants`` (the foundation fine-tuning study)
+    methods: list[Literal["scratch", "finetune", "moe", "sources", "variants"]] = Field(
+        default_factory=lambda: ["scratch", "finetune", "moe"], min_length=1)
     studies: list[str] | None = None  # what `tasksim study` runs (None: matrix, subset, moe [, strategies])
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)
     strategy_pairs: list[tuple[str, str]] = Field(default_factory=list)
@@ -184,6 +185,8 @@ class TransferConfig(_Strict):
         for name in self.foundation:
             if name not in FOUNDATION_MODELS:
                 raise ValueError(f"transfer.foundation: {FOUNDATION_MODELS.unknown(name)}")
+        if "variants" in self.methods and not self.foundation:
+            raise ValueError("transfer.methods 'variants' fine-tunes the transfer.foundation models: name one there")
         self.variant_configs()
         return self
 

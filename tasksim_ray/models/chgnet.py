@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
 
 from tasksim_ray.models.structures import CrystalBackbone, to_structure, with_parameters
 
@@ -88,3 +89,20 @@ class CHGNetBackbone(CrystalBackbone):
         out = self._features(batch)
         crystal = out["crystal_fea"]
         return crystal / out["atoms_per_graph"].unsqueeze(1) if self.pooling == "mean" else crystal
+
+    @torch.no_grad()
+    def embed_layers(self, batch: Batch) -> dict[str, Tensor]:
+        """Per depth, the atom features averaged per crystal, (n_crystals, 64): after the atom embedding
+        and after each atom convolution, input to output (what a per-layer transferability score reads)."""
+        modules = {"atom_embedding": self.chgnet.atom_embedding,
+                   **{f"atom_conv_layers.{i}": m for i, m in enumerate(self.chgnet.atom_conv_layers)}}
+        seen: dict[str, Tensor] = {}
+        hooks = [m.register_forward_hook(lambda _m, _args, out, name=name: seen.__setitem__(name, out))
+                 for name, m in modules.items()]
+        try:
+            counts = self._features(batch)["atoms_per_graph"]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        owners = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+        return {name: scatter(seen[name], owners, dim=0, dim_size=len(counts), reduce="mean") for name in modules}

@@ -56,6 +56,20 @@ def trainable_groups(model: nn.Module, cfg: FinetuneConfig) -> list[tuple[str, l
     return [(g, names) for g, names in chosen if names]
 
 
+def layer_drift(model: nn.Module, reference: nn.Module) -> dict[str, float]:
+    """Per encoder layer group, ||w - w0|| / ||w0|| against the pretrained ``reference``: which depths
+    fine-tuning moved (NaN for a group whose pretrained weights are all zero)."""
+    ref = dict(reference.named_parameters())
+    params = dict(model.named_parameters())
+    out = {}
+    for group, names in encoder_groups(model):
+        w = torch.cat([params[n].detach().cpu().flatten() for n in names])
+        w0 = torch.cat([ref[n].detach().cpu().flatten() for n in names])
+        base = float(w0.norm())
+        out[group] = float((w - w0).norm()) / base if base > 0 else float("nan")
+    return out
+
+
 def _set_trainable(model: nn.Module, names: set[str]) -> None:
     for n, p in model.named_parameters():
         p.requires_grad_(n in names)

@@ -33,7 +33,7 @@ from tasksim_ray.models.heads import mlp_head
 from tasksim_ray.models.moe import MixtureOfExperts, initial_theta, softplus_head
 from tasksim_ray.models.published import load_published
 from tasksim_ray.training.device import choose_device
-from tasksim_ray.training.finetune import finetune_options, moe_options, scratch_options
+from tasksim_ray.training.finetune import finetune_options, layer_drift, moe_options, scratch_options
 from tasksim_ray.training.loop import FitOptions, fit, predict
 from tasksim_ray.training.pretrain import model_hparams
 
@@ -207,6 +207,8 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
            "n": [len(cell.train_pos), len(cell.val_pos), len(cell.test_pos)]}
     if isinstance(model, MixtureOfExperts):
         out["gates"] = model.gates().detach().cpu().tolist()
+    if recipe.kind == "finetune" and not recipe.published:  # how far each layer group moved from the source
+        out["drift"] = layer_drift(model, load_checkpoint(Path(recipe.checkpoints[0]), device)[0])
     return out
 
 

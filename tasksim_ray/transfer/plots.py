@@ -174,3 +174,40 @@ def plot_recommenders(path: Path, names: list[str], stats: dict[str, list[tuple[
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def plot_layer_drift(path: Path, groups: list[str], drift: dict[str, dict[str, list[float]]], title: str) -> None:
+    """Relative weight drift ||w - w0|| / ||w0|| per encoder layer group, input to output: one panel per
+    task, one line per recipe, so where fine-tuning moved the pretrained weights reads as a depth curve."""
+    fig, axes = plt.subplots(1, len(drift), figsize=(1.0 + 0.35 * len(groups) * len(drift), 4.2), squeeze=False)
+    for ax, (task, lines) in zip(axes[0], drift.items()):
+        for label, values in lines.items():
+            ax.plot(range(len(groups)), values, marker="o", ms=3, label=label)
+        ax.set_xticks(range(len(groups)), [g.removeprefix("chgnet.") for g in groups], rotation=60, ha="right",
+                      fontsize=6)
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("encoder layer group (input → output)")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("||w − w0|| / ||w0||")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_depth_profile(path: Path, layers: list[str], profile: dict[str, tuple[list[float], list[float]]],
+                       title: str) -> None:
+    """A per-layer feature-label score (LogME per sample, mean ± SE over folds) against depth, one line
+    per task: which layer's features explain the task's labels best."""
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(layers), 4))
+    for task, (means, ses) in profile.items():
+        ax.errorbar(range(len(layers)), means, yerr=ses, marker="o", ms=4, capsize=3, label=task)
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
+    ax.set_xlabel("layer (input → output)")
+    ax.set_ylabel("LogME on training labels (per sample)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -93,9 +93,10 @@ def _methods(out: Path, r: dict[str, Any], ctx: Context, paths: dict[str, Path])
     methods = [m for m in r["methods"] if m not in each]
     md = ["## Methods (whole training split per split seed)", "",
           f"Test MAE (task units), mean ± std over split seeds {r['seeds']} ({ctx.run.cfg.data.split.kind} "
-          f"splits); sources: {tc.sources.kind} {Path(tc.sources.path or '').name}; MoE top-{tc.moe.k}, penalty "
-          f"{tc.moe.penalty} on {tc.moe.penalty_on}, expert last layer "
-          f"{'trainable' if tc.moe.train_last else 'frozen'}.", "",
+          "splits); sources: " + (f"foundation {', '.join(tc.foundation)}" if tc.foundation else
+                                  f"{tc.sources.kind} {Path(tc.sources.path or '').name}")
+          + (f"; MoE top-{tc.moe.k}, penalty {tc.moe.penalty} on {tc.moe.penalty_on}, expert last layer "
+             f"{'trainable' if tc.moe.train_last else 'frozen'}" if "moe" in tc.methods else "") + ".", "",
           "| task | units | train/val/test | " + " | ".join(methods + (["best single source"] if each else []))
           + " | best |", "|---|---|---|" + "---|" * (len(methods) + bool(each)) + "---|"]
     for t, e in r["targets"].items():
@@ -125,7 +126,54 @@ def _methods(out: Path, r: dict[str, Any], ctx: Context, paths: dict[str, Path])
                                 "MoE gate weights (mean over split seeds)")
         md += ["", "| task | gates (mean over seeds) |", "|---|---|"]
         md += [f"| {t} | " + ", ".join(f"{k} {v:.2f}" for k, v in g.items() if v > 0) + " |" for t, g in gated.items()]
+    if "depth_profile" in r or any("drift" in e[m] for e in r["targets"].values() for m in methods):
+        md += ["", *_finetuning(out, r, paths)]
     return [*md, ""]
+
+
+def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[str]:
+    """Per task: test MAE per split seed, mean ± SE and the improvement over scratch per recipe; the
+    fine-tuned cells' per-layer weight drift and the pretrained model's depth profile (figures + tables)."""
+    seeds, methods = r["seeds"], r["methods"]
+    md = ["## Recipes per fold against random initialisation", "",
+          "Test MAE per split seed, mean ± SE over seeds; improvement = (scratch - recipe) / scratch MAE (%), "
+          "paired by seed, mean ± SE.", ""]
+    for t, e in r["targets"].items():
+        md += [f"### {t} ({e['units']}; train/val/test {'/'.join(map(str, e['n']))})", "",
+               "| recipe | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± SE | improvement (%) |",
+               "|---" * (len(seeds) + 3) + "|"]
+        for m in methods:
+            x = e[m]
+            gain = f"{x['gain_mean']:.1f} ± {x['gain_se']:.1f}" if "gain_mean" in x else "-"
+            md.append(f"| {m} | " + " | ".join(f"{v:.4g}" for v in x["values"])
+                      + f" | {x['mean']:.4g} ± {x['se']:.2g} | {gain} |")
+        md.append("")
+    drift = {t: {m: e[m]["drift"] for m in methods if "drift" in e[m]} for t, e in r["targets"].items()}
+    drift = {t: d for t, d in drift.items() if d}
+    if drift:
+        groups = list(next(iter(next(iter(drift.values())).values())))
+        paths["layer_drift"] = out / "layer_drift.png"
+        plots.plot_layer_drift(paths["layer_drift"], groups, {t: {m: list(g.values()) for m, g in d.items()}
+                                                              for t, d in drift.items()},
+                               "Weight drift from the pretrained weights per layer group (mean over seeds)")
+        md += ["### Weight drift ||w - w0|| / ||w0|| per encoder layer group (mean over seeds)", ""]
+        for t, d in drift.items():
+            md += [f"| {t}: group | " + " | ".join(d) + " |", "|---" * (len(d) + 1) + "|"]
+            md += [f"| {g} | " + " | ".join(f"{x[g]:.3g}" for x in d.values()) + " |" for g in groups]
+            md.append("")
+    prof = r.get("depth_profile")
+    for name, per_task in (prof or {}).get("models", {}).items():
+        paths[f"depth_profile_{name}"] = out / f"depth_profile_{name}.png"
+        plots.plot_depth_profile(paths[f"depth_profile_{name}"], prof["layers"],
+                                 {t: (x["mean"], x["se"]) for t, x in per_task.items()},
+                                 f"{name} (pretrained): LogME of each layer's pooled features on the training labels")
+        md += [f"### Depth profile: {name} (pretrained), LogME per sample of each layer's mean-pooled features on "
+               f"the training labels, mean ± SE over seeds ({prof['seconds']:.0f} s)", "",
+               "| layer | " + " | ".join(per_task) + " |", "|---" * (len(per_task) + 1) + "|"]
+        md += [f"| {layer} | " + " | ".join(f"{x['mean'][i]:.3f} ± {x['se'][i]:.2g}" for x in per_task.values()) + " |"
+               for i, layer in enumerate(prof["layers"])]
+        md.append("")
+    return md
 
 
 def _budget(out: Path, r: dict[str, Any], ctx: Context, paths: dict[str, Path]) -> list[str]:

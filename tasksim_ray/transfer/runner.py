@@ -17,7 +17,6 @@ from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_preprocess, stage_tasks
 from tasksim_ray.stages.pipeline import run_pipeline
-from tasksim_ray.stages.published import stage_foundation_model
 from tasksim_ray.training.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
 from tasksim_ray.transfer.data import (
@@ -28,6 +27,7 @@ from tasksim_ray.transfer.data import (
     stage_transfer_data,
 )
 from tasksim_ray.transfer.budget_study import plan_budget
+from tasksim_ray.transfer.foundation import foundation_context, foundation_dirs, plan_foundation
 from tasksim_ray.transfer.report import write_transfer_report
 from tasksim_ray.transfer.study import (
     SCRATCH,
@@ -56,7 +56,7 @@ def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) 
     run = Run(cfg, console)
     stage = stage_transfer_data(run, res.tasks_stage, res.preprocess_stage)
     data = TransferData.load(stage, res.tasks_stage)
-    model_dirs = {t: str(d) for t, d in res.model_dirs.items()} | _foundation_dirs(run, data)
+    model_dirs = {t: str(d) for t, d in res.model_dirs.items()} | foundation_dirs(run, data.table)
     similarity = None
     if need_similarity:
         assert res.selection is not None  # the run went up to the report
@@ -64,19 +64,6 @@ def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) 
                                     res.similarity_seconds)
     settings = CellSettings(cfg.model, cfg.transfer.finetune, cfg.transfer.moe, cfg.seed)
     return Context(run, data, ray.put(data.store()), settings, model_dirs, similarity)
-
-
-def _foundation_dirs(run: Run, data: TransferData) -> dict[str, str]:
-    """``transfer.foundation`` models as sources, by name: their model folders (weights from the
-    installed package). They read crystals, so molecule tasks cannot use them."""
-    names = run.cfg.transfer.foundation
-    if names and data.table.kind != "crystal":
-        raise TasksimError(f"transfer.foundation {names}: foundation models read crystals; these tasks are "
-                           f"{data.table.kind}s")
-    clash = [n for n in names if n in data.table.names]
-    if clash:
-        raise TasksimError(f"transfer.foundation: {clash} is also a task name; rename the task (data.aliases)")
-    return {n: str(stage_foundation_model(run, n)) for n in names}
 
 
 def source_names(checkpoints: list[Path]) -> dict[Path, str]:
@@ -109,7 +96,8 @@ def methods_context(cfg: PipelineConfig, console: Console) -> tuple[Context, dic
     """The methods study without a pipeline: split rows, graphs, each published extractor's frozen
     features per task (cached stages), all in one store; a recipe per method."""
     if cfg.transfer.sources.kind != "published":
-        raise TasksimError("the methods study needs transfer.sources.kind 'published' (per-task models: use moe)")
+        raise TasksimError("the methods study needs transfer.sources.kind 'published' or transfer.foundation "
+                           "models (per-task models: use moe)")
     experts, tl = _published_files(cfg)
     run = Run(cfg, console)
     tasks = stage_tasks(run)
@@ -168,6 +156,9 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
     if "methods" in studies:
         if studies != ["methods"]:
             raise TasksimError(f"the methods study runs alone (it uses its own splits), not with {studies}")
+        if cfg.transfer.foundation:
+            ctx, recipes = foundation_context(cfg, console or Console())
+            return _finish(cfg, ctx, [plan_foundation(ctx, recipes)])
         ctx, recipes = methods_context(cfg, console or Console())
         return _finish(cfg, ctx, [plan_methods(ctx, recipes)])
     need_sim = bool({"matrix", "subset", "budget"} & set(studies)) or ("moe" in studies and cfg.transfer.moe.init == "similarity")

@@ -271,7 +271,8 @@ def plan_moe(ctx: Context) -> Plan:
 
 def plan_methods(ctx: Context, recipes: dict[str, Recipe]) -> Plan:
     """Each method's recipe per task and split seed; summarised as test MAE mean +- std over seeds
-    (numpy's std, as published), wins, mean gates and cost per method."""
+    (numpy's std, as published) and SE, the improvement over scratch (% of its MAE, paired by seed),
+    wins, mean gates, the mean per-layer weight drift of fine-tuned cells, and cost per method."""
     data, seeds = ctx.data, ctx.run.cfg.data.split.seeds
     assert isinstance(data, SplitData)
     jobs = [(data.cell(t, i, s), r) for t in data.targets for i, s in enumerate(seeds) for r in recipes.values()]
@@ -282,9 +283,17 @@ def plan_methods(ctx: Context, recipes: dict[str, Recipe]) -> Plan:
         for t in data.targets:
             mine = [c for c in cells if c["target"] == t]
             entry: dict[str, Any] = {"units": data.units(t), "n": mine[0]["n"]}
+            by_seed = {m: {c["fold"]: c for c in mine if c["recipe"] == m} for m in recipes}
             for m in recipes:
-                maes = np.array([c["test_mae"] for c in mine if c["recipe"] == m])
-                entry[m] = {"mean": float(maes.mean()), "std": float(maes.std()), "seeds": len(maes)}
+                maes = np.array([by_seed[m][s]["test_mae"] for s in seeds])
+                entry[m] = {"mean": float(maes.mean()), "std": float(maes.std()), "seeds": len(maes),
+                            "se": mean_se(maes)[1], "values": maes.tolist()}
+                if "scratch" in recipes and m != "scratch":
+                    base = np.array([by_seed["scratch"][s]["test_mae"] for s in seeds])
+                    entry[m]["gain_mean"], entry[m]["gain_se"] = mean_se(100 * (base - maes) / base)
+                drift = [by_seed[m][s]["drift"] for s in seeds if "drift" in by_seed[m][s]]
+                if drift:
+                    entry[m]["drift"] = {g: float(np.mean([d[g] for d in drift])) for g in drift[0]}
             entry["best"] = min(recipes, key=lambda m: entry[m]["mean"])
             if experts:
                 gates = np.mean([c["gates"] for c in mine if c["recipe"] == "moe"], axis=0)
