@@ -61,6 +61,9 @@ def test_tiny_run_matrix_and_subset(first_run: PipelineResult, workdir: Path) ->
     assert set(report["models"]) == set(names)
     assert all(np.isfinite(m["best_val_mae"]) for m in report["models"].values())
     assert {d["name"] for d in report["dropped_tasks"]}.isdisjoint(names)
+    embed = report["timings"]["embed"]  # where the embed stage's time went, hosts' share included
+    assert embed["split_s"]["first_batch_s"] <= embed["split_s"]["stream_s"] <= embed["seconds"]
+    assert embed["host_seconds"]["forward"] > 0 and {"driver_read_s", "driver_write_s"} <= set(embed["split_s"])
     assert (workdir / "report" / "rsa_heatmap.png").stat().st_size > 1000
     summary = (workdir / "report" / "summary.md").read_text()
     assert "Selected pretraining subset" in summary and "bootstrap intervals" in summary

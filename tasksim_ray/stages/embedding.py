@@ -90,14 +90,17 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
     out = {t: TaskEmbedding(t, k := stable_hash("embedding", m.directory.name, probe.key, layer),
                             run.artifacts / "embeddings" / f"{t}-{k}") for t, m in models.items()}
     missing = [t for t, e in out.items() if not is_complete(e.path)]
-    with run.timed("embed", cached=not missing):
+    with run.timed("embed", cached=not missing) as timing:
         if missing:
             run.log("embed", f"embedding {len(missing)} of {len(out)} tasks (the rest are cached)")
             with run.console.status(f"Ray Data: probe set through {len(missing)} task models on the hosts"), \
                     tempfile.TemporaryDirectory(dir=run.artifacts) as scratch:
-                start = time.perf_counter()
+                start, split = time.perf_counter(), {}
                 embed_table(probe.path / "probe.parquet", {t: models[t].directory for t in missing},
-                            cfg.embed, Path(scratch) / "raw", layer, run.hosts(len(models)))
+                            cfg.embed, Path(scratch) / "raw", layer, run.hosts(len(models)), timings=split)
+                timing["split_s"] = {k: round(v, 3) for k, v in split.items() if k.endswith("_s")}
+                timing["host_seconds"] = {k: round(sum(h["seconds"][k] for h in split["hosts"]), 3)
+                                          for k in split["hosts"][0]["seconds"]}
                 ids, embs = read_embedded(Path(scratch) / "raw", missing, layer)
                 share = round((time.perf_counter() - start) / len(missing), 3)  # what each task's embedding cost
                 for t in missing:
