@@ -178,19 +178,24 @@ def plot_recommenders(path: Path, names: list[str], stats: dict[str, list[tuple[
 
 def plot_layer_drift(path: Path, groups: list[str], drift: dict[str, dict[str, list[float]]], title: str) -> None:
     """Relative weight drift ||w - w0|| / ||w0|| per encoder layer group, input to output: one panel per
-    task, one line per recipe, so where fine-tuning moved the pretrained weights reads as a depth curve."""
-    fig, axes = plt.subplots(1, len(drift), figsize=(1.0 + 0.35 * len(groups) * len(drift), 4.2), squeeze=False)
+    task, one line per recipe, so where fine-tuning moved the pretrained weights reads as a depth curve.
+    Log axis: frozen groups (drift 0) leave gaps, and a recipe that moved nothing is named in the legend."""
+    fig, axes = plt.subplots(1, len(drift), figsize=(1.0 + 0.35 * len(groups) * len(drift), 4.4), squeeze=False)
     for ax, (task, lines) in zip(axes[0], drift.items()):
         for label, values in lines.items():
-            ax.plot(range(len(groups)), values, marker="o", ms=3, label=label)
+            v = np.asarray(values, dtype=float)
+            if not np.any(v > 0):
+                ax.plot([], [], marker="o", ms=3, label=f"{label} (no drift)")
+                continue
+            ax.plot(range(len(groups)), np.where(v > 0, v, np.nan), marker="o", ms=3, label=label)
         ax.set_xticks(range(len(groups)), [g.removeprefix("chgnet.") for g in groups], rotation=60, ha="right",
                       fontsize=6)
-        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_yscale("log")
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("encoder layer group (input → output)")
         ax.grid(True, alpha=0.3)
     axes[0][0].set_ylabel("||w − w0|| / ||w0||")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

@@ -166,7 +166,8 @@ def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[st
         paths[f"depth_profile_{name}"] = out / f"depth_profile_{name}.png"
         plots.plot_depth_profile(paths[f"depth_profile_{name}"], prof["layers"],
                                  {t: (x["mean"], x["se"]) for t, x in per_task.items()},
-                                 f"{name} (pretrained): LogME of each layer's pooled features on the training labels")
+                                 f"{name} (pretrained): LogME of each layer's pooled features\n"
+                                 "on each fold's training labels")
         md += [f"### Depth profile: {name} (pretrained), LogME per sample of each layer's mean-pooled features on "
                f"the training labels, mean ± SE over seeds ({prof['seconds']:.0f} s)", "",
                "| layer | " + " | ".join(per_task) + " |", "|---" * (len(per_task) + 1) + "|"]
