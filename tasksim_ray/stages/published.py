@@ -49,10 +49,13 @@ def stage_foundation_model(run: Run, name: str) -> Path:
     """The model folder of a shipped foundation model (its weights come from the installed package)."""
     spec = FOUNDATION_MODELS.get(name)
     backbone, hparams = spec.backbone, spec.hparams
+    # the folder's name is what transfer cells key a source by: name and package version, so new
+    # weights from an upgraded package never reuse cells fine-tuned from the old ones
+    folder = f"{name}-{version(spec.package)}"
 
     def build(out: Path) -> dict[str, Any]:
         model = build_model(backbone, hparams)
-        save_checkpoint(out / "model", model, TaskModelInfo(backbone, hparams, name, "", 0.0, 1.0))
+        save_checkpoint(out / folder, model, TaskModelInfo(backbone, hparams, name, "", 0.0, 1.0))
         return {"backbone": backbone, "package_version": version(spec.package)}
 
-    return run.stage("foundation-model", [name, backbone, hparams, version(spec.package)], build).path / "model"
+    return run.stage("foundation-model", [name, backbone, hparams, version(spec.package), folder], build).path / folder

@@ -182,7 +182,7 @@ def _budget(out: Path, r: dict[str, Any], ctx: Context, paths: dict[str, Path]) 
     n, e = r["split"]
     paths["budget_gain"] = out / "budget_gain_matrix.png"
     plots.plot_gain_heatmap(paths["budget_gain"], r["names"], np.array(r["gain"], dtype=float),
-                            f"Gain (%) from each source alone under {n} x {e} samples: rows target, columns source")
+                            f"Gain (%) from each source alone, budget {n} x {e}")
     rec = write_recommendation(out, r["recommendation"], f"{ctx.run.cfg.name}, single sources under one budget",
                                "budget_recommendation")
     paths |= {f"budget_{k}": v for k, v in rec.items()}
