@@ -146,12 +146,11 @@ def case(smiles: list[str], n: int, n_models: int, args: argparse.Namespace, tmp
     embed_table(work / "probe.parquet", dirs, embed_cfg(args), work / "ray_warm", hosts=group)
     row["ray_warm_s"] = time.perf_counter() - start
     group.close()
-    hosts = [h["seconds"] for h in timings["hosts"]]
-    row["hosts"] = len(hosts)
-    row["host_busy_s"] = {k: round(sum(h[k] for h in hosts), 3) for k in hosts[0]}
-    # shares of the cold call's wall time: start-up (to the first batch back, less the hosts' own
-    # work in it), the driver reading and writing, the hosts' decoding and forward passes (per host)
-    per_host = {k: v / len(hosts) for k, v in row["host_busy_s"].items()}
+    row["hosts"] = len(timings["hosts"])
+    row["host_busy_s"] = timings["host_seconds"]
+    # shares of the cold call's wall time: start-up (until the first batch is back), the driver
+    # reading and writing, the hosts' decoding and forward passes (per host)
+    per_host = {k: v / row["hosts"] for k, v in row["host_busy_s"].items()}
     parts = {"start-up": timings["first_batch_s"], "read": timings["driver_read_s"],
              "write": timings["driver_write_s"], "decode": per_host["decode"], "forward": per_host["forward"]}
     row["ray_share"] = {k: round(v / row["ray_s"], 3) for k, v in parts.items()}

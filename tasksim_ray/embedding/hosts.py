@@ -53,7 +53,7 @@ def embed_batch(model: nn.Module, batch: Batch, layer: str = "graph", name: str 
     if not is_node_layer(layer):  # "graph": the backbone's default graph-level layer
         emb = model.embed(batch) if layer == "graph" else model.embed(batch, layer)
         return {name: emb.float().cpu().numpy()}
-    nodes = (model.embed_nodes(batch) if layer == "node" else model.embed_nodes(batch, layer[5:])).float().cpu().numpy()
+    nodes = (model.embed_nodes(batch) if layer == "node" else model.embed_nodes(batch, layer.removeprefix("node:"))).float().cpu().numpy()
     counts = torch.bincount(batch.batch, minlength=batch.num_graphs).cpu().numpy()
     bounds = np.concatenate([[0], np.cumsum(counts)])
     rows = np.array([nodes[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object)

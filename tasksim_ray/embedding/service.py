@@ -102,6 +102,8 @@ def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_
             timings["stream_s"] = time.perf_counter() - clock
             timings |= {f"driver_{k}_s": v for k, v in seconds.items()}
             timings["hosts"] = group.stats()
+            timings["host_seconds"] = {k: round(sum(h["seconds"][k] for h in timings["hosts"]), 3)
+                                       for k in timings["hosts"][0]["seconds"]}  # summed over the hosts
     finally:
         if writer is not None:
             writer.close()

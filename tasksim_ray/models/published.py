@@ -153,10 +153,9 @@ def extractor_features(model: CGCNN, graphs: list[Data], batch_size: int = 256) 
     mode). Studies get the same from the model hosts; benchmarks call this."""
     model.eval()
     atoms, pooled = [], []
-    with torch.no_grad():
-        for b in DataLoader(graphs, batch_size=batch_size):
-            atoms.append(model.embed_nodes(b, "last_input"))
-            pooled.append(model.embed(b))
+    for b in DataLoader(graphs, batch_size=batch_size):
+        atoms.append(model.embed_nodes(b, "last_input"))
+        pooled.append(model.embed(b))
     return torch.cat(atoms), torch.cat(pooled)
 
 

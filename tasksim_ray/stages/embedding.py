@@ -99,8 +99,7 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
                 embed_table(probe.path / "probe.parquet", {t: models[t].directory for t in missing},
                             cfg.embed, Path(scratch) / "raw", layer, run.hosts(len(models)), timings=split)
                 timing["split_s"] = {k: round(v, 3) for k, v in split.items() if k.endswith("_s")}
-                timing["host_seconds"] = {k: round(sum(h["seconds"][k] for h in split["hosts"]), 3)
-                                          for k in split["hosts"][0]["seconds"]}
+                timing["host_seconds"] = split["host_seconds"]
                 ids, embs = read_embedded(Path(scratch) / "raw", missing, layer)
                 share = round((time.perf_counter() - start) / len(missing), 3)  # what each task's embedding cost
                 for t in missing:

@@ -213,23 +213,25 @@ def published_model_dirs(run: Run, files: list[Path]) -> dict[Path, Path]:
     return out
 
 
-def _on_hosts(run: Run, graphs: list, folders: dict[Path, Path], layer: str) -> dict[Path, torch.Tensor]:
-    """Each extractor's ``layer`` features of ``graphs`` from the run's model hosts, one pass over the
-    graphs with every extractor on each batch: (n_graphs, d) for a graph layer, the graphs' atoms
-    stacked in order, (n_atoms, d), for a node layer."""
-    if not folders:
-        return {}
+def _on_hosts(run: Run, graphs: list, layers: dict[str, dict[Path, Path]]) -> dict[str, dict[Path, torch.Tensor]]:
+    """Per layer, each of its extractors' features of ``graphs`` from the run's model hosts (the
+    graphs serialised once; per layer one pass, every extractor on each batch): (n_graphs, d) for a
+    graph layer, the graphs' atoms stacked in order, (n_atoms, d), for a node layer."""
+    out: dict[str, dict[Path, torch.Tensor]] = {}
     with tempfile.TemporaryDirectory(dir=run.artifacts) as scratch:
         table = Path(scratch) / "graphs.parquet"
         ids = [f"{i:09d}" for i in range(len(graphs))]
         pd.DataFrame({GRAPH_ID: ids, GRAPH: [graph_to_bytes(g) for g in graphs]}).to_parquet(table, index=False)
-        names = {f: f.name for f in folders}
-        embed_table(table, {names[f]: d for f, d in folders.items()}, run.cfg.embed, Path(scratch) / "out", layer,
-                    run.hosts(len(folders)))
-        got_ids, embs = read_embedded(Path(scratch) / "out", list(names.values()), layer)
-    assert got_ids == ids
-    stack = np.concatenate if is_node_layer(layer) else np.asarray
-    return {f: torch.from_numpy(stack(embs[names[f]])) for f in folders}
+        for i, (layer, folders) in enumerate(layers.items()):
+            names = {f: f.name for f in folders}
+            if folders:
+                embed_table(table, {names[f]: d for f, d in folders.items()}, run.cfg.embed, Path(scratch) / f"out{i}",
+                            layer, run.hosts(len(folders)))
+                got_ids, embs = read_embedded(Path(scratch) / f"out{i}", list(names.values()), layer)
+                assert got_ids == ids
+            stack = np.concatenate if is_node_layer(layer) else np.asarray
+            out[layer] = {f: torch.from_numpy(stack(embs[names[f]])) for f in folders}
+    return out
 
 
 def expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, extractors: list[Path],
@@ -247,8 +249,9 @@ def expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, ext
         graphs = unpack_graphs(torch.load(data.path / "graphs.pt", weights_only=True))
         mine = [graphs[i] for i in positions]
         folders = published_model_dirs(run, missing)
-        pooled = _on_hosts(run, mine, folders, "graph")
-        atoms = _on_hosts(run, mine, {f: d for f, d in folders.items() if f in with_atoms}, "node:last_input")
+        got = _on_hosts(run, mine, {"graph": folders,
+                                    "node:last_input": {f: d for f, d in folders.items() if f in with_atoms}})
+        pooled, atoms = got["graph"], got["node:last_input"]
         for f in missing:
             value = {"pooled": pooled[f]} | ({"h_in": atoms[f]} if f in atoms else {})
             with store.build(keys[f], task=task, extractor=f.name) as tmp:
