@@ -122,3 +122,33 @@ def test_budget_study_scores_csi_as_single_source_pick(first_run: PipelineResult
     assert set(r["recommendation"]["recommenders"]) >= {"csi", "rsa", "cka"}
     assert Path(out["paths"]["budget_recommendation_md"]).is_file() and Path(out["paths"]["budget_gain"]).is_file()
     assert "Budget study" in Path(out["paths"]["markdown"]).read_text()
+
+
+def test_ptft_study_with_alignn_pairwise_mpt_ood_and_strategies(tmp_path: Path) -> None:
+    """ALIGNN per-task models as pairwise sources, MPT over all other in-distribution tasks, an
+    out-of-distribution target that is never a source, and the four ALIGNN fine-tuning strategies."""
+    from tasksim_ray.transfer.runner import run_transfer
+
+    ood = "jarvis_2d_exfoliation"
+    cfg = load_config(CONFIG, {
+        "workdir": str(tmp_path), "model.backbone": "alignn", "train.max_epochs": 2,
+        "model.params": {"alignn_layers": 1, "gcn_layers": 1, "hidden_features": 16, "embedding_features": 8,
+                         "max_neighbors": 6, "cutoff": 5.0},
+        "transfer.ood": [ood], "transfer.finetune.max_epochs": 2, "transfer.strategy_pairs": [[ood, "expt_eform"]],
+        "transfer.variants": {"all layers": {}, "head": {"strategy": "head"}, "last block + head": {"strategy": "last"},
+                              "bond graph, then line graph": {"gradual_unfreeze": 1}}})
+    out = run_transfer(cfg, ["ptft", "strategies"])
+    r = out["studies"]["ptft"]
+    sources = [t for t in TASKS if t != ood]
+    assert r["sources"] == sources and r["targets"] == TASKS and r["mpt"] == "MPT 60x2"
+    gain = np.array(r["fixed_gain"], dtype=float)
+    assert gain.shape == (3, 2) and np.isnan(gain[0, 0]) and np.isnan(gain[1, 1])
+    assert np.isfinite(gain[2]).all() and np.isfinite(gain[0, 1]) and np.isfinite(gain[1, 0])
+    e = r["per_target"][ood]
+    assert e["ood"] and e["pairs"] == 2 and sorted(e["curves"]) == sorted(["scratch", *sources, "MPT 60x2"])
+    assert e["best_pairwise"] in sources and np.isfinite(e["mpt_vs_best_pairwise"]["mean"])
+    assert r["in_distribution_targets"] == 2 and r["pairs"] == 4
+    pair = out["studies"]["strategies"]["pairs"][0]
+    assert sorted(pair["variants"]) == sorted(cfg.transfer.variants)
+    assert Path(out["paths"]["ptft_gain"]).stat().st_size > 1000
+    assert "multi-property pretraining" in Path(out["paths"]["markdown"]).read_text()

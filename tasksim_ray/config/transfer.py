@@ -172,6 +172,7 @@ class TransferConfig(_Strict):
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)
     strategy_pairs: list[tuple[str, str]] = Field(default_factory=list)
     foundation: list[str] = Field(default_factory=list)  # shipped foundation models that are sources too
+    ood: list[str] = Field(default_factory=list)  # ptft study: targets never used as a source (out of distribution)
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
 
@@ -182,6 +183,8 @@ class TransferConfig(_Strict):
         for target, source in self.strategy_pairs:
             if target == source:
                 raise ValueError(f"transfer.strategy_pairs: target '{target}' cannot be its own source")
+        if self.tasks is not None and (stray := [t for t in self.ood if t not in self.tasks]):
+            raise ValueError(f"transfer.ood: {stray} are not in transfer.tasks")
         for name in self.foundation:
             if name not in FOUNDATION_MODELS:
                 raise ValueError(f"transfer.foundation: {FOUNDATION_MODELS.unknown(name)}")

@@ -43,23 +43,24 @@ def plot_learning_curves(path: Path, title: str, units: str, curves: dict[str, C
     save_figure(fig, path)
 
 
-def plot_gain_heatmap(path: Path, names: list[str], gain: np.ndarray, title: str) -> None:
-    """Relative gain in percent, rows targets and columns sources, on a diverging map centred on 0 so helping
-    and hurting pairs read at a glance; unmeasured (NaN) cells stay blank."""
+def plot_gain_heatmap(path: Path, names: list[str], gain: np.ndarray, title: str, targets: list[str] | None = None,
+                      label: str = "AUC gain over scratch (%)") -> None:
+    """Relative gain in percent, rows targets (``targets``, default ``names``) and columns sources (``names``), on
+    a diverging map centred on 0 so helping and hurting pairs read at a glance; unmeasured (NaN) cells stay blank."""
     pct = 100.0 * np.asarray(gain, dtype=float)
-    n = len(names)
+    rows = targets or names
     vmax = float(np.nanmax(np.abs(pct))) if np.isfinite(pct).any() else 0.0
     vmax = vmax or 1.0
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.55 * n), max(3.5, 1.0 + 0.5 * n)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 0.55 * len(names)), max(3.5, 1.0 + 0.5 * len(rows))))
     im = ax.imshow(pct, cmap=plt.get_cmap("RdBu").with_extremes(bad="white"), vmin=-vmax, vmax=vmax)
-    ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), names)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("source (pretrained on)")
     ax.set_ylabel("target (fine-tuned on)")
     for i, j in zip(*np.nonzero(np.isfinite(pct)), strict=True):  # NaN cells stay blank, no text
         ax.text(j, i, f"{pct[i, j]:.0f}", ha="center", va="center", fontsize=7,
                 color="white" if abs(pct[i, j]) > 0.6 * vmax else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="AUC gain over scratch (%)")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=label)
     ax.set_title(title)
     fig.tight_layout()
     save_figure(fig, path)

@@ -10,6 +10,7 @@ import numpy as np
 from tasksim_ray.infra.cache import write_json_atomic, write_text_atomic
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import CurveSummary, SimGain
+from tasksim_ray.transfer.ptft_study import ptft_markdown
 
 if TYPE_CHECKING:
     from tasksim_ray.transfer.study import Context
@@ -296,6 +297,8 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
         md += _methods(out, results["methods"], ctx, paths)
     if "budget" in results:
         md += _budget(out, results["budget"], ctx, paths)
+    if "ptft" in results:
+        md += ptft_markdown(out, results["ptft"], paths)
     # one JSON and one summary per run of studies, named by them, so `tasksim moe` does not erase the matrix
     name = "_".join(results)
     paths["json"] = out / f"{name}.json"

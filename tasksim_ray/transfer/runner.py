@@ -28,6 +28,7 @@ from tasksim_ray.transfer.data import (
 )
 from tasksim_ray.transfer.budget_study import plan_budget
 from tasksim_ray.transfer.foundation import foundation_context, foundation_dirs, plan_foundation
+from tasksim_ray.transfer.ptft_study import plan_ptft
 from tasksim_ray.transfer.report import write_transfer_report
 from tasksim_ray.transfer.study import (
     SCRATCH,
@@ -43,7 +44,7 @@ from tasksim_ray.transfer.study import (
     run_studies,
 )
 
-STUDIES = ("curves", "matrix", "subset", "moe", "strategies", "methods", "budget")
+STUDIES = ("curves", "matrix", "subset", "moe", "strategies", "methods", "budget", "ptft")
 
 
 def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) -> Context:
@@ -177,7 +178,8 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
                 _check_sources(ctx, t, [s])
             plans.append(plan_strategies(ctx, pairs))
         else:
-            plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe, "budget": plan_budget}[study](ctx))
+            plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe, "budget": plan_budget,
+                          "ptft": plan_ptft}[study](ctx))
     return _finish(cfg, ctx, plans)
 
 
