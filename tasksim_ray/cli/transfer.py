@@ -115,6 +115,13 @@ def budget(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
+def ptft(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Per target: fine-tuned from each other task's model and from one model pretrained on all of them
+    (MPT); does MPT beat the best pairwise source? transfer.ood targets are never a source."""
+    _study(config, set_, ["ptft"])
+
+
+@app.command()
 def strategies(config: ConfigArg, target: Annotated[str | None, typer.Option(help="target task")] = None,
                source: SourceOpt = None, set_: SetOpt = None) -> None:
     """Fine-tuning variants (transfer.variants) on TARGET from each source, or on transfer.strategy_pairs."""
