@@ -150,5 +150,5 @@ def test_ptft_study_with_alignn_pairwise_mpt_ood_and_strategies(tmp_path: Path) 
     assert r["in_distribution_targets"] == 2 and r["pairs"] == 4
     pair = out["studies"]["strategies"]["pairs"][0]
     assert sorted(pair["variants"]) == sorted(cfg.transfer.variants)
-    assert Path(out["paths"]["ptft_gain"]).stat().st_size > 1000
+    assert Path(out["paths"]["ptft_gain"]).stat().st_size > 1000 and Path(out["paths"][f"curves_ptft_{ood}"]).is_file()
     assert "multi-property pretraining" in Path(out["paths"]["markdown"]).read_text()

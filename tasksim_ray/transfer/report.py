@@ -298,7 +298,10 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context) -> d
     if "budget" in results:
         md += _budget(out, results["budget"], ctx, paths)
     if "ptft" in results:
-        md += ptft_markdown(out, results["ptft"], paths)
+        r = results["ptft"]
+        md += ptft_markdown(out, r, paths)
+        paths |= _curve_figures(out, "ptft", {t: {k: e["curves"][k] for k in ("scratch", e["best_pairwise"], r["mpt"])}
+                                              for t, e in r["per_target"].items()}, units)
     # one JSON and one summary per run of studies, named by them, so `tasksim moe` does not erase the matrix
     name = "_".join(results)
     paths["json"] = out / f"{name}.json"
