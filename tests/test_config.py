@@ -39,6 +39,8 @@ def test_shipped_configs_validate() -> None:
     ("transfer:\n  variants:\n    x: {strategy: nope}\n", "variant 'x': key 'strategy'"),
     ("transfer:\n  strategy_pairs: [[mu, mu]]\n", "cannot be its own source"),
     ("transfer:\n  folds: 9\n", "exceeds preprocess.n_folds"),
+    ("tasks: [mu, alpha]\ntransfer:\n  ood: [gap]\n", "transfer.ood: ['gap'] are not among tasks"),
+    ("transfer:\n  tasks: [mu, alpha]\n  ood: [gap]\n", "transfer.ood: ['gap'] are not in transfer.tasks"),
 ])
 def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(TasksimError) as info:

@@ -95,6 +95,8 @@ class PipelineConfig(Strict):
         if csi and csi not in FOUNDATION_MODELS and known is not None and csi not in known:
             raise ValueError(f"similarity.csi.model '{csi}' is neither a task ({', '.join(known)}) nor a registered "
                              f"foundation model ({', '.join(FOUNDATION_MODELS.names())})")
+        if self.tasks is not None and (stray := [t for t in self.transfer.ood if t not in self.tasks]):
+            raise ValueError(f"transfer.ood: {stray} are not among tasks {self.tasks}")
         if self.transfer.folds > self.preprocess.n_folds:
             raise ValueError(f"transfer.folds ({self.transfer.folds}) exceeds preprocess.n_folds "
                              f"({self.preprocess.n_folds})")
