@@ -74,7 +74,7 @@ def plan_ptft(ctx: Context) -> Plan:
                 "pairs_beating_scratch": int(sum(fix_g[s].mean() > 0 for s in mine[t])), "pairs": len(mine[t])}
         ind = [e for e in per_target.values() if not e["ood"]]
         return {"targets": targets, "sources": sources, "ood": list(tc.ood), "split": list(split), "mpt": label,
-                "size": largest, "auc_gain": auc_gain.tolist(), "fixed_gain": fixed_gain.tolist(),
+                "size": largest, "folds": folds, "auc_gain": auc_gain.tolist(), "fixed_gain": fixed_gain.tolist(),
                 "per_target": per_target,
                 "pairs_beating_scratch": sum(e["pairs_beating_scratch"] for e in per_target.values()),
                 "pairs": sum(e["pairs"] for e in per_target.values()),
@@ -86,6 +86,9 @@ def plan_ptft(ctx: Context) -> Plan:
 
 def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[str]:
     """The pairwise gain matrix (figure and table), MPT against the best pairwise source and scratch."""
+    def gain(g: list[float]) -> str:  # one fold has no spread to report
+        return f"{g[0]:.1f}" if r["folds"] == 1 else f"{g[0]:.1f} ± {g[1]:.1f}"
+
     n, e = r["split"]
     paths["ptft_gain"] = out / "ptft_gain_matrix.png"
     plots.plot_gain_heatmap(paths["ptft_gain"], r["sources"], np.array(r["fixed_gain"]) / 100,
@@ -103,10 +106,11 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
            "|---|---|---|---|---|---|"]
     for t, x in r["per_target"].items():
         d = x["mpt_vs_best_pairwise"]
-        bp, mp = x["best_pairwise_gain"], x["mpt_gain"]
-        md.append(f"| {t}{' (OOD)' if x['ood'] else ''} | {x['best_pairwise']} ({bp[0]:.1f} ± {bp[1]:.1f}) | "
-                  f"{mp[0]:.1f} ± {mp[1]:.1f} | {d['mean']:.1f} [{d['ci'][0]:.1f}, {d['ci'][1]:.1f}] | "
-                  f"{'yes' if d['differ'] else 'no'} | {'yes' if x['mpt_beats_every_pairwise'] else 'no'} |")
+        diff = (f"{d['mean']:.1f} (1 fold)" if r["folds"] == 1
+                else f"{d['mean']:.1f} [{d['ci'][0]:.1f}, {d['ci'][1]:.1f}]")
+        md.append(f"| {t}{' (OOD)' if x['ood'] else ''} | {x['best_pairwise']} ({gain(x['best_pairwise_gain'])}) | "
+                  f"{gain(x['mpt_gain'])} | {diff} | {'yes' if d['differ'] else 'no'} | "
+                  f"{'yes' if x['mpt_beats_every_pairwise'] else 'no'} |")
     md += ["", f"MPT beats the best pairwise source on {r['mpt_beats_best_pairwise']} of "
                f"{r['in_distribution_targets']} in-distribution targets.", ""]
     return md

@@ -58,9 +58,10 @@ def _table(per_target: dict[str, dict[str, Any]], labels: list[str], first: str 
         cells = []
         for lbl in labels:
             e = entries.get(lbl)
-            cell = _fmt(e["auc_norm_mean"], e["auc_norm_se"]) if e else "-"
+            one = bool(e) and e.get("n_folds") == 1  # one fold: no spread to report
+            cell = _fmt(e["auc_norm_mean"], None if one else e["auc_norm_se"]) if e else "-"
             if e and "gain_mean" in e:
-                cell += f" (gain {_fmt(e['gain_mean'], e['gain_se'], 100, 2)}%)"
+                cell += f" (gain {_fmt(e['gain_mean'], None if one else e['gain_se'], 100, 2)}%)"
             cells.append(cell)
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
