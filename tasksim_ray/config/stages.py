@@ -193,8 +193,10 @@ class ProbeConfig(_Strict):
 
 class EmbedConfig(_Strict):
     """The embedding service's model hosts (``embedding/hosts.py``): ``hosts`` actors (None: one per
-    CPU, or one per ``gpu_fraction`` of each GPU when GPUs are used), each holding task models up to
-    ``host_memory_gb`` and asking Ray for ``num_cpus``. ``use_gpu``: ``auto`` uses GPUs when the
+    ``threads`` CPUs, or one per ``gpu_fraction`` of each GPU when GPUs are used), each holding task
+    models up to ``host_memory_gb``, asking Ray for ``num_cpus`` and running ``threads`` torch
+    threads on CPU (a process costs ~5 s of imports; two threads in one do the work of two
+    one-thread processes here, so fewer, wider hosts start faster). ``use_gpu``: ``auto`` uses GPUs when the
     cluster has some now; ``always`` also when it has none yet, for clusters whose GPU workers
     autoscale from zero (the pending GPU request is what scales them up); ``never`` keeps
     embedding on CPUs."""
@@ -203,6 +205,7 @@ class EmbedConfig(_Strict):
     hosts: int | None = Field(default=None, ge=1)
     host_memory_gb: float = Field(default=2.0, gt=0)
     num_cpus: float = Field(default=0.5, gt=0)
+    threads: int = Field(default=2, ge=1)
     gpu_fraction: float = Field(default=0.25, gt=0, le=1)
     use_gpu: Literal["auto", "always", "never"] = "auto"
     layer: str = "graph"  # graph: the backbone's default graph-level features; node; or one of its LAYERS

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import ray
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ from tasksim_ray.infra.metrics import probes_embedded
 from tasksim_ray.infra.runtime import cluster_cpus, cluster_gpus
 from tasksim_ray.models import load_checkpoint
 
+IMPORTED_AT = time.time()  # in a host: when its process had imported torch, PyG and the models
 Embedded = dict[str, np.ndarray]  # model name -> values (node level adds "<name>__n" atom counts)
 
 
@@ -64,6 +66,8 @@ class ModelHost:
     """Holds task models (LRU within ``budget_bytes``) and embeds serialised graphs with them."""
 
     def __init__(self, budget_bytes: int, num_threads: int = 1) -> None:
+        # a host's start-up, in wall-clock seconds since the epoch: process start, imports done, ready
+        self.started = {"process": psutil.Process().create_time(), "imported": IMPORTED_AT}
         torch.set_num_threads(num_threads)
         gpu = bool(ray.get_gpu_ids()) if ray.is_initialized() else False
         self.device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
@@ -71,6 +75,7 @@ class ModelHost:
         self.models: OrderedDict[str, tuple[nn.Module, int]] = OrderedDict()
         self.loads = 0
         self.seconds = {"load": 0.0, "decode": 0.0, "forward": 0.0}  # where a host's time goes
+        self.started["ready"] = time.time()
 
     def model(self, directory: str) -> nn.Module:
         """The model saved in ``directory``, loaded on first use; least recently used ones beyond
@@ -102,7 +107,7 @@ class ModelHost:
 
     def stats(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "loaded": len(self.models), "loads": self.loads, "device": str(self.device),
-                "seconds": dict(self.seconds)}
+                "threads": torch.get_num_threads(), "seconds": dict(self.seconds), "started": self.started}
 
 
 @dataclass(frozen=True)
@@ -112,21 +117,25 @@ class HostPlan:
     n_hosts: int
     num_cpus: float
     num_gpus: float
+    threads: int  # torch threads per host: the node's cores shared out, not the (smaller) CPU ask
 
 
 def plan_hosts(cfg: EmbedConfig, n_models: int) -> HostPlan:
     """One host per GPU fraction (at most one per model; ``use_gpu: always`` also before an
-    autoscaling cluster shows its first GPU, counting one) or per CPU; ``embed.hosts`` overrides the
-    count. The hosts' CPU shares leave one CPU free for Ray Data's read tasks."""
+    autoscaling cluster shows its first GPU, counting one) or per ``embed.threads`` CPUs;
+    ``embed.hosts`` overrides the count. The hosts' CPU asks leave one CPU free for Ray Data's read
+    tasks; a CPU host's torch threads share out the cores (nothing else runs while hosts embed: the
+    stages that follow release them)."""
     gpus, cpus = cluster_gpus(), cluster_cpus()
     use_gpu = cfg.use_gpu == "always" or (cfg.use_gpu == "auto" and gpus > 0)
     if use_gpu:
         slots = int(max(gpus, 1.0) / cfg.gpu_fraction + 1e-9)
         n = cfg.hosts or max(1, min(slots, n_models))
     else:
-        n = cfg.hosts or max(1, int(cpus))
+        n = cfg.hosts or max(1, int(cpus // cfg.threads))
     share = min(cfg.num_cpus, max(cpus - 1.0, 0.5) / n)
-    return HostPlan(n, share, cfg.gpu_fraction if use_gpu else 0.0)
+    threads = 1 if use_gpu else max(1, min(cfg.threads, int(cpus // n)))
+    return HostPlan(n, share, cfg.gpu_fraction if use_gpu else 0.0, threads)
 
 
 class HostGroup:
@@ -137,13 +146,17 @@ class HostGroup:
         self.cfg = cfg
         self.plan = plan_hosts(cfg, n_models)
         budget = int(cfg.host_memory_gb * 1024**3)
-        actor = ray.remote(ModelHost).options(num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus)
-        threads = max(1, round(self.plan.num_cpus))
-        self.hosts = [actor.remote(budget, threads) for _ in range(self.plan.n_hosts)]
+        # spread over the nodes: packed hosts would share one node's cores
+        actor = ray.remote(ModelHost).options(num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus,
+                                              scheduling_strategy="SPREAD")
+        self.created = time.time()
+        self.calls = 0  # map calls so far: the first one pays the start-up
+        self.hosts = [actor.remote(budget, self.plan.threads) for _ in range(self.plan.n_hosts)]
 
     def map(self, batches: Iterable[list[bytes]], models: dict[str, str], layer: str = "graph",
             in_flight: int = 3) -> Iterator[Embedded]:
         """Embedded batches in the order given, spread round-robin over the hosts."""
+        self.calls += 1
         pending: list[ray.ObjectRef] = []
         limit = in_flight * len(self.hosts)
         for i, graphs in enumerate(batches):
@@ -155,6 +168,14 @@ class HostGroup:
 
     def stats(self) -> list[dict[str, Any]]:
         return ray.get([h.stats.remote() for h in self.hosts])
+
+    def startup(self) -> dict[str, float]:
+        """The slowest host's start-up, from the group's creation: until its process ran
+        (``spawn_s``: a worker process started, or an idle one taken), its imports were done
+        (``import_s``) and it was ready (``ready_s``)."""
+        starts = [h["started"] for h in self.stats()]
+        return {f"{key}_s": round(max(0.0, max(s[name] for s in starts) - self.created), 3)
+                for key, name in (("spawn", "process"), ("import", "imported"), ("ready", "ready"))}
 
     def close(self) -> None:
         for host in self.hosts:

@@ -75,9 +75,11 @@ def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_
     group started for this call) and write ``id`` + one embedding column per model as Parquet, a
     row group per batch as the batches come back. ``timings``, when given, receives where the wall
     time went (until the first batch is back, i.e. host start-up and reading; all batches; the
-    driver's reading and writing) and the hosts' own split (loading models, decoding, forward)."""
+    driver's reading and writing), the hosts' own split (loading models, decoding, forward) and,
+    if this call started them, when their processes ran, finished importing and were ready."""
     clock = time.perf_counter()
     group = hosts or HostGroup(cfg, len(model_dirs))
+    fresh = group.calls == 0
     out_dir.mkdir(parents=True, exist_ok=True)
     writer: pq.ParquetWriter | None = None
     seconds = {"read": 0.0, "write": 0.0}
@@ -102,6 +104,8 @@ def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_
             timings["stream_s"] = time.perf_counter() - clock
             timings |= {f"driver_{k}_s": v for k, v in seconds.items()}
             timings["hosts"] = group.stats()
+            if fresh:  # this call started the hosts: how long their processes and imports took
+                timings["host_startup"] = group.startup()
             timings["host_seconds"] = {k: round(sum(h["seconds"][k] for h in timings["hosts"]), 3)
                                        for k in timings["hosts"][0]["seconds"]}  # summed over the hosts
     finally:

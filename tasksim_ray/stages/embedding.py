@@ -100,6 +100,8 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
                             cfg.embed, Path(scratch) / "raw", layer, run.hosts(len(models)), timings=split)
                 timing["split_s"] = {k: round(v, 3) for k, v in split.items() if k.endswith("_s")}
                 timing["host_seconds"] = split["host_seconds"]
+                if "host_startup" in split:
+                    timing["host_startup_s"] = split["host_startup"]
                 ids, embs = read_embedded(Path(scratch) / "raw", missing, layer)
                 share = round((time.perf_counter() - start) / len(missing), 3)  # what each task's embedding cost
                 for t in missing:
