@@ -14,10 +14,11 @@ would do it without tasksim, in one run, on the same seeded D-MPNN task models a
   model loading, graph decoding and forward passes.
 
 Targets (issue 13): ray <= 1.15 x the fresh-process script at 5,000 x 4 and 20,000 x 10, ray faster
-than the single-process one-thread loop at 20,000 x 10 (the 2-thread loop is beside it), and the demo's 500 x 10 within 1.5 x the script. Every
-embedding is compared with the reference (max abs difference; the target is 0). Probes come from
-``--data`` or ``../shared/data/molecules/qm9_motse/10000/train.csv`` next to the repository (cycled
-to the size asked), else the 600 test molecules, and the JSON says which.
+than the single-process one-thread loop at 20,000 x 10 (the 2-thread loop is beside it), and the
+demo's 500 x 10 within 1.5 x the script. Every embedding is compared with the reference (max abs
+difference; the target is 0). Probes come from ``--data`` or
+``../shared/data/molecules/qm9_motse/10000/train.csv`` next to the repository (cycled to the size
+asked), else the 600 test molecules, and the JSON says which.
 """
 
 from __future__ import annotations
@@ -204,8 +205,8 @@ def main() -> None:
     ray.shutdown()
     result = {"measured": "probe embedding: model hosts vs a fresh-process script vs an in-process loop",
               "data": str(data.relative_to(ROOT.parent) if data.is_relative_to(ROOT.parent) else data),
-              "settings": {"hidden_dim": args.hidden, "depth": args.depth, "batch_size": args.batch_size, "hosts": args.hosts,
-                           "ray_num_cpus": 2, "cpu_count": os.cpu_count(),
+              "settings": {"hidden_dim": args.hidden, "depth": args.depth, "batch_size": args.batch_size,
+                           "hosts": args.hosts, "ray_num_cpus": 2, "cpu_count": os.cpu_count(),
                            "device": args.device},
               "ray_init_s": ray_init_s, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},

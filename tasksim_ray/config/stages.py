@@ -196,8 +196,8 @@ class EmbedConfig(_Strict):
     ``threads`` CPUs, or one per ``gpu_fraction`` of each GPU when GPUs are used), each holding task
     models up to ``host_memory_gb``, asking Ray for ``num_cpus`` and running ``threads`` torch
     threads on CPU (a process costs ~5 s of imports; two threads in one do the work of two
-    one-thread processes here, so fewer, wider hosts start faster). ``use_gpu``: ``auto`` uses GPUs when the
-    cluster has some now; ``always`` also when it has none yet, for clusters whose GPU workers
+    one-thread processes here, so fewer, wider hosts start faster). ``use_gpu``: ``auto`` uses GPUs
+    when the cluster has some now; ``always`` also when it has none yet, for clusters whose GPU workers
     autoscale from zero (the pending GPU request is what scales them up); ``never`` keeps
     embedding on CPUs."""
 

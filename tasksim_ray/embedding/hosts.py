@@ -169,11 +169,11 @@ class HostGroup:
     def stats(self) -> list[dict[str, Any]]:
         return ray.get([h.stats.remote() for h in self.hosts])
 
-    def startup(self) -> dict[str, float]:
-        """The slowest host's start-up, from the group's creation: until its process ran
-        (``spawn_s``: a worker process started, or an idle one taken), its imports were done
-        (``import_s``) and it was ready (``ready_s``)."""
-        starts = [h["started"] for h in self.stats()]
+    def startup(self, stats: list[dict[str, Any]]) -> dict[str, float]:
+        """The slowest host's start-up from the group's creation, read from the hosts' ``stats``:
+        until its process ran (``spawn_s``: a worker process started, or an idle one taken), its
+        imports were done (``import_s``) and it was ready (``ready_s``)."""
+        starts = [h["started"] for h in stats]
         return {f"{key}_s": round(max(0.0, max(s[name] for s in starts) - self.created), 3)
                 for key, name in (("spawn", "process"), ("import", "imported"), ("ready", "ready"))}
 
