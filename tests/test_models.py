@@ -1,10 +1,14 @@
+import json
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 from torch_geometric.data import Batch
 
 from tasksim_ray.featurize.molecule import smiles_to_graph
-from tasksim_ray.models import TaskModelInfo, load_checkpoint, save_checkpoint
+from tasksim_ray.errors import TasksimError
+from tasksim_ray.models import FORMAT_VERSION, TaskModelInfo, load_checkpoint, save_checkpoint
 from tasksim_ray.models.dmpnn import DMPNN
 
 
@@ -47,6 +51,24 @@ def test_checkpoint_folder_round_trip(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "ckpt", model, info)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "state_dict.pt"]
     loaded, info2 = load_checkpoint(tmp_path / "ckpt")
-    assert info2 == info
+    assert info2 == replace(info, format_version=FORMAT_VERSION, backbone_version=1)
     for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [("backbone_version", 7, "dmpnn version 7, this code is version 1"),
+                                                     ("format_version", FORMAT_VERSION + 1, "upgrade tasksim_ray")])
+def test_model_folder_versions_are_checked_on_load(tmp_path: Path, field: str, value: int, says: str) -> None:
+    """A folder written by another backbone version or a newer format is refused in one line, as
+    matgl refuses a model of another version; a folder without versions (format 1) still loads."""
+    info = TaskModelInfo("dmpnn", {"hidden_dim": 8, "depth": 2, "ffn_hidden_dim": 4}, "mu", "D", 0.0, 1.0)
+    save_checkpoint(tmp_path / "ckpt", DMPNN(hidden_dim=8, depth=2, ffn_hidden_dim=4), info)
+    config = tmp_path / "ckpt" / "config.json"
+    written = json.loads(config.read_text())
+    assert written["format_version"] == FORMAT_VERSION and written["backbone_version"] == 1
+    config.write_text(json.dumps({k: v for k, v in written.items() if k not in ("format_version", "backbone_version")}))
+    assert load_checkpoint(tmp_path / "ckpt")[1].format_version == 1
+    config.write_text(json.dumps(written | {field: value}))
+    with pytest.raises(TasksimError, match=says) as err:
+        load_checkpoint(tmp_path / "ckpt")
+    assert "\n" not in str(err.value)

@@ -71,7 +71,7 @@ def test_tiny_run_matrix_and_subset(first_run: PipelineResult, workdir: Path) ->
         m = np.array(report["metrics"][metric]["matrix"])
         assert m.shape == sim.shape and np.all(np.isfinite(m))
         assert (workdir / "report" / f"{metric}_dendrogram.png").is_file()
-    lower, upper = np.array(report["rsa_bootstrap"]["lower"]), np.array(report["rsa_bootstrap"]["upper"])
+    lower, upper = np.array(report["intervals"]["rsa"]["lower"]), np.array(report["intervals"]["rsa"]["upper"])
     assert np.all(lower <= upper + 1e-12)
     _no_partial_artifacts(workdir)
 
@@ -182,3 +182,18 @@ def test_damaged_cached_model_and_stage_are_rebuilt_with_a_warning(
         verify(directory)
     assert again.similarity.shape == first_run.similarity.shape
     _no_partial_artifacts(workdir)
+
+
+def test_code_version_bump_rebuilds_that_kind_and_its_dependents_only(first_run: PipelineResult, workdir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change to the embedding code (its kind's version bumped) re-embeds and recomputes the
+    similarities built from the embeddings; every stage before them is reused."""
+    from tasksim_ray.infra import cache
+
+    monkeypatch.setitem(cache.KIND_VERSIONS, "embedding", cache.KIND_VERSIONS["embedding"] + 1)
+    bumped = run_pipeline(load_config(TINY_CONFIG, {"workdir": str(workdir)}))
+    for stage in ("tasks", "preprocess", "featurize", "pretrain", "probe"):
+        assert bumped.timings[stage]["cached"], stage
+    for stage in ("embed", "similarity"):
+        assert not bumped.timings[stage]["cached"], stage
+    assert np.allclose(bumped.similarity, first_run.similarity)  # same code, same numbers

@@ -44,6 +44,31 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+# Every kind of artifact and the version of the code that builds it. Bump a kind's number when its
+# code changes what it writes (featurisation, a metric, the training loop, a study's cells): the
+# number enters every key of that kind, so that kind is rebuilt, and so is everything built from it
+# (their keys hold its key), while every other cached artifact is reused.
+KIND_VERSIONS: dict[str, int] = {
+    "tasks": 1, "preprocess": 1, "featurize": 1, "probe": 1, "model": 1, "subset-model": 1, "embedding": 1,
+    "dataset_features": 1, "similarity": 1, "rsa-vector": 1, "published-models": 1,
+    "published-model": 1, "foundation-model": 1, "transfer-data": 1, "transfer-split-data": 1,
+    "expert-features": 1, "layer-features": 1, "cell": 1,
+}
+
+
+def code_version(kind: str) -> int:
+    """The code version of one kind: part of the key of artifacts built by other kinds' code that
+    runs this kind's code too (a probe set or the transfer data featurise their molecules)."""
+    if kind not in KIND_VERSIONS:
+        raise TasksimError(f"unknown artifact kind '{kind}'; kinds: {', '.join(sorted(KIND_VERSIONS))}")
+    return KIND_VERSIONS[kind]
+
+
+def artifact_key(kind: str, *parts: Any, length: int = 16) -> str:
+    """The one key function of the artifact store: (kind, its code version, inputs and config parts)."""
+    return stable_hash(kind, code_version(kind), *parts, length=length)
+
+
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
     """Identify an input file by path, size and mtime (cheap, and changes when the file does)."""
     p = Path(path)
@@ -240,6 +265,10 @@ class Artifacts:
 
     root: Path
     kind: str
+
+    def key(self, *parts: Any) -> str:
+        """This kind's key for these inputs and settings (:func:`artifact_key`)."""
+        return artifact_key(self.kind, *parts)
 
     def path(self, key: str) -> Path:
         return self.root / key

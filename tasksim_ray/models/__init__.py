@@ -1,5 +1,7 @@
 """Building backbones by registered name, and the checkpoint format: a folder with ``config.json`` +
-``state_dict.pt``.
+``state_dict.pt``. ``config.json`` records the folder format (``FORMAT_VERSION``) and the backbone
+class's ``VERSION`` (bumped when a change to it makes old weights mean something else); both are
+checked on load, with a one-line message on a mismatch, and both enter the cache keys of models.
 
 A new backbone is one module and one line in ``tasksim_ray.registry.BACKBONES`` (or, from user
 code, ``BACKBONES.register(name, cls)``; no library edit). The interface everything downstream
@@ -23,7 +25,10 @@ from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import MANIFEST, intact, is_complete
 from tasksim_ray.registry import BACKBONES
 
-__all__ = ["BACKBONES", "TaskModelInfo", "build_model", "load_checkpoint", "save_checkpoint"]
+__all__ = ["BACKBONES", "FORMAT_VERSION", "TaskModelInfo", "backbone_version", "build_model", "load_checkpoint",
+           "save_checkpoint"]
+
+FORMAT_VERSION = 2  # 1: folders written before the versions were recorded (same layout, still read)
 
 
 # constructor arguments that read a file when a model is first built (a foundation model's weights, and
@@ -43,6 +48,23 @@ class TaskModelInfo:
     target_mean: float | list[float]  # a list for a multi-task model, one entry per task
     target_std: float | list[float]
     metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = 1
+    backbone_version: int = 1
+
+
+def backbone_version(backbone: str) -> int:
+    """The registered backbone class's ``VERSION`` (1 when it declares none)."""
+    return int(getattr(BACKBONES.get(backbone), "VERSION", 1))
+
+
+def _check_versions(directory: Path, info: TaskModelInfo) -> None:
+    if info.format_version > FORMAT_VERSION:
+        raise TasksimError(f"model folder {directory}: format version {info.format_version} is newer than this "
+                           f"tasksim_ray reads ({FORMAT_VERSION}); upgrade tasksim_ray")
+    code = backbone_version(info.backbone)
+    if info.backbone_version != code:
+        raise TasksimError(f"model folder {directory}: written by {info.backbone} version {info.backbone_version}, "
+                           f"this code is version {code}; retrain it (rerun the stage) or use the matching release")
 
 
 def build_model(backbone: str, hparams: dict[str, Any]) -> nn.Module:
@@ -55,7 +77,8 @@ def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> N
     MACE foundation model) lists it in ``hparams_from_file``; those join the hparams, so the folder
     rebuilds without that file."""
     directory.mkdir(parents=True, exist_ok=True)
-    info = replace(info, hparams=info.hparams | getattr(model, "hparams_from_file", {}))
+    info = replace(info, hparams=info.hparams | getattr(model, "hparams_from_file", {}), format_version=FORMAT_VERSION,
+                   backbone_version=backbone_version(info.backbone))
     (directory / "config.json").write_text(json.dumps(asdict(info), indent=2))
     torch.save(model.state_dict(), directory / "state_dict.pt")
 
@@ -69,6 +92,7 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tupl
         raise TasksimError(f"model folder {directory} is damaged (files differ from its manifest); rerun to rebuild")
     try:
         info = TaskModelInfo(**json.loads((directory / "config.json").read_text()))
+        _check_versions(directory, info)
         model = build_model(info.backbone, {k: v for k, v in info.hparams.items() if k not in BUILD_ONLY_HPARAMS})
         state = torch.load(directory / "state_dict.pt", map_location=device, weights_only=True)
         model.load_state_dict(state)

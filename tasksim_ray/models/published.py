@@ -26,7 +26,7 @@ from torch_geometric.loader import DataLoader
 
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.crystal import GraphSettings
-from tasksim_ray.infra.cache import atomic_dir, stable_hash, write_manifest
+from tasksim_ray.infra.cache import Artifacts
 from tasksim_ray.models import TaskModelInfo, save_checkpoint
 from tasksim_ray.models.cgcnn import CGCNN
 
@@ -165,10 +165,9 @@ def write_published(path: Path, final: Path) -> Path:
     model, mean, std, info = load_published(path)
     metrics = {"source": info.source, "epoch": info.epoch, "best_error": info.best_error,
                "graph": info.graph, "train_args": info.args}
-    with atomic_dir(final) as tmp:
+    with Artifacts(final.parent, "published-model").build(final.name, source=str(path)) as tmp:
         save_checkpoint(tmp, model, TaskModelInfo("cgcnn", info.hparams, info.task, UNITS.get(info.task, ""),
                                                   mean, std, metrics))
-        write_manifest(tmp, "import_published", stable_hash(info.source, path.stat().st_size), source=str(path))
     return final
 
 

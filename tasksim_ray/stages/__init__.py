@@ -16,7 +16,7 @@ from typing import Any
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.embedding.hosts import HostGroup
 from tasksim_ray.infra import storage
-from tasksim_ray.infra.cache import atomic_dir, is_complete, read_manifest, stable_hash, write_manifest
+from tasksim_ray.infra.cache import artifact_key, atomic_dir, is_complete, read_manifest, write_manifest
 from tasksim_ray.infra.progress import Console
 
 
@@ -68,7 +68,7 @@ class Run:
 
     def stage(self, name: str, key_parts: Any, build: Callable[[Path], dict[str, Any]]) -> Stage:
         """Return the cached artifact for these inputs, building it (atomically) if missing."""
-        key = stable_hash(name, key_parts)
+        key = artifact_key(name, key_parts)
         path = self.artifacts / name / key
         start = time.perf_counter()
         if is_complete(path):

@@ -30,7 +30,7 @@ from tasksim_ray.embedding.service import (
 )
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import graph_to_bytes, unpack_graphs
-from tasksim_ray.infra.cache import atomic_dir, is_complete, stable_hash, write_manifest
+from tasksim_ray.infra.cache import Artifacts, code_version, is_complete, stable_hash
 from tasksim_ray.registry import FOUNDATION_MODELS
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import load_table, task_rows
@@ -68,7 +68,7 @@ def stage_probe(run: Run, tasks: Stage | None, prep: Stage | None) -> Stage:
         frame.to_parquet(out / "probe.parquet", index=False)
         return {"n_probes": len(frame), "invalid": len(report.invalid_rows), "kind": kind}
 
-    parts = [cfg.probe.source, stable_hash(ids, inputs, length=32)]
+    parts = [cfg.probe.source, stable_hash(ids, inputs, length=32), code_version("featurize")]
     if kind == "crystal":
         parts.append(cfg.data.graph.model_dump())
     return run.stage("probe", parts, build)
@@ -87,8 +87,9 @@ def probe_labels(probe: Stage, tasks: Stage, names: list[str]) -> dict[str, np.n
 def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> dict[str, TaskEmbedding]:
     cfg = run.cfg
     layer = cfg.embed.layer
-    out = {t: TaskEmbedding(t, k := stable_hash("embedding", m.directory.name, probe.key, layer),
-                            run.artifacts / "embeddings" / f"{t}-{k}") for t, m in models.items()}
+    store = Artifacts(run.artifacts / "embeddings", "embedding")
+    out = {t: TaskEmbedding(t, k := store.key(m.directory.name, probe.key, layer), store.path(f"{t}-{k}"))
+           for t, m in models.items()}
     missing = [t for t, e in out.items() if not is_complete(e.path)]
     with run.timed("embed", cached=not missing) as timing:
         if missing:
@@ -105,28 +106,29 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
                 ids, embs = read_embedded(Path(scratch) / "raw", missing, layer)
                 share = round((time.perf_counter() - start) / len(missing), 3)  # what each task's embedding cost
                 for t in missing:
-                    with atomic_dir(out[t].path) as tmp:
+                    with store.build(out[t].path.name, task=t, layer=layer, probe=probe.key, seconds=share) as tmp:
                         save_embedding(tmp / "embeddings.parquet", ids, embs[t])
-                        write_manifest(tmp, "embedding", out[t].key, task=t, layer=layer, probe=probe.key,
-                                       seconds=share)
         else:
             run.log("embed", "all task embeddings cached")
     return out
 
 
 def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedModel]) -> Stage:
-    """Each task's own training inputs (a seeded sample) embedded by one shared model: a task's model,
-    or a shipped foundation model such as CHGNet (whose node features suit crystals)."""
+    """Each task's own training inputs (a seeded sample) embedded by one shared model, a task's model or
+    a shipped foundation model such as CHGNet (whose node features suit crystals): per structure
+    (``<task>__graph``) and/or per atom (``<task>__node``, ``<task>__groups``), as the metrics need."""
     from tasksim_ray.stages.published import stage_foundation_model
 
-    csi = run.cfg.similarity.csi
-    shared = csi.model or next(iter(models))
+    settings = run.cfg.similarity.dataset_features
+    levels = [lv for lv, need in (("graph", "dataset_features"), ("node", "node_features"))
+              if need in run.cfg.similarity.needs()]
+    shared = settings.model or next(iter(models))
     if shared in FOUNDATION_MODELS:
         shared_dir = stage_foundation_model(run, shared)
     elif shared in models:
         shared_dir = models[shared].directory
     else:
-        raise TasksimError(f"similarity.csi.model: '{shared}' is neither a task ({list(models)}) nor a "
+        raise TasksimError(f"similarity.dataset_features.model: '{shared}' is neither a task ({list(models)}) nor a "
                            f"foundation model ({FOUNDATION_MODELS.names()})")
 
     def build(out: Path) -> dict[str, Any]:
@@ -136,28 +138,29 @@ def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedM
         ids, blobs = [], []
         for task in models:
             pos = np.array(rows[task]["train"], dtype=int)
-            pick = np.sort(rng.choice(pos, size=min(csi.per_task, pos.size), replace=False))
+            pick = np.sort(rng.choice(pos, size=min(settings.per_task, pos.size), replace=False))
             ids += [f"{task}|{p:09d}" for p in pick]
             blobs += [graph_to_bytes(graphs[p]) for p in pick]
         pd.DataFrame({ID: ids, GRAPH: blobs}).to_parquet(out / "inputs.parquet", index=False)
-        with run.console.status(f"Ray Data: every task's inputs through the '{shared}' model"):
-            embed_table(out / "inputs.parquet", {"shared": shared_dir}, run.cfg.embed,
-                        out / "raw", csi.level, run.hosts(len(models)))
-        got_ids, embs = read_embedded(out / "raw", ["shared"], csi.level)
         arrays: dict[str, np.ndarray] = {}
-        owner = np.array([i.split("|")[0] for i in got_ids])
-        for task in models:
-            mine = np.flatnonzero(owner == task)
-            if csi.level == "node":
-                per_mol = [embs["shared"][i] for i in mine]
-                arrays[task] = np.concatenate(per_mol)
-                arrays[f"{task}__groups"] = np.repeat(np.arange(len(per_mol)), [len(a) for a in per_mol])
-            else:
-                arrays[task] = np.asarray(embs["shared"])[mine]
+        for level in levels:
+            with run.console.status(f"Ray Data: every task's inputs through the '{shared}' model ({level} level)"):
+                embed_table(out / "inputs.parquet", {"shared": shared_dir}, run.cfg.embed,
+                            out / f"raw-{level}", level, run.hosts(len(models)))
+            got_ids, embs = read_embedded(out / f"raw-{level}", ["shared"], level)
+            owner = np.array([i.split("|")[0] for i in got_ids])
+            for task in models:
+                mine = np.flatnonzero(owner == task)
+                if level == "node":
+                    per_mol = [embs["shared"][i] for i in mine]
+                    arrays[f"{task}__node"] = np.concatenate(per_mol)
+                    arrays[f"{task}__groups"] = np.repeat(np.arange(len(per_mol)), [len(a) for a in per_mol])
+                else:
+                    arrays[f"{task}__graph"] = np.asarray(embs["shared"])[mine]
         np.savez(out / "features.npz", **arrays)
         (out / "inputs.parquet").unlink()
-        return {"shared_model": shared, "level": csi.level}
+        return {"shared_model": shared, "levels": levels}
 
     model_key = shared_dir.parent.name if shared in FOUNDATION_MODELS else shared_dir.name  # a stage key / a model key
-    return run.stage("dataset_features", [model_key, feats.key, csi.model_dump(), run.cfg.embed.batch_size,
-                                          run.cfg.seed], build)
+    return run.stage("dataset_features", [model_key, feats.key, settings.model_dump(), levels,
+                                          run.cfg.embed.batch_size, run.cfg.seed], build)

@@ -17,12 +17,11 @@ from typing import Any
 import ray
 import torch
 
-from tasksim_ray import __version__
 from tasksim_ray.config import BudgetConfig, ModelConfig
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import Artifacts, read_manifest, stable_hash
+from tasksim_ray.infra.cache import Artifacts, artifact_key, read_manifest
 from tasksim_ray.infra.jobs import Job, ManifestResults, start_jobs
-from tasksim_ray.models import build_model
+from tasksim_ray.models import backbone_version, build_model
 from tasksim_ray.training.checkpoint import write_model_dir
 from tasksim_ray.training.device import choose_device
 from tasksim_ray.training.loop import FitOptions, fit
@@ -73,7 +72,7 @@ def subset_key(data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig, s
     settings = budget.model_dump(include={"sampling", "temperature", "lr", "batch_size"})
     if budget.workers > 1:  # data-parallel training is not bit-identical to one worker
         settings["workers"] = budget.workers
-    return stable_hash("subset-model", __version__, data.tasks, data.content_key, model_cfg.model_dump(), settings,
+    return artifact_key("subset-model", backbone_version(model_cfg.backbone), data.tasks, data.content_key, model_cfg.model_dump(), settings,
                        list(split), seed)
 
 

@@ -15,12 +15,11 @@ import numpy as np
 import ray
 import torch
 
-from tasksim_ray import __version__
 from tasksim_ray.config import ModelConfig, TrainConfig
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import Artifacts, stable_hash
+from tasksim_ray.infra.cache import Artifacts
 from tasksim_ray.infra.jobs import Job, ManifestResults, run_jobs
-from tasksim_ray.models import TaskModelInfo, build_model
+from tasksim_ray.models import TaskModelInfo, backbone_version, build_model
 from tasksim_ray.training.checkpoint import write_model_dir
 from tasksim_ray.training.device import choose_device
 from tasksim_ray.training.loop import FitOptions, fit
@@ -77,9 +76,11 @@ def pretrain_all(store: dict[str, torch.Tensor], tasks: list[TaskData], model_cf
 
     A checkpoint is keyed by its task's own data, not by the study, so adding a task to a study
     (or dropping one) reuses every other task's model."""
-    results = ManifestResults(Artifacts(models_root, "model"), "metrics")
-    keys = [f"{d.task}-" + stable_hash("model", __version__, d.task, d.content_key, model_cfg.model_dump(),
-                                       train_cfg.model_dump(exclude={"num_cpus", "num_gpus"}), seed) for d in tasks]
+    folders = Artifacts(models_root, "model")
+    results = ManifestResults(folders, "metrics")
+    version = backbone_version(model_cfg.backbone)
+    keys = [f"{d.task}-" + folders.key(d.task, d.content_key, model_cfg.model_dump(), version,
+                                     train_cfg.model_dump(exclude={"num_cpus", "num_gpus"}), seed) for d in tasks]
     store_ref = ray.put(store) if not all(results.done(k) for k in keys) else None  # shipped once, if needed
     jobs = [Job(key, d.task, train_one, (store_ref, d, model_cfg, train_cfg, seed, str(models_root / key)),
                 train_cfg.num_cpus, train_cfg.num_gpus) for d, key in zip(tasks, keys)]

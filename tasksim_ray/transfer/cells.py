@@ -22,11 +22,10 @@ import ray
 import torch
 from torch_geometric.data import Data
 
-from tasksim_ray import __version__
 from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig, ScratchConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import Artifacts, stable_hash
+from tasksim_ray.infra.cache import Artifacts, artifact_key, stable_hash
 from tasksim_ray.infra.jobs import Job, JsonResults, run_jobs
 from tasksim_ray.models import build_model, load_checkpoint
 from tasksim_ray.models.heads import mlp_head
@@ -107,7 +106,7 @@ class CellSettings:
 
 
 def cell_key(cell: CellData, recipe: Recipe, settings: CellSettings) -> str:
-    return stable_hash("cell", __version__, cell.target, cell.content_key, cell.size, cell.fold, recipe.key,
+    return artifact_key("cell", cell.target, cell.content_key, cell.size, cell.fold, recipe.key,
                        settings.key_for(recipe), settings.seed)
 
 

@@ -28,7 +28,7 @@ from tasksim_ray.embedding.service import GRAPH, embed_table, read_embedded
 from tasksim_ray.embedding.service import ID as GRAPH_ID
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import graph_to_bytes, pack_graphs, unpack_graphs
-from tasksim_ray.infra.cache import Artifacts, stable_hash
+from tasksim_ray.infra.cache import Artifacts, code_version, stable_hash
 from tasksim_ray.models.published import write_published
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import featurize_rows, labelled_rows, load_table
@@ -87,7 +87,7 @@ def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
         return {"n_graphs": int(len(valid)), "targets": targets, "sources": kept}
 
     parts = [tasks.key, prep.key, cfg.seed, cfg.train.fold, cfg.train.n_val, targets, tc.sizes[-1], tc.folds,
-             tc.n_val, tc.n_test, tc.budget.pool_per_task]
+             tc.n_val, tc.n_test, tc.budget.pool_per_task, code_version("featurize")]
     return run.stage("transfer-data", parts, build)
 
 
@@ -199,7 +199,8 @@ def stage_split_data(run: Run, tasks: Stage) -> Stage:
         (out / "task_rows.json").write_text(json.dumps({t: {"splits": v} for t, v in rows.items()}))
         return {"n_graphs": int(len(wanted)), "targets": targets, "sources": targets}
 
-    parts = [tasks.key, "methods", tc.tasks, run.cfg.data.split.model_dump(), run.cfg.data.graph.model_dump()]
+    parts = [tasks.key, "methods", tc.tasks, run.cfg.data.split.model_dump(), run.cfg.data.graph.model_dump(),
+             code_version("featurize")]
     return run.stage("transfer-split-data", parts, build)
 
 
@@ -208,7 +209,7 @@ def published_model_dirs(run: Run, files: list[Path]) -> dict[Path, Path]:
     store = Artifacts(run.artifacts / "published-models", "published-model")
     out = {}
     for f in files:
-        key = stable_hash("published-model", f.name, f.stat().st_size)
+        key = store.key(f.name, f.stat().st_size)
         out[f] = store.path(key) if store.complete(key) else write_published(f, store.path(key))
     return out
 
@@ -241,7 +242,7 @@ def expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, ext
     (n_graphs, d), and, when the extractor's last layer trains, ``h_in`` (n_atoms, d), the atom
     features entering it."""
     store = Artifacts(run.artifacts / "expert-features", "expert-features")
-    keys = {f: stable_hash("expert-features", data.key, task, [f.name, f.stat().st_size], f in with_atoms)
+    keys = {f: store.key(data.key, task, [f.name, f.stat().st_size], f in with_atoms)
             for f in extractors}
     missing = [f for f in extractors if not store.complete(keys[f])]
     if missing:
