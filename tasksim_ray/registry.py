@@ -1,5 +1,5 @@
-"""The registries: the one place that names backbones, similarity metrics, task sources and
-foundation models. Config validation and the CLI read names from here, so a backbone registered
+"""The registries: the one place that names backbones, similarity metrics, task sources,
+foundation models and transfer studies. Config validation and the CLI read names from here, so a backbone registered
 from user code (``BACKBONES.register("mine", MyBackbone)``) is valid in a config with no library edit.
 
 This module sits at the bottom (with ``errors``): the built-in entries are lazy ``"module:attr"``
@@ -76,21 +76,43 @@ def _registry(kind: str) -> Registry[Any]:
     return _ALL[kind]
 
 
+Need = Literal["embeddings", "labels", "dataset_features", "node_features"]
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A task-similarity metric ``(SimilarityInputs, **options) -> T x T matrix``. ``kind`` says how to
     read it (similarity: higher is closer; distance: lower is closer; score: row s transfers to
-    column t, not symmetric), ``needs`` which inputs it reads. ``compute`` may be a lazy string, so
-    config validation reads kinds without importing scipy."""
+    column t, not symmetric). ``needs`` names the inputs it reads, and the pipeline computes exactly
+    those: ``embeddings`` (every task model's embeddings of the probe set), ``labels`` (the probes'
+    task labels), ``dataset_features`` / ``node_features`` (every task's own inputs embedded by one
+    shared model, per structure / per atom). ``options`` is the pydantic model of its options
+    (``similarity.options.<name>``), ``intervals`` an optional ``(inputs, options, bootstrap, seed) ->
+    BootstrapCI | None`` giving intervals over probe resamples. Callables may be lazy strings, so config
+    validation reads a spec without importing scipy."""
 
     compute: Callable[..., Any] | str
     kind: Literal["similarity", "distance", "score"]
-    needs: Literal["embeddings", "dataset_features", "labels"]
+    needs: tuple[Need, ...] | Need
     title: str
+    options: type | str | None = None
+    intervals: Callable[..., Any] | str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.needs, str):  # one need may be given bare
+            object.__setattr__(self, "needs", (self.needs,))
 
     @property
     def fn(self) -> Callable[..., Any]:
         return load(self.compute) if isinstance(self.compute, str) else self.compute
+
+    @property
+    def options_model(self) -> type | None:
+        return load(self.options) if isinstance(self.options, str) else self.options
+
+    @property
+    def intervals_fn(self) -> Callable[..., Any] | None:
+        return load(self.intervals) if isinstance(self.intervals, str) else self.intervals
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,23 @@ class FoundationModel:
     backbone: str
     hparams: dict[str, Any]
     package: str
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A transfer study (``tasksim_ray.transfer.study.Study`` subclass, may be a lazy string), the CLI
+    verb that runs it alone (None: only through ``tasksim study``), that verb's one-line help and the
+    options it takes (``target``: --target; ``source``: repeatable --source). The CLI builds the
+    verbs from these fields, so listing the commands imports no study."""
+
+    study: type | str
+    verb: str | None
+    help: str
+    options: tuple[Literal["target", "source"], ...] = ()
+
+    @property
+    def cls(self) -> type:
+        return load(self.study) if isinstance(self.study, str) else self.study
 
 
 # each backbone implements the interface documented in ``tasksim_ray.models``
@@ -116,14 +155,44 @@ FOUNDATION_MODELS: Registry[FoundationModel] = Registry("foundation model", {
     "chgnet": FoundationModel("chgnet", {"model_name": "0.3.0", "pretrained": True, "freeze": True}, "chgnet"),
 })
 
+_C = "tasksim_ray.config.metrics"
 METRICS: Registry[MetricSpec] = Registry("metric", {
-    "rsa": MetricSpec("tasksim_ray.similarity.rsa:rsa_matrix", "similarity", "embeddings", "RSA (Spearman of RDMs)"),
-    "cka": MetricSpec("tasksim_ray.similarity.cka:cka_matrix", "similarity", "embeddings", "linear CKA"),
-    "cmd": MetricSpec("tasksim_ray.similarity.cmd:cmd_matrix", "distance", "embeddings", "central moment discrepancy"),
-    "csi": MetricSpec("tasksim_ray.similarity.frechet:frechet_matrix", "distance", "dataset_features",
-                      "CSI (Frechet distance of datasets)"),
-    "logme": MetricSpec("tasksim_ray.similarity.logme:logme_matrix", "score", "labels",
+    "rsa": MetricSpec("tasksim_ray.similarity.engine:rsa_similarity", "similarity", ("embeddings",),
+                      "RSA (Spearman of RDMs)", f"{_C}:RSAOptions", "tasksim_ray.similarity.bootstrap:rsa_intervals"),
+    "cka": MetricSpec("tasksim_ray.similarity.cka:cka_matrix", "similarity", ("embeddings",), "linear CKA"),
+    "cmd": MetricSpec("tasksim_ray.similarity.cmd:cmd_matrix", "distance", ("embeddings",),
+                      "central moment discrepancy", f"{_C}:CMDOptions"),
+    "csi": MetricSpec("tasksim_ray.similarity.frechet:csi_matrix", "distance", ("node_features",),
+                      "CSI (Frechet distance of datasets, node level)", f"{_C}:CSIOptions"),
+    "csi_graph": MetricSpec("tasksim_ray.similarity.frechet:frechet_matrix", "distance", ("dataset_features",),
+                            "CSI on graph-level features"),
+    "logme": MetricSpec("tasksim_ray.similarity.logme:logme_matrix", "score", ("embeddings", "labels"),
                         "LogME (row model -> column labels)"),
+})
+
+_S = "tasksim_ray.transfer.studies"
+# what ``tasksim study`` runs (``transfer.studies``); each is one module of tasksim_ray.transfer.studies
+STUDIES: Registry[StudySpec] = Registry("study", {
+    "curves": StudySpec(f"{_S}.curves:CurvesStudy", "curves", "Learning curves of --target: scratch and "
+                        "fine-tuned from each --source (default: every other task).", ("target", "source")),
+    "matrix": StudySpec(f"{_S}.matrix:MatrixStudy", "transfer-matrix", "Gain of every target from every other "
+                        "task's model, and how well each similarity predicts it."),
+    "subset": StudySpec(f"{_S}.subset:SubsetStudy", "subset-study", "Per target: pretrain on the selected diverse "
+                        "subset vs all other tasks under the budget, then fine-tune."),
+    "moe": StudySpec(f"{_S}.moe:MoEStudy", "moe", "Per target: a mixture of the other tasks' frozen experts with "
+                     "top-k gating."),
+    "strategies": StudySpec(f"{_S}.strategies:StrategiesStudy", "strategies", "Fine-tuning variants "
+                            "(transfer.variants) on --target from each --source, or on transfer.strategy_pairs.",
+                            ("target", "source")),
+    "methods": StudySpec(f"{_S}.methods:MethodsStudy", "methods", "Per task and split seed, on the whole training "
+                         "split: each of transfer.methods (scratch, fine-tuning, mixtures of published extractors)."),
+    "foundation": StudySpec(f"{_S}.foundation:FoundationStudy", "foundation", "Per task and split seed: each "
+                            "transfer.foundation model fine-tuned with each recipe, against random initialisation."),
+    "budget": StudySpec(f"{_S}.budget:BudgetStudy", "budget", "Per target: every other task alone, and all of them, "
+                        "pretrained under one budget; does the source a similarity picks beat the budget spread "
+                        "over all?"),
+    "ptft": StudySpec(f"{_S}.ptft:PTFTStudy", "ptft", "Per target: fine-tuned from each other task's model and from "
+                      "one model pretrained on all of them (MPT); transfer.ood targets are never a source."),
 })
 
 # data.source -> a loader ``(DataConfig) -> TaskTable``; the crystal sources share one loader

@@ -57,7 +57,7 @@ def test_overrides_merge_dotted_keys(tmp_path: Path) -> None:
 
 def test_unknown_registry_names_are_one_line_errors_listing_the_registered(tmp_path: Path) -> None:
     for text, kind, known in [("model:\n  backbone: gin\n", "backbone 'gin'", "alignn, cgcnn, chgnet, dmpnn, mace"),
-                              ("similarity:\n  metrics: [rsa, kl]\n", "metric 'kl'", "cka, cmd, csi, logme, rsa"),
+                              ("similarity:\n  metrics: [rsa, kl]\n", "metric 'kl'", "cka, cmd, csi, csi_graph, logme, rsa"),
                               ("data:\n  source: zinc\n  path: x.csv\n", "source 'zinc'", "moleculenet, qm9pack"),
                               ("transfer:\n  foundation: [mace-mp]\n", "foundation model 'mace-mp'", "chgnet")]:
         with pytest.raises(TasksimError) as info:
@@ -68,7 +68,7 @@ def test_unknown_registry_names_are_one_line_errors_listing_the_registered(tmp_p
 
 @pytest.mark.parametrize("text, message", [
     ("similarity:\n  metrics: [cmd]\nselection:\n  metric: cmd\n", "'cmd' is not a similarity"),
-    ("data:\n  targets: [mu, alpha]\nsimilarity:\n  csi:\n    model: gap\n",
+    ("data:\n  targets: [mu, alpha]\nsimilarity:\n  dataset_features:\n    model: gap\n",
      "'gap' is neither a task (mu, alpha) nor a registered foundation model (chgnet)"),
 ])
 def test_selection_and_csi_names_come_from_the_registries(tmp_path: Path, text: str, message: str) -> None:

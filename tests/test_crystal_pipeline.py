@@ -31,7 +31,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(workdir: Path, ray_local: None) -> PipelineResult:
-    return run_pipeline(load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet"}))
+    return run_pipeline(load_config(CONFIG, {"workdir": str(workdir), "similarity.dataset_features.model": "chgnet"}))
 
 
 def test_crystal_tasks_train_embed_and_compare(first_run: PipelineResult, workdir: Path) -> None:
@@ -50,7 +50,7 @@ def test_crystal_tasks_train_embed_and_compare(first_run: PipelineResult, workdi
 
 
 def test_crystal_rerun_is_cached(first_run: PipelineResult, workdir: Path) -> None:
-    again = run_pipeline(load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet"}))
+    again = run_pipeline(load_config(CONFIG, {"workdir": str(workdir), "similarity.dataset_features.model": "chgnet"}))
     for stage in ("tasks", "preprocess", "featurize", "pretrain", "probe", "embed", "similarity"):
         assert again.timings[stage]["cached"], stage
     assert all(np.array_equal(again.matrices[m], first_run.matrices[m]) for m in first_run.matrices)
@@ -93,7 +93,7 @@ def test_a_foundation_model_is_a_fine_tuning_source(first_run: PipelineResult, w
     """CHGNet's shipped universal model fine-tuned on a crystal task, in a cell next to scratch."""
     from tasksim_ray.transfer.runner import finetune_once
 
-    cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet",
+    cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.dataset_features.model": "chgnet",
                                "transfer.foundation": ["chgnet"], "transfer.finetune.max_epochs": 2})
     out = finetune_once(cfg, "expt_eform", ["chgnet"], size=10, fold=0)
     tuned, scratch = out["finetuned"], out["scratch"]
@@ -106,7 +106,7 @@ def test_budget_study_scores_csi_as_single_source_pick(first_run: PipelineResult
     (CHGNet node features) picks the single source and is judged as a recommender."""
     from tasksim_ray.transfer.runner import run_transfer
 
-    cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.csi.model": "chgnet"})
+    cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.dataset_features.model": "chgnet"})
     out = run_transfer(cfg, ["budget"])
     r = out["studies"]["budget"]
     assert r["pick_metric"] == "csi" and r["split"] == [60, 2]

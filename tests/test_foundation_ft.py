@@ -27,8 +27,8 @@ SETTINGS = {"data.path": str(TINY),
 @pytest.mark.usefixtures("ray_local")
 def test_foundation_study_runs_every_recipe_and_reruns_from_cache(tmp_path: Path) -> None:
     cfg = load_config(REPO / "configs" / "foundation_ft.yaml", SETTINGS | {"workdir": str(tmp_path)})
-    out = run_transfer(cfg, ["methods"], Console(quiet=True))
-    r = out["studies"]["methods"]
+    out = run_transfer(cfg, ["foundation"], Console(quiet=True))
+    r = out["studies"]["foundation"]
     recipes = ["scratch", "chgnet: full", "chgnet: last", "chgnet: head", "chgnet: full + L2-SP", "chgnet: full + BSS"]
     assert r["methods"] == recipes and r["seeds"] == [0, 1]
     assert {(c["recipe"], c["fold"]) for c in r["cells"]} == {(m, s) for m in recipes for s in (0, 1)}
@@ -52,7 +52,7 @@ def test_foundation_study_runs_every_recipe_and_reruns_from_cache(tmp_path: Path
     cells = sorted((tmp_path / "artifacts" / "cells").glob("*/result.json"))
     stamps = [c.stat().st_mtime_ns for c in cells]
     assert len(cells) == 12
-    again = run_transfer(cfg, ["methods"], Console(quiet=True))["studies"]["methods"]
+    again = run_transfer(cfg, ["foundation"], Console(quiet=True))["studies"]["foundation"]
     assert again["cells"] == r["cells"] and [c.stat().st_mtime_ns for c in cells] == stamps
 
 

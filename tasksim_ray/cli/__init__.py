@@ -5,6 +5,7 @@ from tasksim_ray.cli.app import app
 
 
 def main() -> None:
+    transfer.add_study_verbs()  # studies user code registered after this module was imported
     app()
 
 

@@ -1,8 +1,9 @@
-"""Transfer verbs: pretrain (per task, or a subset under a budget), finetune, curves,
-transfer-matrix, subset-study, moe, strategies, and study (the whole design in one run)."""
+"""Transfer verbs: pretrain (per task, or a subset under a budget), finetune (one cell), study (the
+studies a config names) and one verb per registered study, generated from ``registry.STUDIES``."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,9 +13,12 @@ from rich.table import Table
 from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, overrides, user_errors
 from tasksim_ray.config import PipelineConfig, load_config
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.registry import STUDIES
 
 TargetOpt = Annotated[str, typer.Option("--target", help="target task")]
 SourceOpt = Annotated[list[str] | None, typer.Option("--source", help="source task (repeatable)")]
+_OPTIONS = {"target": Annotated[str | None, typer.Option("--target", help="target task")], "source": SourceOpt}
+STUDY_PANEL = "Studies"
 
 
 def _load(config: Path, sets: list[str] | None) -> PipelineConfig:
@@ -70,69 +74,46 @@ def finetune(config: ConfigArg, target: TargetOpt, source: SourceOpt = None, set
 
 
 def _study(config: Path, sets: list[str] | None, studies: list[str] | None, **kw: Any) -> None:
-    """Run ``studies`` (None: the whole design, with the strategies study if the config names pairs)."""
+    """Run ``studies`` (None: the config's ``transfer.study_names()``) and print the report."""
     with user_errors():
         from tasksim_ray.transfer.runner import run_transfer
 
         cfg = _load(config, sets)
-        if studies is None:
-            studies = cfg.transfer.studies or ["matrix", "subset", "moe"] + (["strategies"] if cfg.transfer.strategy_pairs else [])
-        result = run_transfer(cfg, studies, console, **kw)
+        result = run_transfer(cfg, studies or cfg.transfer.study_names(), console, **kw)
     md = Path(result["paths"]["markdown"])
     console.print(md.read_text(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"Transfer report: {md.parent}/ ({md.name}, {len(result['paths']) - 2} figures)")
 
 
-@app.command()
-def curves(config: ConfigArg, target: TargetOpt, source: SourceOpt = None, set_: SetOpt = None) -> None:
-    """Learning curves of TARGET: scratch and fine-tuned from each source (default: every other task)."""
-    _study(config, set_, ["curves"], target=target, sources=source)
-
-
-@app.command(name="transfer-matrix")
-def transfer_matrix(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Gain of every target from every other task's model, and how well each similarity predicts it."""
-    _study(config, set_, ["matrix"])
-
-
-@app.command(name="subset-study")
-def subset_study(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Per target: pretrain on the selected diverse subset vs all other tasks under the budget, fine-tune."""
-    _study(config, set_, ["subset"])
-
-
-@app.command()
-def moe(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Per target: a mixture of the other tasks' frozen experts with top-k gating."""
-    _study(config, set_, ["moe"])
-
-
-@app.command()
-def budget(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Per target: every other task alone, and all of them, pretrained under one budget; which single
-    source the similarities (CSI first) pick, and does it beat the budget spread over all?"""
-    _study(config, set_, ["budget"])
-
-
-@app.command()
-def ptft(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Per target: fine-tuned from each other task's model and from one model pretrained on all of them
-    (MPT); does MPT beat the best pairwise source? transfer.ood targets are never a source."""
-    _study(config, set_, ["ptft"])
-
-
-@app.command()
-def strategies(config: ConfigArg, target: Annotated[str | None, typer.Option(help="target task")] = None,
-               source: SourceOpt = None, set_: SetOpt = None) -> None:
-    """Fine-tuning variants (transfer.variants) on TARGET from each source, or on transfer.strategy_pairs."""
-    _study(config, set_, ["strategies"], target=target, sources=source)
-
-
-@app.command()
+@app.command(rich_help_panel=STUDY_PANEL)
 def study(config: ConfigArg, set_: SetOpt = None) -> None:
-    """The studies of transfer.studies, by default the whole transfer design in one run: gain matrix,
-    similarity vs gain, subset study, MoE (and the fine-tuning variants when transfer.strategy_pairs
-    is set); `studies: [methods]` is the MoE study of published extractors over split seeds, or with
-    transfer.foundation the foundation fine-tuning study (configs/foundation_ft.yaml)."""
+    """Run the studies of transfer.studies in one go (default: gain matrix, similarity vs gain, subset
+    study and mixture of experts, plus fine-tuning variants when transfer.strategy_pairs is set)."""
     _study(config, set_, None)
 
+
+_VERBS: set[str] = set()
+
+
+def add_study_verbs() -> None:
+    """One verb per registered study that names one (``StudySpec.verb``), with the options it lists;
+    studies registered by user code before ``main()`` get theirs too."""
+    for name in STUDIES.names():
+        spec = STUDIES.get(name)
+        if spec.verb is None or spec.verb in _VERBS:
+            continue
+
+        def verb(config: Path, set_: list[str] | None = None, target: str | None = None,
+                 source: list[str] | None = None, _name: str = name) -> None:
+            _study(config, set_, [_name], **({"target": target, "sources": source} if target or source else {}))
+
+        params = [inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ConfigArg),
+                  inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=SetOpt)]
+        params += [inspect.Parameter(opt, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_OPTIONS[opt])
+                   for opt in spec.options]
+        verb.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        app.command(name=spec.verb, help=spec.help, rich_help_panel=STUDY_PANEL)(verb)
+        _VERBS.add(spec.verb)
+
+
+add_study_verbs()

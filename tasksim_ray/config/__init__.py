@@ -19,8 +19,8 @@ from tasksim_ray.config.search import SearchConfig
 from tasksim_ray.config.stages import (
     BootstrapConfig,
     CrystalGraphConfig,
-    CSIConfig,
     DataConfig,
+    DatasetFeaturesConfig,
     EmbedConfig,
     FileConfig,
     ModelConfig,
@@ -45,10 +45,10 @@ from tasksim_ray.config.transfer import (
     TransferConfig,
 )
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.registry import FOUNDATION_MODELS
+from tasksim_ray.registry import FOUNDATION_MODELS, METRICS
 
-__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig",
-           "DataConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig", "PipelineConfig",
+__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CrystalGraphConfig",
+           "DataConfig", "DatasetFeaturesConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig", "PipelineConfig",
            "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "ScratchConfig", "SearchConfig",
            "SelectionConfig", "SimilarityConfig", "SourcesConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
@@ -87,13 +87,13 @@ class PipelineConfig(Strict):
             raise ValueError(f"search.size ({self.search.size}) exceeds the largest transfer size "
                              f"{self.transfer.sizes[-1]}")
         if self.published.path:
-            needs_data = [m for m in self.similarity.metrics if m in ("logme", "csi")]
+            needs_data = [m for m in self.similarity.metrics if set(METRICS.get(m).needs) - {"embeddings"}]
             if needs_data or self.probe.source != "file":
                 raise ValueError(f"published models: use probe.source 'file' and probe-based metrics only "
                                  f"(rsa, cka, cmd){'; not ' + str(needs_data) if needs_data else ''}")
-        csi, known = self.similarity.csi.model, self.tasks or self.data.targets
+        csi, known = self.similarity.dataset_features.model, self.tasks or self.data.targets
         if csi and csi not in FOUNDATION_MODELS and known is not None and csi not in known:
-            raise ValueError(f"similarity.csi.model '{csi}' is neither a task ({', '.join(known)}) nor a registered "
+            raise ValueError(f"similarity.dataset_features.model '{csi}' is neither a task ({', '.join(known)}) nor a registered "
                              f"foundation model ({', '.join(FOUNDATION_MODELS.names())})")
         if self.tasks is not None and (stray := [t for t in self.transfer.ood if t not in self.tasks]):
             raise ValueError(f"transfer.ood: {stray} are not among tasks {self.tasks}")

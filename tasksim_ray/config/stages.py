@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tasksim_ray.config.base import Strict as _Strict
+from tasksim_ray.config.base import first_error
 from tasksim_ray.registry import BACKBONES, METRICS, SOURCES, Registry
 
 
@@ -219,27 +220,52 @@ class BootstrapConfig(_Strict):
     max_probes: int = Field(default=1000, ge=3)
 
 
-class CSIConfig(_Strict):
-    """Dataset similarity: every task's own training inputs embedded by one shared model."""
+class DatasetFeaturesConfig(_Strict):
+    """The inputs of dataset-distribution metrics (CSI): a seeded sample of every task's own training
+    inputs, embedded by one shared model, per structure and/or per atom as the metrics need."""
 
     model: str | None = None  # a task whose model embeds all datasets (default: the first), or a FOUNDATION_MODELS name
     per_task: int = Field(default=500, ge=2)
-    level: Literal["graph", "node"] = "graph"
-    per_structure: int = Field(default=8, ge=1)  # node level: atoms drawn per molecule at most
 
 
 class SimilarityConfig(_Strict):
-    metrics: list[str] = Field(default_factory=lambda: ["rsa"], min_length=1)  # names in registry.METRICS
-    comparison: Literal["spearman", "pearson", "kendall"] = "spearman"
+    """The metrics compared (names in ``registry.METRICS``), each metric's options
+    (``options.<metric>``, validated against its own options model), and RSA's probe bootstrap."""
+
+    metrics: list[str] = Field(default_factory=lambda: ["rsa"], min_length=1)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     bootstrap: BootstrapConfig = BootstrapConfig()
-    csi: CSIConfig = CSIConfig()
-    cmd_order: int = Field(default=5, ge=1)
-    memory_budget_gb: float = Field(default=8.0, gt=0)
+    dataset_features: DatasetFeaturesConfig = DatasetFeaturesConfig()
 
     @field_validator("metrics")
     @classmethod
     def _metrics_registered(cls, names: list[str]) -> list[str]:
         return [registered(METRICS, n) for n in names]
+
+    @model_validator(mode="after")
+    def _options_valid(self) -> SimilarityConfig:
+        for name in self.options:  # a registered metric, with valid options (it need not run this time)
+            if name not in METRICS:
+                raise ValueError(f"similarity.options.{name}: {METRICS.unknown(name)}")
+            self.options_for(name)
+        return self
+
+    def options_for(self, metric: str) -> dict[str, Any]:
+        """The metric's options as keyword arguments: its model's defaults with ``options.<metric>``
+        over them (a one-line error naming the key if they do not validate)."""
+        model, given = METRICS.get(metric).options_model, self.options.get(metric, {})
+        if model is None:
+            if given:
+                raise ValueError(f"similarity.options.{metric}: metric '{metric}' takes no options")
+            return {}
+        try:
+            return model.model_validate(given).model_dump()
+        except ValidationError as exc:
+            raise ValueError(f"similarity.options.{metric}: {first_error(exc)}") from None
+
+    def needs(self) -> set[str]:
+        """Every input the configured metrics read (``MetricSpec.needs``)."""
+        return {n for m in self.metrics for n in METRICS.get(m).needs}
 
 
 class SelectionConfig(_Strict):

@@ -9,7 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tasksim_ray.config.base import Strict as _Strict
 from tasksim_ray.config.base import first_error as _first_error
-from tasksim_ray.registry import FOUNDATION_MODELS
+from tasksim_ray.registry import FOUNDATION_MODELS, STUDIES
 
 
 class RegularizerConfig(_Strict):
@@ -168,7 +168,7 @@ class TransferConfig(_Strict):
     # variants: fine-tune each ``foundation`` model with each of ``variants`` (the foundation fine-tuning study)
     methods: list[Literal["scratch", "finetune", "moe", "sources", "variants"]] = Field(
         default_factory=lambda: ["scratch", "finetune", "moe"], min_length=1)
-    studies: list[str] | None = None  # what `tasksim study` runs (None: matrix, subset, moe [, strategies])
+    studies: list[str] | None = None  # what `tasksim study` runs, names in registry.STUDIES (None: study_names())
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)
     strategy_pairs: list[tuple[str, str]] = Field(default_factory=list)
     foundation: list[str] = Field(default_factory=list)  # shipped foundation models that are sources too
@@ -185,6 +185,9 @@ class TransferConfig(_Strict):
                 raise ValueError(f"transfer.strategy_pairs: target '{target}' cannot be its own source")
         if self.tasks is not None and (stray := [t for t in self.ood if t not in self.tasks]):
             raise ValueError(f"transfer.ood: {stray} are not in transfer.tasks")
+        for name in self.studies or []:
+            if name not in STUDIES:
+                raise ValueError(f"transfer.studies: {STUDIES.unknown(name)}")
         for name in self.foundation:
             if name not in FOUNDATION_MODELS:
                 raise ValueError(f"transfer.foundation: {FOUNDATION_MODELS.unknown(name)}")
@@ -192,6 +195,11 @@ class TransferConfig(_Strict):
             raise ValueError("transfer.methods 'variants' fine-tunes the transfer.foundation models: name one there")
         self.variant_configs()
         return self
+
+    def study_names(self) -> list[str]:
+        """What ``tasksim study`` runs: ``studies``, else the whole design on the pipeline's tasks (the
+        gain matrix, the subset study, the mixture, and the variants when pairs are named)."""
+        return self.studies or ["matrix", "subset", "moe"] + (["strategies"] if self.strategy_pairs else [])
 
     def variant_configs(self) -> dict[str, FinetuneConfig]:
         """Each variant as a full fine-tuning config: ``finetune`` with the variant's keys replaced."""

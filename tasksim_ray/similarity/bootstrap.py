@@ -14,7 +14,7 @@ import numpy as np
 import ray
 
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.similarity.inputs import check_embeddings
+from tasksim_ray.similarity.inputs import SimilarityInputs, check_embeddings
 from tasksim_ray.similarity.rsa import Comparison, _row_standardise, comparison_vector, correlations_from_vectors
 
 
@@ -66,3 +66,11 @@ def bootstrap_rsa(embs: dict[str, np.ndarray], comparison: Comparison = "spearma
     alpha = (1 - level) / 2
     return BootstrapCI(np.quantile(sims, alpha, axis=0), np.quantile(sims, 1 - alpha, axis=0),
                        sims.std(axis=0, ddof=1), level, n_boot, len(sub))
+
+
+def rsa_intervals(inputs: SimilarityInputs, comparison: Comparison = "spearman", *, n_boot: int, level: float,
+                  seed: int, max_probes: int, **_: object) -> BootstrapCI | None:
+    """RSA's intervals over probe resamples (the metric's ``intervals``); none for Kendall's tau."""
+    if comparison == "kendall" or n_boot == 0:
+        return None
+    return bootstrap_rsa(inputs.embeddings, comparison, n_boot, level, seed, max_probes)

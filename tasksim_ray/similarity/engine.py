@@ -19,11 +19,12 @@ import numpy as np
 import ray
 
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.infra.cache import Artifacts, write_json_atomic
+from tasksim_ray.infra.cache import Artifacts, artifact_key, write_json_atomic
 from tasksim_ray.infra.jobs import Job, ManifestResults, run_jobs
 from tasksim_ray.infra.metrics import similarity_pairs
-from tasksim_ray.similarity.inputs import check_embeddings
-from tasksim_ray.similarity.rsa import CHUNK, Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper
+from tasksim_ray.similarity.inputs import SimilarityInputs, check_embeddings
+from tasksim_ray.similarity.rsa import (CHUNK, Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper,
+                                        rsa_matrix)
 
 VECTOR_KIND, VECTOR_FILE = "rsa-vector", "vector.npy"
 RANK_BYTES_PER_ENTRY = 24  # triangle (8) + sort order (8) + ranks (4) + tie mask (1) + chunk slack
@@ -124,3 +125,18 @@ class RSAEngine:
                 self._pairs[self._pair(a, b)] = float(gram[i, j])
         write_json_atomic(self._pairs_path, self._pairs)
         similarity_pairs(len(new))
+
+
+def rsa_similarity(inputs: SimilarityInputs, comparison: Comparison = "spearman",
+                   memory_budget_gb: float = 8.0) -> np.ndarray:
+    """The RSA metric: through this engine when the pipeline gives a cache and the comparison is
+    Spearman or Pearson (per-task vectors and pair sums reused across runs), else in memory."""
+    cache = inputs.cache
+    if cache is None or comparison == "kendall":
+        return rsa_matrix(inputs, comparison)
+    engine = RSAEngine(cache.root / "rsa_vectors", comparison, memory_budget_gb=memory_budget_gb)
+    keys = {t: artifact_key(VECTOR_KIND, cache.keys[t]) for t in inputs.embeddings}  # a vector per embedding
+    names = {k: t for t, k in keys.items()}
+    on_done = (lambda key, cached: cache.on_done(names[key], cached)) if cache.on_done else None
+    engine.ensure_vectors({keys[t]: e for t, e in inputs.embeddings.items()}, on_done=on_done)
+    return engine.matrix(list(keys.values()))

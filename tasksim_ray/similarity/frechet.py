@@ -28,18 +28,20 @@ from tasksim_ray.errors import TasksimError
 from tasksim_ray.similarity.inputs import SimilarityInputs, check_embeddings, check_finite
 
 
-def feature_sets(inputs: SimilarityInputs, on: Literal["embeddings", "dataset_features"],
-                 min_rows: int) -> dict[str, np.ndarray]:
+Rows = Literal["embeddings", "dataset_features", "node_features"]
+
+
+def feature_sets(inputs: SimilarityInputs, on: Rows, min_rows: int) -> dict[str, np.ndarray]:
     """The per-task row sets a distribution metric compares, validated (finite, same width)."""
     if on == "embeddings":
         check_embeddings(inputs.embeddings, min_probes=min_rows)
         sets = inputs.embeddings
-    elif on == "dataset_features":
-        sets = inputs.dataset_features
+    elif on in ("dataset_features", "node_features"):
+        sets = getattr(inputs, on)
         if not sets:
-            raise TasksimError("no task dataset features to compare")
+            raise TasksimError(f"no task {on.replace('_', ' ')} to compare")
     else:
-        raise TasksimError(f"on must be 'embeddings' or 'dataset_features', got {on!r}")
+        raise TasksimError(f"on must be 'embeddings', 'dataset_features' or 'node_features', got {on!r}")
     for task, x in sets.items():
         if x.ndim != 2 or x.shape[1] < 1:
             raise TasksimError(f"task '{task}': {on} must be a 2-D (rows, dims>=1) array, got shape {x.shape}")
@@ -103,10 +105,18 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return _distance(mu_a, cov_a, root_a, mu_b, cov_b)
 
 
-def frechet_matrix(inputs: SimilarityInputs, *, on: Literal["embeddings", "dataset_features"] = "dataset_features",
-                   sample_per_task: int | None = None, seed: int = 0,
-                   groups: dict[str, np.ndarray] | None = None, per_group: int = 1) -> np.ndarray:
-    """T x T Fréchet distances (symmetric, zero diagonal) between the tasks' row sets, in dict order."""
+def csi_matrix(inputs: SimilarityInputs, *, per_structure: int = 8) -> np.ndarray:
+    """CSI as published: Fréchet distances between the tasks' node-level features, at most
+    ``per_structure`` atoms drawn per structure."""
+    return frechet_matrix(inputs, on="node_features", groups=inputs.node_groups, per_group=per_structure)
+
+
+def frechet_matrix(inputs: SimilarityInputs, *, on: Rows = "dataset_features", sample_per_task: int | None = None,
+                   seed: int | None = None, groups: dict[str, np.ndarray] | None = None,
+                   per_group: int = 1) -> np.ndarray:
+    """T x T Fréchet distances (symmetric, zero diagonal) between the tasks' row sets, in dict order
+    (``seed``: the inputs' seed unless given)."""
+    seed = inputs.seed if seed is None else seed
     sets = feature_sets(inputs, on, min_rows=2)
     if sample_per_task is not None and sample_per_task < 2:
         raise TasksimError(f"sample_per_task must be at least 2, got {sample_per_task}")

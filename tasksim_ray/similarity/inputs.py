@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -17,15 +19,33 @@ class SimilarityInputs:
     ``labels``: task k's labels of the probe molecules, (M,), NaN where unknown (LogME).
     ``dataset_features``: task k's *own* inputs embedded by one shared model, (N_k, d), rows
     need not align across tasks (CSI and other dataset-distribution metrics).
+    ``node_features``: the same inputs' per-atom features, (atoms_k, d), with ``node_groups[k]`` the
+    structure each atom row belongs to (node-level CSI samples a few atoms per structure).
+    ``seed`` seeds any sampling a metric does; ``cache``, when the pipeline gives one, lets a metric
+    keep per-task work between runs.
     """
 
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     dataset_features: dict[str, np.ndarray] = field(default_factory=dict)
+    node_features: dict[str, np.ndarray] = field(default_factory=dict)
+    node_groups: dict[str, np.ndarray] = field(default_factory=dict)
+    seed: int = 0
+    cache: MetricCache | None = None
 
     @property
     def names(self) -> list[str]:
         return list(self.embeddings or self.dataset_features)
+
+
+@dataclass(frozen=True)
+class MetricCache:
+    """Where a metric may cache per-task work: a folder, each task's cache key (its embedding's key,
+    so a new model or probe set is new work) and a progress callback ``(key, was_cached)``."""
+
+    root: Path
+    keys: dict[str, str]
+    on_done: Callable[[str, bool], None] | None = None
 
 
 def check_finite(arrays: dict[str, np.ndarray], what: str) -> None:

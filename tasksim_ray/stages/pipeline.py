@@ -27,7 +27,7 @@ from tasksim_ray.stages.embedding import (
 from tasksim_ray.stages.preflight import check_comparable, check_config, check_probe_labels
 from tasksim_ray.stages.published import stage_published
 from tasksim_ray.stages.report import write_report
-from tasksim_ray.stages.similarity import SimilarityResult, stage_similarity
+from tasksim_ray.stages.similarity import INTERVAL_PARTS, SimilarityResult, stage_similarity
 from tasksim_ray.stages.training import stage_pretrain
 from tasksim_ray.training.pretrain import PretrainedModel
 
@@ -77,9 +77,9 @@ def _report(run: Run, sim: SimilarityResult, selection: Selection, result: Pipel
                        "matrix": sim.matrices[cfg.selection.metric].round(6).tolist()},
         "metrics": {m: {"kind": METRICS[m].kind, "title": METRICS[m].title, "matrix": v.round(6).tolist()}
                     for m, v in sim.matrices.items()},
-        "rsa_bootstrap": ({k.removeprefix("rsa_"): v.round(6).tolist() for k, v in sim.ci.items()}
-                          | {"level": cfg.similarity.bootstrap.level, "n_boot": cfg.similarity.bootstrap.n_boot})
-        if sim.ci else None,
+        "intervals": {m: {part: sim.ci[f"{m}_{part}"].round(6).tolist() for part in INTERVAL_PARTS}
+                      | {"level": cfg.similarity.bootstrap.level, "n_boot": cfg.similarity.bootstrap.n_boot}
+                      for m in sim.matrices if f"{m}_lower" in sim.ci},
         "selection": asdict(selection),
         "models": result.models,
         "probe": {"source": cfg.probe.source, "n_probes": n_probes},
@@ -168,7 +168,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
         return result
     # the probe set before any training: a missing or too small probe file fails in seconds
     probe = stage_probe(run, tasks, prep) if stop >= STAGES.index("probe") else None
-    if probe is not None and stop >= STAGES.index("similarity") and "logme" in cfg.similarity.metrics:
+    if probe is not None and stop >= STAGES.index("similarity") and "labels" in cfg.similarity.needs():
         check_probe_labels(probe_labels(probe, tasks, prep.manifest["kept"]), cfg.probe.source)
     ensure_ray(cfg.ray)
     models = stage_pretrain(run, tasks, feats)
@@ -184,7 +184,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
     if stop == 5:
         result.artifact = run.artifacts / "embeddings"
         return result
-    dataset_features = stage_dataset_features(run, feats, models) if "csi" in cfg.similarity.metrics else None
+    needs_features = {"dataset_features", "node_features"} & cfg.similarity.needs()
+    dataset_features = stage_dataset_features(run, feats, models) if needs_features else None
     sim = stage_similarity(run, embs, probe, tasks, dataset_features)
     result.similarity_seconds = similarity_cost(embs, sim.stage, dataset_features)
     result.dropped = prep.manifest["dropped"]

@@ -72,15 +72,14 @@ def markdown_summary(report: dict[str, Any]) -> str:
                  f"**{', '.join(sel['subset']) or '(none)'}**")
     if sel["uncoverable"]:
         lines.append(f"No other task reaches the threshold for: {', '.join(sel['uncoverable'])}")
-    boot = report.get("rsa_bootstrap")
-    if boot:
-        names = report["tasks"]
-        rsa = np.array(report["metrics"]["rsa"]["matrix"])
-        lines += ["", f"RSA with {boot['level']:.0%} bootstrap intervals ({boot['n_boot']} probe resamples):", "",
-                  "| pair | RSA | interval |", "|---|---|---|"]
+    for metric, boot in report.get("intervals", {}).items():
+        names, title = report["tasks"], report["metrics"][metric]["title"]
+        m = np.array(report["metrics"][metric]["matrix"])
+        lines += ["", f"{title} with {boot['level']:.0%} bootstrap intervals ({boot['n_boot']} probe resamples):", "",
+                  f"| pair | {metric} | interval |", "|---|---|---|"]
         for i in range(len(names)):
             for j in range(i + 1, len(names)):
-                lines.append(f"| {names[i]} / {names[j]} | {rsa[i, j]:.3f} | "
+                lines.append(f"| {names[i]} / {names[j]} | {m[i, j]:.3f} | "
                              f"[{boot['lower'][i][j]:.3f}, {boot['upper'][i][j]:.3f}] |")
     lines += ["", "| task | units | val MAE | epochs | train n |", "|---|---|---|---|---|"]
     for task, m in report["models"].items():

@@ -1,50 +1,27 @@
-"""Entry point of the transfer experiments: build the context from the (cached) pipeline, plan
-the requested studies, run their cells on Ray and write the transfer report."""
+"""Entry point of the transfer experiments: the studies named (from ``tasksim_ray.registry.STUDIES``)
+are checked, planned in one context (the pipeline's, or a ``splits`` study's own), run on Ray
+together, and written as one transfer report."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import publish_dir
 from tasksim_ray.infra.progress import Console
-from tasksim_ray.infra.runtime import ensure_ray
+from tasksim_ray.registry import STUDIES
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_preprocess, stage_tasks
 from tasksim_ray.stages.pipeline import run_pipeline
 from tasksim_ray.training.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
-from tasksim_ray.transfer.data import (
-    SplitData,
-    TransferData,
-    expert_features,
-    stage_split_data,
-    stage_transfer_data,
-)
-from tasksim_ray.transfer.budget_study import plan_budget
-from tasksim_ray.transfer.foundation import foundation_context, foundation_dirs, plan_foundation
-from tasksim_ray.transfer.ptft_study import plan_ptft
+from tasksim_ray.transfer.data import TransferData, stage_transfer_data
 from tasksim_ray.transfer.report import write_transfer_report
-from tasksim_ray.transfer.study import (
-    SCRATCH,
-    Context,
-    Plan,
-    SimilarityView,
-    plan_curves,
-    plan_matrix,
-    plan_methods,
-    plan_moe,
-    plan_strategies,
-    plan_subset,
-    run_studies,
-)
-
-STUDIES = ("curves", "matrix", "subset", "moe", "strategies", "methods", "budget", "ptft")
+from tasksim_ray.transfer.studies.foundation import foundation_dirs
+from tasksim_ray.transfer.study import SCRATCH, Context, SimilarityView, Study, check_sources, run_studies
 
 
 def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) -> Context:
@@ -67,137 +44,35 @@ def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) 
     return Context(run, data, ray.put(data.store()), settings, model_dirs, similarity)
 
 
-def source_names(checkpoints: list[Path]) -> dict[Path, str]:
-    """Published checkpoints' names as sources: file names without the extension and without the
-    '_'-separated words every one of them starts or ends with (``singletask_``, ``_best_model``)."""
-    words = [p.name.removesuffix(".pth.tar").split("_") for p in checkpoints]
-    head = tail = 0
-    while len(words) > 1 and all(len(w) > head + tail + 1 and w[head] == words[0][head] for w in words):
-        head += 1
-    while len(words) > 1 and all(len(w) > head + tail + 1 and w[-1 - tail] == words[0][-1 - tail] for w in words):
-        tail += 1
-    return {p: "_".join(w[head:len(w) - tail]) for p, w in zip(checkpoints, words)}
-
-
-def _published_files(cfg: PipelineConfig) -> tuple[list[Path], Path | None]:
-    """(the MoE's extractor files, the one fine-tuning starts from), checked before any work."""
-    src = cfg.transfer.sources
-    folder = Path(src.path or "")
-    names = src.names or sorted(p.name for p in folder.glob("*.pth.tar"))
-    tl = folder / src.finetune_from if src.finetune_from else None
-    if "finetune" in cfg.transfer.methods and tl is None:
-        raise TasksimError("transfer.sources.finetune_from: name the checkpoint the finetune method starts from")
-    missing = [str(p) for p in [folder / n for n in names] + ([tl] if tl else []) if not p.is_file()]
-    if missing or not names:
-        raise TasksimError(f"transfer.sources: checkpoint file(s) not found: {missing or [str(folder / '*.pth.tar')]}")
-    return [folder / n for n in names], tl
-
-
-def methods_context(cfg: PipelineConfig, console: Console) -> tuple[Context, dict[str, Recipe]]:
-    """The methods study without a pipeline: split rows, graphs, each published extractor's frozen
-    features per task (cached stages), all in one store; a recipe per method."""
-    if cfg.transfer.sources.kind != "published":
-        raise TasksimError("the methods study needs transfer.sources.kind 'published' or transfer.foundation "
-                           "models (per-task models: use moe)")
-    experts, tl = _published_files(cfg)
-    run = Run(cfg, console)
-    tasks = stage_tasks(run)
-    ensure_ray(cfg.ray)  # the model hosts compute the extractor features
-    stage = stage_split_data(run, tasks)
-    data = SplitData.load(stage, tasks, cfg.transfer.standardize)
-    store = data.store()
-    each = "sources" in cfg.transfer.methods
-    wanted = (experts if "moe" in cfg.transfer.methods or each else []) + (
-        [tl] if tl and "finetune" in cfg.transfer.methods else [])
-    strategy = cfg.transfer.finetune.strategy
-    n_atoms = int(store["atom_ptr"][-1])
-    ap = store["atom_ptr"]
-    extractors = [p.resolve() for p in dict.fromkeys(wanted)]
-    trained_last = {p.resolve() for p in wanted if (p in experts and cfg.transfer.moe.train_last)
-                    or (p == tl and strategy == "last") or (each and strategy == "last")}
-    feat = {p: torch.zeros(len(data.store_rows), 0) for p in extractors}
-    h_in = {p: torch.zeros(n_atoms, 0) for p in trained_last}
-    for t in data.targets:
-        pos = data.positions(t)
-        rows = torch.cat([torch.arange(int(ap[i]), int(ap[i + 1])) for i in pos])
-        for p, f in expert_features(run, stage, t, pos, extractors, trained_last).items():
-            if not feat[p].shape[1]:
-                feat[p] = torch.zeros(len(data.store_rows), f["pooled"].shape[1])
-            feat[p][pos] = f["pooled"]
-            if p in trained_last:
-                if not h_in[p].shape[1]:
-                    h_in[p] = torch.zeros(n_atoms, f["h_in"].shape[1])
-                h_in[p][rows] = f["h_in"]
-    run.release_hosts()  # the cells' Ray jobs get the CPUs
-    for p in extractors:
-        store[f"feat/{p.name}"] = feat[p]
-        if p in trained_last:
-            store[f"h_in/{p.name}"] = h_in[p]
-    prints = lambda paths: tuple((p.name, p.stat().st_size) for p in paths)  # noqa: E731
-    recipes = {"scratch": SCRATCH,
-               "finetune": Recipe("finetune", "finetune", (str(tl.resolve()),) if tl else (), published=True,
-                                  fingerprints=prints([tl]) if tl else ()),
-               "moe": Recipe("moe", "moe", tuple(str(p.resolve()) for p in experts), published=True,
-                             fingerprints=prints(experts))}
-    if each:  # one fine-tuning recipe per source, labelled by the source's name
-        recipes |= {f"from {name}": Recipe("finetune", f"from {name}", (str(p.resolve()),), published=True,
-                                           fingerprints=prints([p])) for p, name in source_names(experts).items()}
-    tc = cfg.transfer
-    settings = CellSettings(cfg.model, tc.finetune, tc.moe, cfg.seed, tc.scratch)
-    ctx = Context(run, data, ray.put(store), settings, {})
-    return ctx, {m: r for m, r in recipes.items() if m in tc.methods or (each and m.startswith("from "))}
+def make_studies(cfg: PipelineConfig, names: list[str], target: str | None = None,
+                 sources: list[str] | None = None) -> list[Study]:
+    """The named studies, each checked against the config before any work."""
+    unknown = [n for n in names if n not in STUDIES]
+    if unknown:
+        raise TasksimError(STUDIES.unknown(unknown[0]))
+    studies: list[Study] = [STUDIES.get(n).cls(n, target, sources) for n in names]
+    alone = [s.name for s in studies if s.data == "splits"]
+    if alone and len(studies) > 1:
+        raise TasksimError(f"the {alone[0]} study runs alone (it uses its own splits), not with {names}")
+    for study in studies:
+        study.check(cfg)
+    return studies
 
 
 def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | None = None,
                  target: str | None = None, sources: list[str] | None = None) -> dict[str, Any]:
-    """Run ``studies`` (any of STUDIES) and write ``<workdir>/report/transfer/``."""
-    unknown = [s for s in studies if s not in STUDIES]
-    if unknown:
-        raise TasksimError(f"unknown study {unknown}; studies: {list(STUDIES)}")
-    if "methods" in studies:
-        if studies != ["methods"]:
-            raise TasksimError(f"the methods study runs alone (it uses its own splits), not with {studies}")
-        if cfg.transfer.foundation:
-            ctx, recipes = foundation_context(cfg, console or Console())
-            return _finish(cfg, ctx, [plan_foundation(ctx, recipes)])
-        ctx, recipes = methods_context(cfg, console or Console())
-        return _finish(cfg, ctx, [plan_methods(ctx, recipes)])
-    need_sim = bool({"matrix", "subset", "budget"} & set(studies)) or ("moe" in studies and cfg.transfer.moe.init == "similarity")
-    ctx = build_context(cfg, console or Console(), need_sim)
-    plans: list[Plan] = []
-    for study in studies:
-        if study == "curves":
-            chosen = sources if sources else [s for s in ctx.data.targets if s != target] + cfg.transfer.foundation
-            _check_sources(ctx, str(target), chosen)
-            plans.append(plan_curves(ctx, str(target), chosen))
-        elif study == "strategies":
-            pairs = [(str(target), s) for s in sources or []] if target else cfg.transfer.strategy_pairs
-            if not pairs:
-                raise TasksimError("strategies: give --target and --source, or transfer.strategy_pairs in the config")
-            for t, s in pairs:
-                _check_sources(ctx, t, [s])
-            plans.append(plan_strategies(ctx, pairs))
-        else:
-            plans.append({"matrix": plan_matrix, "subset": plan_subset, "moe": plan_moe, "budget": plan_budget,
-                          "ptft": plan_ptft}[study](ctx))
-    return _finish(cfg, ctx, plans)
-
-
-def _finish(cfg: PipelineConfig, ctx: Context, plans: list[Plan]) -> dict[str, Any]:
-    results = run_studies(ctx, plans)
-    paths = write_transfer_report(cfg.workdir_path / "report" / "transfer", results, ctx)
-    publish_dir(cfg.workdir_path / "report" / "transfer")
+    """Run ``studies`` (names in ``STUDIES``) and write ``<workdir>/report/transfer/``."""
+    console = console or Console()
+    chosen = make_studies(cfg, studies, target, sources)
+    if chosen[0].data == "splits":
+        ctx = chosen[0].build_context(cfg, console)
+    else:
+        ctx = build_context(cfg, console, any(s.needs_similarity(cfg) for s in chosen))
+    results = run_studies(ctx, chosen)
+    out = cfg.workdir_path / "report" / "transfer"
+    paths = write_transfer_report(out, results, ctx, chosen)
+    publish_dir(out)
     return {"studies": results, "paths": {k: str(v) for k, v in paths.items()}, "timings": ctx.run.timings}
-
-
-def _check_sources(ctx: Context, target: str, sources: list[str]) -> None:
-    if target not in ctx.data.targets:
-        raise TasksimError(f"--target '{target}' is not a transfer task; tasks: {ctx.data.targets}")
-    if target in sources:
-        raise TasksimError(f"target '{target}' cannot be in its own pretraining data")
-    unknown = [s for s in sources if s not in ctx.model_dirs]
-    if unknown:
-        raise TasksimError(f"unknown source task(s) {unknown}; tasks: {sorted(ctx.model_dirs)}")
 
 
 def _check_names(cfg: PipelineConfig, console: Console, names: list[str], flag: str) -> None:
@@ -230,7 +105,7 @@ def finetune_once(cfg: PipelineConfig, target: str, sources: list[str], size: in
         raise TasksimError(f"--size {size} exceeds the largest transfer size {cfg.transfer.sizes[-1]}")
     _check_names(cfg, console or Console(), [target, *sources], "--target/--source")
     ctx = build_context(cfg, console or Console(), need_similarity=False)
-    _check_sources(ctx, target, sources)
+    check_sources(ctx, target, sources)
     if not subset:
         recipe = ctx.from_task(sources[0])
     else:
