@@ -52,8 +52,10 @@ def _run_verb(config: Path, sets: list[str] | None, until: str) -> None:
         if sel.uncoverable:
             console.print(f"No other task reaches the threshold for: {', '.join(sel.uncoverable)}")
     if result.paths:
-        console.print(f"Report: {result.paths['json'].parent}/ (report.json, summary.md, "
-                      f"{len(result.paths) - 2} figures)")
+        figures = sum(p.suffix == ".png" for p in result.paths.values())
+        console.print(f"Report: {result.paths['json'].parent}/ (report.json, summary.md, {figures} figures)",
+                      highlight=False, soft_wrap=True)
+        console.print(f"Open in a browser: {result.paths['html'].resolve().as_uri()}", highlight=False, soft_wrap=True)
     elif result.artifact is not None:
         console.print(f"\\[{until}] artifact: {result.artifact}")
 

@@ -1,4 +1,5 @@
-"""The run's report: ``report.json``, per metric a heatmap and a dendrogram, and ``summary.md``."""
+"""The run's report: ``report.json``, per metric a heatmap and a dendrogram, ``summary.md``, and all
+of it as one self-contained page, ``index.html``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from scipy.spatial.distance import pdist, squareform
 
 from tasksim_ray.infra.cache import write_json_atomic, write_text_atomic
 from tasksim_ray.infra.figures import plt, save_figure
+from tasksim_ray.infra.html import INDEX, write_html_report
 from tasksim_ray.similarity import METRICS
 from tasksim_ray.similarity.select import Selection
 from tasksim_ray.stages.similarity import SimilarityResult
@@ -55,7 +57,7 @@ def task_distances(m: np.ndarray, kind: str) -> np.ndarray:
 def plot_dendrogram(names: list[str], m: np.ndarray, kind: str, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(names), 4))
     dendrogram(linkage(task_distances(m, kind), method="average"), labels=names, ax=ax, leaf_rotation=45)
-    ax.set_title(f"{title}: average-linkage clustering")
+    ax.set_title(f"{title}\naverage-linkage clustering", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -95,7 +97,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
 
 def write_report(out_dir: Path, report: dict[str, Any], sim: SimilarityResult, selection: Selection) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "summary": out_dir / "summary.md"}
+    paths = {"json": out_dir / "report.json", "summary": out_dir / "summary.md", "html": out_dir / INDEX}
     for metric, m in sim.matrices.items():
         spec = METRICS[metric]
         subset = selection.subset if metric == report["similarity"]["metric"] else []
@@ -105,4 +107,7 @@ def write_report(out_dir: Path, report: dict[str, Any], sim: SimilarityResult, s
         plot_dendrogram(sim.names, m, spec.kind, paths[f"{metric}_dendrogram"], spec.title)
     write_json_atomic(paths["json"], {**report, "paths": {k: str(v) for k, v in paths.items()}})
     write_text_atomic(paths["summary"], markdown_summary(report))
+    metrics = sorted(sim.matrices, key=lambda m: m != report["similarity"]["metric"])  # the selection's first
+    write_html_report(out_dir, f"tasksim report: {report['name']}",
+                      first=[f"{m}_{kind}.png" for m in metrics for kind in ("heatmap", "dendrogram")])
     return paths
