@@ -22,6 +22,8 @@ PANEL_STAGES = "Pipeline stages"
 PANEL_STUDIES = "Studies"
 PANEL_TRANSFER = "Fine-tuning and search"
 console = Console()
+if not console.is_terminal:  # a log file or a pipe: wide enough for a 10-task similarity table
+    console.width = 120
 err_console = Console(stderr=True)
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config", metavar="CONFIG")]

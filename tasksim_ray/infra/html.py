@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +39,7 @@ code { background: #f0f0f0; padding: 0 .2rem; border-radius: 3px; }
 .figures { display: flex; flex-wrap: wrap; gap: 1rem; }
 figure { margin: 0; border: 1px solid #e3e3e3; padding: .5rem; background: #fff; }
 figure img { max-width: 100%; height: auto; display: block; }
+p img { max-width: calc(50% - 1rem); height: auto; vertical-align: top; margin: 0 .4rem .4rem 0; }
 figcaption { font-size: 13px; color: #555; margin-top: .3rem; }
 """
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -77,12 +77,11 @@ def _inline_images(body: str, folder: Path, used: set[Path]) -> str:
     return re.sub(r'src="([^"]+)"', swap, body)
 
 
-def _section(folder: Path, root: Path, first: Sequence[str]) -> tuple[str, str] | None:
-    """One folder's Markdown and figures as ``(anchor, html)``; None for a folder with neither.
-    Figures named in ``first`` lead, in that order; the rest follow by name."""
+def _section(folder: Path, root: Path) -> tuple[str, str] | None:
+    """One folder's Markdown and figures as ``(anchor, html)``; None for a folder with neither. Figures
+    the Markdown links appear where it links them; the others follow as a gallery, by name."""
     docs = sorted(folder.glob("*.md"), key=lambda p: (p.name not in _FIRST, p.name))
-    rank = {name: i for i, name in enumerate(first)}
-    pngs = sorted(folder.glob("*.png"), key=lambda p: (rank.get(p.name, len(rank)), p.name))
+    pngs = sorted(folder.glob("*.png"))
     if not docs and not pngs:
         return None
     rel = folder.relative_to(root)
@@ -98,13 +97,12 @@ def _section(folder: Path, root: Path, first: Sequence[str]) -> tuple[str, str] 
     return anchor, f'<section id="{anchor}">{heading}{"".join(parts)}</section>'
 
 
-def write_html_report(report_dir: Path, title: str | None = None, first: Sequence[str] = ()) -> Path:
+def write_html_report(report_dir: Path, title: str | None = None) -> Path:
     """Write ``report_dir/index.html`` from the folder's Markdown and PNGs and those of its
-    sub-folders (one section each), and return its path. ``first``: figure file names to show
-    first. Call it again after a study adds a folder."""
+    sub-folders (one section each), and return its path. Call it again after a study adds a folder."""
     report_dir = Path(report_dir)
     folders = [report_dir] + sorted(p for p in report_dir.rglob("*") if p.is_dir() and not p.name.startswith("."))
-    sections = [s for f in folders if (s := _section(f, report_dir, first)) is not None]
+    sections = [s for f in folders if (s := _section(f, report_dir)) is not None]
     title = title or f"tasksim report: {report_dir.resolve().parent.name}"
     nav = "".join(f'<a href="#{a}">{"run" if a == "report" else html.escape(a)}</a>' for a, _ in sections)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

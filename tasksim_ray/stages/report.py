@@ -63,6 +63,8 @@ def plot_dendrogram(names: list[str], m: np.ndarray, kind: str, path: Path, titl
 
 
 def markdown_summary(report: dict[str, Any]) -> str:
+    """The run at a glance, figures first (linked by file name, so the HTML page embeds them in place),
+    then the per-task models, the stage timings and the RSA intervals."""
     sel = report["selection"]
     lines = [f"# tasksim report: {report['name']}", "",
              f"Tasks ({len(report['tasks'])}): {', '.join(report['tasks'])}", ""]
@@ -73,25 +75,30 @@ def markdown_summary(report: dict[str, Any]) -> str:
     lines.append(f"Selected pretraining subset ({report['similarity']['metric']} >= {sel['threshold']}): "
                  f"**{', '.join(sel['subset']) or '(none)'}**")
     if sel["uncoverable"]:
-        lines.append(f"No other task reaches the threshold for: {', '.join(sel['uncoverable'])}")
-    boot = report.get("rsa_bootstrap")
-    if boot:
-        names = report["tasks"]
-        rsa = np.array(report["metrics"]["rsa"]["matrix"])
-        lines += ["", f"RSA with {boot['level']:.0%} bootstrap intervals ({boot['n_boot']} probe resamples):", "",
-                  "| pair | RSA | interval |", "|---|---|---|"]
-        for i in range(len(names)):
-            for j in range(i + 1, len(names)):
-                lines.append(f"| {names[i]} / {names[j]} | {rsa[i, j]:.3f} | "
-                             f"[{boot['lower'][i][j]:.3f}, {boot['upper'][i][j]:.3f}] |")
-    lines += ["", "| task | units | val MAE | epochs | train n |", "|---|---|---|---|---|"]
+        lines += ["", f"No other task reaches the threshold for: {', '.join(sel['uncoverable'])}"]
+    lines += ["", "## Similarity", ""]
+    for metric in sorted(report["metrics"], key=lambda m: m != report["similarity"]["metric"]):
+        title = report["metrics"][metric]["title"]
+        lines += [f"![{title} heatmap]({metric}_heatmap.png) ![{title} dendrogram]({metric}_dendrogram.png)", ""]
+    lines += ["## Task models", "", "| task | units | val MAE | epochs | train n |", "|---|---|---|---|---|"]
     for task, m in report["models"].items():
         if "best_val_mae" in m:
             lines.append(f"| {task} | {m['units']} | {m['best_val_mae']:.4g} | {m['epochs_run']} | {m['n_train']} |")
         else:  # a published checkpoint: its own training record
             lines.append(f"| {task} | {m['units']} | published ({m.get('source', '')}) | {m.get('epoch', '')} | |")
-    lines += ["", "| stage | seconds | cached |", "|---|---|---|"]
+    lines += ["", "## Stage timings", "", "| stage | seconds | cached |", "|---|---|---|"]
     lines += [f"| {s} | {t['seconds']:.1f} | {t['cached']} |" for s, t in report["timings"].items()]
+    boot = report.get("rsa_bootstrap")
+    if boot:
+        names = report["tasks"]
+        rsa = np.array(report["metrics"]["rsa"]["matrix"])
+        lines += ["", "## RSA intervals", "",
+                  f"RSA with {boot['level']:.0%} bootstrap intervals ({boot['n_boot']} probe resamples):", "",
+                  "| pair | RSA | interval |", "|---|---|---|"]
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                lines.append(f"| {names[i]} / {names[j]} | {rsa[i, j]:.3f} | "
+                             f"[{boot['lower'][i][j]:.3f}, {boot['upper'][i][j]:.3f}] |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,7 +114,5 @@ def write_report(out_dir: Path, report: dict[str, Any], sim: SimilarityResult, s
         plot_dendrogram(sim.names, m, spec.kind, paths[f"{metric}_dendrogram"], spec.title)
     write_json_atomic(paths["json"], {**report, "paths": {k: str(v) for k, v in paths.items()}})
     write_text_atomic(paths["summary"], markdown_summary(report))
-    metrics = sorted(sim.matrices, key=lambda m: m != report["similarity"]["metric"])  # the selection's first
-    write_html_report(out_dir, f"tasksim report: {report['name']}",
-                      first=[f"{m}_{kind}.png" for m in metrics for kind in ("heatmap", "dendrogram")])
+    write_html_report(out_dir, f"tasksim report: {report['name']}")  # summary.md places the figures
     return paths
