@@ -129,6 +129,11 @@ def registries_section() -> list[str]:
              f"| `FOUNDATION_MODELS` | `transfer.foundation`, `similarity.csi.model` | "
              f"{', '.join(registry.FOUNDATION_MODELS.names())} |"]
     studies = getattr(registry, "STUDIES", None)
+    if studies is None:
+        try:
+            from tasksim_ray.transfer.studies import STUDIES as studies  # type: ignore[import-not-found]
+        except ImportError:  # before the study plug-ins existed
+            studies = None
     if studies is not None:
         lines.append(f"| `STUDIES` | `transfer.studies` | {', '.join(studies.names())} |")
     return [*lines, ""]
