@@ -12,7 +12,7 @@ import networkx as nx
 
 PKG = Path(__file__).resolve().parents[1] / "tasksim_ray"
 # bottom to top; a module may import its own layer and the ones before it
-LAYERS = ["errors", "registry", "config", "infra", "data", "featurize", "models", "training", "embedding",
+LAYERS = ["errors", "registry", "papers", "config", "infra", "data", "featurize", "models", "training", "embedding",
           "similarity", "stages", "transfer", "search", "cli"]
 
 

@@ -1,6 +1,9 @@
-"""The ``tasksim`` command: one subcommand per verb, split by concern (pipeline, transfer, search, submit)."""
+"""The ``tasksim`` command: one subcommand per verb, split by concern (pipeline, transfer, search, submit).
 
-from tasksim_ray.cli import crystals, pipeline, search, serve, submit, transfer  # noqa: F401  (registers the verbs)
+Importing a module registers its verbs; ``--help`` lists them in this order within each panel."""
+
+from tasksim_ray.cli import pipeline, serve, submit  # noqa: F401, I001  (run, demo, serve, submit first)
+from tasksim_ray.cli import transfer, crystals, search  # noqa: F401, I001
 from tasksim_ray.cli.app import app
 
 

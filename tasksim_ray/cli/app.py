@@ -13,13 +13,22 @@ import yaml
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.progress import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Help texts are Markdown (backticks render as code, `[x]` stays text); avoid `<...>`, which Markdown drops.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Which tasks to pretrain on: task similarity from per-task models, on Ray.")
+
+# The help panels of `tasksim --help`: run, demo, serve and submit in Typer's default panel first, then these.
+PANEL_STAGES = "Pipeline stages"
+PANEL_STUDIES = "Studies"
+PANEL_TRANSFER = "Fine-tuning and search"
 console = Console()
+if not console.is_terminal:  # a log file or a pipe: wide enough for a 10-task similarity table
+    console.width = 120
 err_console = Console(stderr=True)
 
-ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set train.max_epochs=5")]
+ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config", metavar="CONFIG")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
+                                                  help="override a key: --set train.max_epochs=5 (repeatable)")]
 
 
 def overrides(pairs: list[str] | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, overrides, user_errors
+from tasksim_ray.cli.app import PANEL_STAGES, ConfigArg, SetOpt, app, console, overrides, user_errors
 from tasksim_ray.config import PipelineConfig, load_config
 from tasksim_ray.registry import METRICS
 
@@ -52,8 +52,10 @@ def _run_verb(config: Path, sets: list[str] | None, until: str) -> None:
         if sel.uncoverable:
             console.print(f"No other task reaches the threshold for: {', '.join(sel.uncoverable)}")
     if result.paths:
-        console.print(f"Report: {result.paths['json'].parent}/ (report.json, summary.md, "
-                      f"{len(result.paths) - 2} figures)")
+        figures = sum(p.suffix == ".png" for p in result.paths.values())
+        console.print(f"Report: {result.paths['json'].parent}/ (report.json, summary.md, {figures} figures)",
+                      highlight=False, soft_wrap=True)
+        console.print(f"Open in a browser: {result.paths['html'].resolve().as_uri()}", highlight=False, soft_wrap=True)
     elif result.artifact is not None:
         console.print(f"\\[{until}] artifact: {result.artifact}")
 
@@ -84,7 +86,7 @@ def _stage_command(stage: str, doc: str) -> None:
         _run_verb(config, set_, stage)
 
     command.__doc__ = doc
-    app.command(name=stage)(command)
+    app.command(name=stage, rich_help_panel=PANEL_STAGES)(command)
 
 
 for _stage, _doc in [
@@ -97,7 +99,7 @@ for _stage, _doc in [
     _stage_command(_stage, _doc)
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_STAGES)
 def similarity(config: ConfigArg, set_: SetOpt = None,
                metric: Annotated[list[str] | None, typer.Option(help=f"metric(s): {', '.join(METRICS)}")] = None,
                ) -> None:

@@ -6,11 +6,11 @@ from typing import Annotated
 
 import typer
 
-from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, overrides, user_errors
+from tasksim_ray.cli.app import PANEL_TRANSFER, ConfigArg, SetOpt, app, console, overrides, user_errors
 from tasksim_ray.config import load_config
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_TRANSFER)
 def search(config: ConfigArg, set_: SetOpt = None,
            resume: Annotated[bool, typer.Option(help="resume an interrupted search")] = False,
            fresh: Annotated[bool, typer.Option(help="discard a previous search of the same name")] = False) -> None:

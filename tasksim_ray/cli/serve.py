@@ -17,8 +17,10 @@ from tasksim_ray.config import load_config
 def serve(config: ConfigArg, sets: SetOpt = None,
           port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 8000,
           replicas: Annotated[int, typer.Option(help="replicas of the model host", min=1)] = 1) -> None:
-    """Train (or reuse) the config's task models, then serve their embeddings on 127.0.0.1 until Ctrl-C:
-    POST /embed {"task": NAME, "inputs": [SMILES or structure JSON, ...]}."""
+    """Serve the config's task models' embeddings over HTTP on 127.0.0.1 (Ray Serve) until Ctrl-C.
+
+    Trains (or reuses) the models first. Request: `POST /embed {"task": NAME, "inputs": [SMILES or
+    structure JSON, ...]}`."""
     from tasksim_ray.embedding.serving import deploy
     from tasksim_ray.stages.data import load_table
     from tasksim_ray.stages.pipeline import run_pipeline

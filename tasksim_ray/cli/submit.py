@@ -27,13 +27,15 @@ def _print_upload(files: list[str]) -> None:
 def submit(config: ConfigArg,
            address: Annotated[str | None, typer.Option(help="job server, e.g. http://HEAD:8265 "
                                                            "(default: RAY_API_SERVER_ADDRESS / RAY_ADDRESS)")] = None,
-           job: Annotated[str, typer.Option(help=", ".join(JOB_VERBS))] = "run_pipeline",
+           job: Annotated[str, typer.Option(help="the job script: " + ", ".join(JOB_VERBS))] = "run_pipeline",
            pip: Annotated[list[str] | None, typer.Option(help="extra pip packages for the job (repeatable)")] = None,
            image: Annotated[str | None, typer.Option(help="container image for the job")] = None,
            arg: Annotated[list[str] | None, typer.Option(help="argument passed on to the job (repeatable)")] = None,
            ) -> None:
-    """Submit jobs/<JOB>.py CONFIG to a Ray cluster, stream its logs, exit with its outcome. Run it from
-    the project folder: the package, jobs/, configs/, the config and the data files it names travel."""
+    """Submit `jobs/JOB.py CONFIG` to a Ray cluster, stream its logs, exit with its outcome.
+
+    Run it from the project folder: the package, jobs/, configs/, the config and the data files it
+    names travel."""
     url = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     with user_errors():
         if not url:

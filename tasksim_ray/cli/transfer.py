@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tasksim_ray.cli.app import ConfigArg, SetOpt, app, console, overrides, user_errors
+from tasksim_ray.cli.app import (PANEL_STAGES, PANEL_STUDIES, PANEL_TRANSFER, ConfigArg, SetOpt, app, console,
+                                  overrides, user_errors)
 from tasksim_ray.config import PipelineConfig, load_config
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import STUDIES
@@ -18,7 +19,6 @@ from tasksim_ray.registry import STUDIES
 TargetOpt = Annotated[str, typer.Option("--target", help="target task")]
 SourceOpt = Annotated[list[str] | None, typer.Option("--source", help="source task (repeatable)")]
 _OPTIONS = {"target": Annotated[str | None, typer.Option("--target", help="target task")], "source": SourceOpt}
-STUDY_PANEL = "Studies"
 
 
 def _load(config: Path, sets: list[str] | None) -> PipelineConfig:
@@ -29,7 +29,7 @@ def _tasks(csv: str) -> list[str]:
     return [t.strip() for t in csv.split(",") if t.strip()]
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_STAGES)
 def pretrain(config: ConfigArg, set_: SetOpt = None,
              subset: Annotated[str | None, typer.Option(help="comma-separated tasks: one multi-task model "
                                                               "under transfer.budget")] = None) -> None:
@@ -54,7 +54,7 @@ def pretrain(config: ConfigArg, set_: SetOpt = None,
     console.print(table)
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_TRANSFER)
 def finetune(config: ConfigArg, target: TargetOpt, source: SourceOpt = None, set_: SetOpt = None,
              subset: Annotated[str | None, typer.Option(help="comma-separated tasks pretrained together")] = None,
              size: Annotated[int | None, typer.Option(help="training-set size (default: the largest)")] = None,
@@ -82,10 +82,11 @@ def _study(config: Path, sets: list[str] | None, studies: list[str] | None, **kw
         result = run_transfer(cfg, studies or cfg.transfer.study_names(), console, **kw)
     md = Path(result["paths"]["markdown"])
     console.print(md.read_text(), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Transfer report: {md.parent}/ ({md.name}, {len(result['paths']) - 2} figures)")
+    console.print(f"Transfer report: {md.parent}/ ({md.name}, {len(result['paths']) - 3} figures); "
+                  f"page: {Path(result['paths']['html']).resolve().as_uri()}")
 
 
-@app.command(rich_help_panel=STUDY_PANEL)
+@app.command(rich_help_panel=PANEL_STUDIES)
 def study(config: ConfigArg, set_: SetOpt = None) -> None:
     """Run the studies of transfer.studies in one go (default: gain matrix, similarity vs gain, subset
     study and mixture of experts, plus fine-tuning variants when transfer.strategy_pairs is set)."""
@@ -112,7 +113,7 @@ def add_study_verbs() -> None:
         params += [inspect.Parameter(opt, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_OPTIONS[opt])
                    for opt in spec.options]
         verb.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        app.command(name=spec.verb, help=spec.help, rich_help_panel=STUDY_PANEL)(verb)
+        app.command(name=spec.verb, help=spec.help, rich_help_panel=PANEL_STUDIES)(verb)
         _VERBS.add(spec.verb)
 
 

@@ -55,22 +55,39 @@ __all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CrystalGraphC
 
 class PipelineConfig(Strict):
     name: str = "tasksim"
+    """The run's name, shown in reports."""
     workdir: str = "runs/tasksim"
+    """Where artifacts, reports and searches are written."""
     seed: int = 0
+    """Seed of every split, sample and model initialisation."""
     tasks: list[str] | None = None
+    """Task names to keep after loading (null: all)."""
     data: DataConfig = DataConfig()
+    """Where the tasks come from."""
     preprocess: PreprocessConfig = PreprocessConfig()
+    """The correlation filter, the shared split and the folds."""
     model: ModelConfig = ModelConfig()
+    """The backbone of the per-task models."""
     train: TrainConfig = TrainConfig()
+    """Per-task pretraining."""
     probe: ProbeConfig = ProbeConfig()
+    """The probe set every task model embeds."""
     embed: EmbedConfig = EmbedConfig()
+    """The embedding service's model hosts."""
     similarity: SimilarityConfig = SimilarityConfig()
+    """The similarity metrics."""
     selection: SelectionConfig = SelectionConfig()
+    """Choosing the diverse pretraining subset."""
     transfer: TransferConfig = TransferConfig()
+    """The transfer studies."""
     search: SearchConfig = SearchConfig()
+    """The Ray Tune + Optuna recipe search."""
     ray: RayConfig = RayConfig()
+    """The local Ray, or the cluster to join."""
     published: PublishedConfig = PublishedConfig()
+    """Published checkpoints used as the task models (no training)."""
     storage: StorageConfig = StorageConfig()
+    """Shared artifact storage for clusters."""
 
     @model_validator(mode="after")
     def _selection_metric_computed(self) -> PipelineConfig:

@@ -25,9 +25,13 @@ class CrystalGraphConfig(_Strict):
     expanded in Gaussians centred at dmin, dmin + step, ..., radius (CGCNN's 8 A, 12, 0..8 step 0.2)."""
 
     radius: float = Field(default=8.0, gt=0)
+    """Neighbour cutoff radius in Angstrom."""
     max_neighbors: int = Field(default=12, ge=1)
+    """At most this many nearest neighbours per atom."""
     dmin: float = Field(default=0.0, ge=0)
+    """Centre of the first Gaussian of the distance expansion (Angstrom)."""
     step: float = Field(default=0.2, gt=0)
+    """Spacing (and width) of the Gaussians of the distance expansion (Angstrom)."""
 
 
 class SplitConfig(_Strict):
@@ -41,17 +45,30 @@ class SplitConfig(_Strict):
     seeded subsample of every training part (laptop runs); ``sample_seed`` seeds it and the kfold validation."""
 
     kind: Literal["random", "published", "column", "file", "kfold"] = "random"
+    """Where the splits come from: seeded `random` fractions, `published` split files, a `column` of the data file,
+    a split `file`, or Matbench-style `kfold`."""
     path: str | None = None
+    """The split folder (`published`) or file (`file`)."""
     key: str | None = None
-    keys: dict[str, str] = Field(default_factory=dict)  # per task: its key in the published files
+    """The key of this task in the published split files (default: the file's known key, else the task name)."""
+    keys: dict[str, str] = Field(default_factory=dict)
+    """Per task: its key in the published split files, for tasks the files do not know by name."""
     column: str = "split"
+    """The data file's column holding `train`/`val`/`test` (kind `column`)."""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """Split seeds; one (train, val, test) triple each. For `kfold`, the test folds."""
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Train, validation and test fractions of a `random` split (sum to 1)."""
     n_splits: int = Field(default=5, ge=2)
-    random_state: int = 18012019  # Matbench v0.1's KFold seed
+    """Folds of a `kfold` split."""
+    random_state: int = 18012019
+    """Seed of sklearn's shuffled `KFold` (Matbench v0.1's by default)."""
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    """The share of each `kfold` training fold held out for validation."""
     max_train: int | None = Field(default=None, ge=2)
+    """Keep a seeded subsample of at most this many rows of every training part (null: all)."""
     sample_seed: int = 0
+    """Seed of the `max_train` subsample and of the `kfold` validation draw."""
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -79,9 +96,13 @@ class FileConfig(_Strict):
     short task names and units per column, and whether its pickle may be read (pickle runs code)."""
 
     targets: list[str] | None = None
+    """Columns of this file that are tasks (null: every numeric non-id column)."""
     aliases: dict[str, str] = Field(default_factory=dict)
+    """Column -> task name for this file."""
     units: dict[str, str] = Field(default_factory=dict)
+    """Column -> units for this file."""
     trust_pickle: bool = False
+    """Read this file even if it is a pickle (pickle runs code: only for files you trust)."""
 
     _targets_once = field_validator("targets")(lambda v: listed_once(v))
 
@@ -98,19 +119,33 @@ class DataConfig(_Strict):
     or ``matbench`` (a Matbench dataset file). Pickle tables are read only when named in
     ``trust_pickle`` (file names) or ``files.<stem>.trust_pickle``."""
 
-    source: str = "qm9pack"  # a name in tasksim_ray.registry.SOURCES
+    source: str = "qm9pack"
+    """The loader: a name in `tasksim_ray.registry.SOURCES`."""
     path: str | None = None
+    """A data file or folder (not needed for `qm9pack`)."""
     smiles_column: str = "smiles"
+    """The SMILES column of a molecule table."""
     structure_column: str = "structure"
+    """The structure column of a crystal table."""
     graph: CrystalGraphConfig = CrystalGraphConfig()
+    """How crystal structures become graphs."""
     id_column: str | None = None
+    """The row id column (null: `mol_id` when present, else the row number)."""
     targets: list[str] | None = None
+    """Target columns that become tasks, in priority order for the correlation filter (null: every numeric non-id
+    column)."""
     aliases: dict[str, str] = Field(default_factory=dict)
+    """Column -> task name, for every file."""
     units: dict[str, str] = Field(default_factory=dict)
+    """Column -> units, for every file."""
     files: dict[str, FileConfig] = Field(default_factory=dict)
+    """Per file of a folder (keyed by file stem): its own targets, aliases, units and pickle trust."""
     trust_pickle: list[str] = Field(default_factory=list)
+    """File names (or stems) whose pickles may be read."""
     split: SplitConfig = SplitConfig()
+    """Where train/validation/test rows come from."""
     max_molecules: int | None = Field(default=None, gt=0)
+    """Keep a seeded sample of at most this many rows of the table (null: all)."""
 
     _source_registered = field_validator("source")(lambda v: registered(SOURCES, v))
     _targets_once = field_validator("targets")(lambda v: listed_once(v))
@@ -124,8 +159,11 @@ class DataConfig(_Strict):
 
 class PreprocessConfig(_Strict):
     corr_threshold: float = Field(default=0.8, gt=0, le=1)
+    """Drop a target whose training labels correlate with an already-kept target at |Pearson r| above this."""
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Train, validation and test fractions of the shared molecule split (sum to 1)."""
     n_folds: int = Field(default=5, ge=1)
+    """Seeded permutations (folds) of the training set, used by the learning curves."""
 
     @model_validator(mode="after")
     def _split_sums_to_one(self) -> PreprocessConfig:
@@ -139,14 +177,22 @@ class ModelConfig(_Strict):
     backbone (``cgcnn``, ``chgnet``, ``mace``, ``alignn``, or one registered from user code) takes its
     constructor arguments from ``params``."""
 
-    backbone: str = "dmpnn"  # a name in tasksim_ray.registry.BACKBONES
+    backbone: str = "dmpnn"
+    """The backbone: a name in `tasksim_ray.registry.BACKBONES`."""
     hidden_dim: int = Field(default=300, gt=0)
+    """D-MPNN: hidden size of the message passing."""
     depth: int = Field(default=3, ge=1)
+    """D-MPNN: message passing steps."""
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    """D-MPNN: dropout probability."""
     aggregation: Literal["norm", "mean", "sum"] = "norm"
+    """D-MPNN: how atom states become a molecule vector (`norm`: sum divided by 100, as Chemprop)."""
     ffn_hidden_dim: int = Field(default=300, gt=0)
+    """D-MPNN: hidden size of the prediction head."""
     ffn_layers: int = Field(default=2, ge=1)
+    """D-MPNN: layers of the prediction head."""
     params: dict[str, Any] = Field(default_factory=dict)
+    """Constructor arguments of any backbone other than the D-MPNN."""
 
     _backbone_registered = field_validator("backbone")(lambda v: registered(BACKBONES, v))
 
@@ -167,23 +213,37 @@ class TrainConfig(_Strict):
     """Per-task pretraining. ``n_train``/``n_val`` cap the molecules used (None: the whole split)."""
 
     n_train: int | None = Field(default=None, gt=0)
+    """Training molecules per task (null: the whole training split)."""
     n_val: int | None = Field(default=None, gt=0)
+    """Validation molecules per task (null: the whole validation split)."""
     fold: int = Field(default=0, ge=0)
+    """Which seeded permutation of the training set the per-task models use."""
     max_epochs: int = Field(default=50, ge=1)
+    """Most epochs per task model."""
     patience: int = Field(default=10, ge=1)
+    """Early stopping: epochs without a better validation MAE."""
     batch_size: int = Field(default=64, gt=0)
+    """Molecules per batch."""
     lr: float = Field(default=1e-3, gt=0)
+    """Adam learning rate."""
     weight_decay: float = Field(default=0.0, ge=0)
+    """Adam weight decay."""
     num_cpus: float = Field(default=1.0, gt=0)
+    """CPUs each per-task training job asks Ray for."""
     num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs (fractions allowed) each per-task training job asks Ray for."""
 
 
 class ProbeConfig(_Strict):
     """``holdout`` samples QM9-style molecules outside every training split; ``file`` reads SMILES."""
 
     source: Literal["holdout", "file"] = "holdout"
+    """`holdout`: molecules from the test split, outside every training set; `file`: read from `path`."""
     path: str | None = None
+    """Molecules: a text file of SMILES (one a line) or a CSV/Parquet with a `smiles` column; crystals: a gzip-JSON
+    structure table or a folder of CIF/POSCAR files."""
     size: int = Field(default=500, ge=3)
+    """Probes to use: a seeded sample of this many when the source has more."""
 
     @model_validator(mode="after")
     def _path_needed(self) -> ProbeConfig:
@@ -203,29 +263,44 @@ class EmbedConfig(_Strict):
     embedding on CPUs."""
 
     batch_size: int = Field(default=128, gt=0)
+    """Probes per batch streamed to the model hosts."""
     hosts: int | None = Field(default=None, ge=1)
+    """Model host actors (null: one per `threads` CPUs, or per `gpu_fraction` of a GPU)."""
     host_memory_gb: float = Field(default=2.0, gt=0)
+    """Models a host keeps loaded, in GB; the least recently used beyond it are evicted."""
     num_cpus: float = Field(default=0.5, gt=0)
+    """CPUs each host asks Ray for."""
     threads: int = Field(default=2, ge=1)
+    """Torch threads per CPU host."""
     gpu_fraction: float = Field(default=0.25, gt=0, le=1)
+    """Fraction of a GPU each host asks for when GPUs are used."""
     use_gpu: Literal["auto", "always", "never"] = "auto"
-    layer: str = "graph"  # graph: the backbone's default graph-level features; node; or one of its LAYERS
+    """`auto`: GPUs when the cluster has some now; `always`: ask for them even when none is up yet (autoscaling
+    from zero); `never`."""
+    layer: str = "graph"
+    """Which features: `graph` (the backbone's graph-level features), `node`, or one of the backbone's named layers."""
 
 
 class BootstrapConfig(_Strict):
     """Percentile CIs of RSA over probe resamples; ``n_boot: 0`` turns them off."""
 
     n_boot: int = Field(default=200, ge=0)
+    """Bootstrap replicates over probe resamples (0: no intervals)."""
     level: float = Field(default=0.95, gt=0, lt=1)
+    """Confidence level of the percentile intervals."""
     max_probes: int = Field(default=1000, ge=3)
+    """Subsample larger probe sets to this many probes before bootstrapping."""
 
 
 class DatasetFeaturesConfig(_Strict):
     """The inputs of dataset-distribution metrics (CSI): a seeded sample of every task's own training
     inputs, embedded by one shared model, per structure and/or per atom as the metrics need."""
 
-    model: str | None = None  # a task whose model embeds all datasets (default: the first), or a FOUNDATION_MODELS name
+    model: str | None = None
+    """The model that embeds every task's inputs: a task name (default: the first task) or a `FOUNDATION_MODELS`
+    name."""
     per_task: int = Field(default=500, ge=2)
+    """Inputs sampled per task."""
 
 
 class SimilarityConfig(_Strict):
@@ -233,9 +308,14 @@ class SimilarityConfig(_Strict):
     (``options.<metric>``, validated against its own options model), and RSA's probe bootstrap."""
 
     metrics: list[str] = Field(default_factory=lambda: ["rsa"], min_length=1)
+    """Metrics to compute: names in `tasksim_ray.registry.METRICS`."""
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per metric, its options (`options.rsa.comparison`, `options.cmd.order`, `options.csi.per_structure`):
+    validated against the metric's own options model."""
     bootstrap: BootstrapConfig = BootstrapConfig()
+    """Bootstrap intervals over probe resamples, for the metrics that give them (RSA)."""
     dataset_features: DatasetFeaturesConfig = DatasetFeaturesConfig()
+    """The shared model and sampling of the dataset-distribution metrics (CSI)."""
 
     @field_validator("metrics")
     @classmethod
@@ -272,7 +352,9 @@ class SelectionConfig(_Strict):
     """The subset is chosen on a metric of kind ``similarity`` (a threshold in [-1, 1], higher is closer)."""
 
     metric: str = "rsa"
+    """The similarity the subset is selected on (a metric of kind `similarity`, computed in `similarity.metrics`)."""
     threshold: float = Field(default=0.5, ge=-1, le=1)
+    """Task s covers task t when sim(t, s) is at least this."""
 
     @field_validator("metric")
     @classmethod
@@ -289,16 +371,22 @@ class PublishedConfig(_Strict):
     no training; the probe set (a file) goes through them and probe-based metrics compare them."""
 
     path: str | None = None
-    tasks: list[str] | None = None  # a subset of the checkpoints' task names (default: all)
+    """A folder of published CGCNN checkpoints (`*.pth.tar`) to use as the task models."""
+    tasks: list[str] | None = None
+    """A subset of the checkpoints' task names (null: all)."""
 
 
 class RayConfig(_Strict):
     """Resources of the embedded local Ray; ignored when connecting to a cluster (RAY_ADDRESS)."""
 
     address: str | None = None
+    """A Ray cluster to join (`RAY_ADDRESS` wins; null: start a local Ray)."""
     num_cpus: int | None = Field(default=None, gt=0)
+    """CPUs of the local Ray (null: all of this machine's)."""
     num_gpus: int | None = Field(default=None, ge=0)
+    """GPUs of the local Ray (null: Ray's own detection)."""
     include_dashboard: bool = False
+    """Start the Ray dashboard with the local Ray."""
 
 
 class StorageConfig(_Strict):
@@ -307,7 +395,10 @@ class StorageConfig(_Strict):
     AWS_ENDPOINT_URL(_S3)/AWS_REGION variables; credentials only ever come from the environment."""
 
     uri: str | None = None
+    """Mirror `<workdir>` here so every node shares artifacts: a path, `s3://` or `gs://` (null: local only)."""
     endpoint_override: str | None = None
+    """S3 endpoint of an S3-compatible store (default: `AWS_ENDPOINT_URL(_S3)`)."""
     region: str | None = None
+    """S3 region (default: `AWS_REGION`)."""
 
 

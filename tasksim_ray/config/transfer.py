@@ -17,8 +17,12 @@ class RegularizerConfig(_Strict):
     singular values of the batch feature matrix. ``none`` by default."""
 
     kind: Literal["none", "l2sp", "bss"] = "none"
+    """`l2sp`: lambda |w - w0|^2 on the transferred weights; `bss`: penalise the k smallest squared singular values
+    of the batch feature matrix; `none`."""
     weight: float = Field(default=0.01, ge=0)
+    """The regulariser's weight lambda."""
     bss_k: int = Field(default=1, ge=1)
+    """BSS: how many of the smallest singular values are penalised."""
 
 
 class FinetuneConfig(_Strict):
@@ -30,14 +34,24 @@ class FinetuneConfig(_Strict):
     ``llrd`` multiplies the learning rate by this factor per layer group below the head."""
 
     strategy: Literal["full", "head", "last", "layers"] = "full"
+    """Which parameters train: `full`, `head` (new head, encoder frozen), `last` (last encoder layer + head) or
+    `layers` (head + parameters matching `layers`)."""
     layers: list[str] = Field(default_factory=list)
+    """Glob patterns of parameter names that train with strategy `layers`."""
     gradual_unfreeze: int = Field(default=0, ge=0)
+    """Start from the head and unfreeze one more encoder layer group every this many epochs (0: off)."""
     llrd: float | None = Field(default=None, gt=0, le=1)
+    """Layer-wise learning-rate decay: multiply the learning rate by this per layer group below the head (null: off)."""
     regularizer: RegularizerConfig = RegularizerConfig()
+    """A regulariser towards the pretrained model."""
     lr: float = Field(default=1e-3, gt=0)
+    """Learning rate."""
     max_epochs: int = Field(default=40, ge=1)
+    """Most epochs per cell."""
     patience: int = Field(default=8, ge=1)
+    """Early stopping: epochs without a better validation MAE."""
     batch_size: int = Field(default=50, gt=0)
+    """Samples per batch."""
 
     @model_validator(mode="after")
     def _layers_given(self) -> FinetuneConfig:
@@ -51,17 +65,30 @@ class BudgetConfig(_Strict):
     one of ``samples``, ``epochs`` or ``splits`` (a list of [N, E] pairs to try)."""
 
     total: int = Field(default=60_000, gt=0)
+    """The budget C: samples seen in pretraining, N samples per epoch x E epochs."""
     samples: int | None = Field(default=None, gt=0)
-    epochs: int | None = Field(default=None, gt=0)  # 10 when none of samples/epochs/splits is given
+    """N, samples per epoch (E = C / N)."""
+    epochs: int | None = Field(default=None, gt=0)
+    """E, epochs (N = C / E); 10 when none of samples/epochs/splits is given."""
     splits: list[tuple[int, int]] | None = None
+    """Several [N, E] pairs to try, each multiplying to `total`."""
     sampling: Literal["uniform", "proportional", "temperature"] = "uniform"
+    """How each epoch's N samples are shared among the subset's tasks: `uniform`, `proportional` to their pools, or
+    by `temperature`."""
     temperature: float = Field(default=2.0, gt=0)
-    pool_per_task: int = Field(default=5000, gt=0)  # labelled training molecules per source task
+    """Temperature sampling: weights pool_size^(1/T); 1 is proportional, large values approach uniform."""
+    pool_per_task: int = Field(default=5000, gt=0)
+    """Labelled training molecules per source task that pretraining may draw from."""
     lr: float = Field(default=1e-3, gt=0)
+    """Pretraining learning rate."""
     batch_size: int = Field(default=50, gt=0)
-    workers: int = Field(default=1, ge=1)  # > 1: data-parallel with Ray Train (DDP), same global batch
+    """Pretraining batch size (the global batch with several workers)."""
+    workers: int = Field(default=1, ge=1)
+    """Above 1: data-parallel pretraining on this many Ray Train workers (DDP), same global batch."""
     worker_cpus: float = Field(default=1.0, gt=0)
+    """CPUs per Ray Train worker."""
     worker_gpus: float = Field(default=0.0, ge=0)
+    """GPUs per Ray Train worker."""
 
     @model_validator(mode="before")
     @classmethod
@@ -94,15 +121,25 @@ class MoEConfig(_Strict):
     one-expert mixture, so it uses these heads and rates too."""
 
     k: int = Field(default=2, ge=1)
+    """Experts kept by the top-k gate."""
     penalty: float = Field(default=0.01, ge=0)
+    """Weight lambda of the gate penalty lambda (v^T v - 1)^2."""
     penalty_on: Literal["theta", "gates"] = "theta"
+    """What the penalty applies to: the logits `theta`, or the sparse `gates` (the published code's choice)."""
     init: Literal["uniform", "similarity"] = "uniform"
+    """Gate logits start `uniform`, or from the target's row of the `similarity` matrix."""
     expert_lr: float = Field(default=5e-3, gt=0)
+    """Learning rate of the experts' trainable layers."""
     head_lr: float = Field(default=1e-2, gt=0)
+    """Learning rate of the gate and the head."""
     train_last: bool = True
+    """Each expert's last encoder layer trains (else the experts are frozen and their features computed once)."""
     head_layers: int | None = Field(default=None, ge=1)
+    """null: the model config's MLP head; n: the published head of n softplus-separated linear layers."""
     head_hidden: int = Field(default=32, gt=0)
+    """Width of the published head's hidden layers."""
     schedule: Literal["constant", "cosine"] = "constant"
+    """`cosine` anneals both learning rates to 0 over `finetune.max_epochs`; `constant` keeps them."""
 
 
 class ScratchConfig(_Strict):
@@ -111,12 +148,19 @@ class ScratchConfig(_Strict):
     momentum 0.9, cosine to 1e-5)."""
 
     optimizer: Literal["adam", "sgd"] = "adam"
+    """The from-scratch baseline's optimiser: Adam, or SGD with momentum."""
     lr: float | None = Field(default=None, gt=0)
+    """Its learning rate (null: `finetune.lr`)."""
     momentum: float = Field(default=0.9, ge=0)
+    """SGD momentum."""
     min_lr: float | None = Field(default=None, ge=0)
+    """Anneal the learning rate by cosine down to this (null: constant)."""
     max_epochs: int | None = Field(default=None, ge=1)
+    """Most epochs (null: `finetune.max_epochs`)."""
     patience: int | None = Field(default=None, ge=1)
+    """Early stopping patience (null: `finetune.patience`)."""
     batch_size: int | None = Field(default=None, gt=0)
+    """Batch size (null: `finetune.batch_size`)."""
 
 
 class SourcesConfig(_Strict):
@@ -125,9 +169,13 @@ class SourcesConfig(_Strict):
     = all). ``finetune_from``: the one source fine-tuning starts from in the methods study."""
 
     kind: Literal["tasks", "published"] = "tasks"
+    """`tasks`: the per-task models the pipeline trains; `published`: a folder of CGCNN checkpoints."""
     path: str | None = None
+    """The folder of published `*.pth.tar` checkpoints (kind `published`)."""
     names: list[str] | None = None
+    """Which checkpoint files to use (null: all)."""
     finetune_from: str | None = None
+    """The one source fine-tuning starts from in the methods study."""
 
     @model_validator(mode="after")
     def _path_given(self) -> SourcesConfig:
@@ -153,28 +201,49 @@ class TransferConfig(_Strict):
     ``variants`` are fine-tuning recipes compared by the strategies study, each a set of
     overrides of ``finetune``; ``strategy_pairs`` the (target, source) pairs they run on."""
 
-    tasks: list[str] | None = None  # kept tasks that take part (default: all kept tasks)
+    tasks: list[str] | None = None
+    """Kept tasks that take part (null: all kept tasks)."""
     sizes: list[int] = Field(default_factory=lambda: [100, 300, 1000], min_length=2)
+    """Training-set sizes of the learning curves (increasing)."""
     folds: int = Field(default=2, ge=1)
+    """Folds (seeded permutations of the training split) each cell is repeated over."""
     n_val: int = Field(default=500, gt=0)
+    """Validation molecules per cell (early stopping)."""
     n_test: int = Field(default=1000, gt=0)
+    """Test molecules per cell (the reported MAE)."""
     finetune: FinetuneConfig = FinetuneConfig()
+    """How a target model is trained from a pretrained one, or from scratch."""
     budget: BudgetConfig = BudgetConfig()
+    """Budgeted multi-task pretraining."""
     moe: MoEConfig = MoEConfig()
+    """The mixture of experts."""
     scratch: ScratchConfig = ScratchConfig()
+    """The from-scratch baseline's own optimiser settings."""
     sources: SourcesConfig = SourcesConfig()
-    standardize: Literal["train", "train_val"] = "train"  # labels scaled on train, or train+val (published MoE)
+    """Where transferred models come from."""
+    standardize: Literal["train", "train_val"] = "train"
+    """Labels are standardised on `train`, or on `train_val` (the published MoE code)."""
     # sources: fine-tune from each published source in turn (the per-source transfer a recommendation is scored on);
     # variants: fine-tune each ``foundation`` model with each of ``variants`` (the foundation fine-tuning study)
     methods: list[Literal["scratch", "finetune", "moe", "sources", "variants"]] = Field(
         default_factory=lambda: ["scratch", "finetune", "moe"], min_length=1)
-    studies: list[str] | None = None  # what `tasksim study` runs, names in registry.STUDIES (None: study_names())
+    """The methods study's arms: `scratch`, `finetune`, `moe`, `sources` (fine-tune from each published source in
+    turn) or `variants` (each `foundation` model with each of `variants`)."""
+    studies: list[str] | None = None
+    """What `tasksim study` runs: names in `tasksim_ray.registry.STUDIES` (null: matrix, subset, moe, and
+    strategies when `strategy_pairs` is set)."""
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_VARIANTS), min_length=1)
+    """Named fine-tuning recipes compared by the strategies study, each a set of overrides of `finetune`."""
     strategy_pairs: list[tuple[str, str]] = Field(default_factory=list)
-    foundation: list[str] = Field(default_factory=list)  # shipped foundation models that are sources too
-    ood: list[str] = Field(default_factory=list)  # ptft study: targets never used as a source (out of distribution)
+    """The (target, source) pairs the strategies study runs on."""
+    foundation: list[str] = Field(default_factory=list)
+    """Shipped foundation models (`FOUNDATION_MODELS` names) that are sources too."""
+    ood: list[str] = Field(default_factory=list)
+    """PT/FT study: targets that are never a source (out of distribution)."""
     num_cpus: float = Field(default=1.0, gt=0)
+    """CPUs each transfer cell asks Ray for."""
     num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs (fractions allowed) each transfer cell asks Ray for."""
 
     @model_validator(mode="after")
     def _sizes_increase(self) -> TransferConfig:

@@ -33,7 +33,36 @@ def ensure_ray(cfg: RayConfig) -> None:
     quiet_ray_data()
 
 
+class _DropMessages(logging.Filter):
+    """Drops the records of one logger that start with any of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+# Ray's start-up notices a tasksim user cannot act on, by logger. Token auth stays on (the project's
+# rule), so "it is enabled, set RAY_AUTH_MODE=disabled to opt out" is noise; the warning that it is
+# *disabled* is kept. Ray Data announces that the progress bars we turned off are off.
+_UNACTIONABLE = {
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this",),
+    "ray.data._internal.progress": ("Progress bars disabled", "Progress bars for operators disabled"),
+}
+
+
+def quiet_ray_notices() -> None:
+    """Filter Ray's start-up notices that a user cannot act on (idempotent)."""
+    for name, prefixes in _UNACTIONABLE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(*prefixes))
+
+
 def _start(cfg: RayConfig, runtime_env: dict | None) -> None:
+    quiet_ray_notices()
     address = os.environ.get("RAY_ADDRESS") or cfg.address
     if address:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
@@ -55,6 +84,7 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
     ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    quiet_ray_notices()
 
 
 def cluster_gpus() -> float:

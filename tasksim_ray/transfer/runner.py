@@ -11,6 +11,7 @@ import ray
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import publish_dir
+from tasksim_ray.infra.html import write_html_report
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.registry import STUDIES
 from tasksim_ray.stages import Run
@@ -71,7 +72,8 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
     results = run_studies(ctx, chosen)
     out = cfg.workdir_path / "report" / "transfer"
     paths = write_transfer_report(out, results, ctx, chosen)
-    publish_dir(out)
+    paths["html"] = write_html_report(out.parent)  # the run's page: the pipeline's report and this one
+    publish_dir(out.parent)
     return {"studies": results, "paths": {k: str(v) for k, v in paths.items()}, "timings": ctx.run.timings}
 
 
