@@ -194,6 +194,28 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+class PaperTableConfig(_Strict):
+    """A paper's table or set of facts (an id of ``tasksim_ray.papers``, e.g. ``001/table3``) printed
+    beside a study's results, cell by cell, with the winner per row compared."""
+
+    table: str
+    """The stored table's id (`python -m tasksim_ray.papers` lists them)."""
+    study: str | None = None
+    """The study whose results go beside it (null: the first study run)."""
+    methods: dict[str, str] = Field(default_factory=dict)
+    """The paper's column keys mapped to our method (recipe) names, where they differ."""
+    aliases: dict[str, str] = Field(default_factory=dict)
+    """The paper's row keys mapped to our task names, for tasks named otherwise in your data."""
+
+    @model_validator(mode="after")
+    def _known(self) -> PaperTableConfig:
+        from tasksim_ray.papers import FACT_SETS, TABLES
+
+        if self.table not in TABLES and self.table not in FACT_SETS:
+            raise ValueError(f"unknown paper table '{self.table}'; stored: {', '.join([*TABLES, *FACT_SETS])}")
+        return self
+
+
 class TransferConfig(_Strict):
     """The transfer experiments: learning curves over (target, recipe, size, fold) cells, or (the
     ``methods`` study) each of ``methods`` per task and split seed on the whole training split.
@@ -240,6 +262,8 @@ class TransferConfig(_Strict):
     """Shipped foundation models (`FOUNDATION_MODELS` names) that are sources too."""
     ood: list[str] = Field(default_factory=list)
     """PT/FT study: targets that are never a source (out of distribution)."""
+    paper_tables: list[PaperTableConfig] = Field(default_factory=list)
+    """Papers' tables the report prints ours beside (see `tasksim_ray.papers`)."""
     num_cpus: float = Field(default=1.0, gt=0)
     """CPUs each transfer cell asks Ray for."""
     num_gpus: float = Field(default=0.0, ge=0)

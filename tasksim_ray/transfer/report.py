@@ -101,7 +101,7 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context, stud
     paths: dict[str, Path] = {}
     for study in studies:
         section = study.render(out, results[study.name], ctx)
-        md += section.markdown
+        md += section.markdown + beside_papers(study, results[study.name], ctx, first=study is studies[0])
         paths |= section.figures
     # one JSON and one summary per run of studies, named by them, so `tasksim moe` does not erase the matrix
     name = "_".join(results)
@@ -110,6 +110,23 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context, stud
     paths["markdown"] = out / f"{name}.md"
     write_text_atomic(paths["markdown"], "\n".join(md))
     return paths
+
+
+def beside_papers(study: Study, result: dict[str, Any], ctx: Context, first: bool) -> list[str]:
+    """Each of ``transfer.paper_tables`` that names this study (or none, for the first): the paper's
+    numbers beside ours, cell by cell (markdown), also kept in the study's JSON (``paper_comparison``)."""
+    from tasksim_ray.papers import side_by_side
+
+    md: list[str] = []
+    for ref in ctx.run.cfg.transfer.paper_tables:
+        if ref.study != study.name and not (ref.study is None and first):
+            continue
+        rows = study.paper_rows(result)
+        assert rows is not None  # make_studies refused the config otherwise
+        side = side_by_side(ref.table, rows, ref.aliases or None, ref.methods or None)
+        result.setdefault("paper_comparison", {})[ref.table] = side.data
+        md += [f"## Beside the paper: {ref.table}", "", side.markdown, ""]
+    return md
 
 
 def write_recommendation(out: Path, rec: dict[str, Any], title: str, stem: str = "recommendation") -> dict[str, Path]:

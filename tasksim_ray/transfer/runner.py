@@ -57,6 +57,12 @@ def make_studies(cfg: PipelineConfig, names: list[str], target: str | None = Non
         raise TasksimError(f"the {alone[0]} study runs alone (it uses its own splits), not with {names}")
     for study in studies:
         study.check(cfg)
+    for ref in cfg.transfer.paper_tables:
+        named = ref.study or studies[0].name
+        study = next((s for s in studies if s.name == named), None)
+        if study is None or type(study).paper_rows is Study.paper_rows:
+            raise TasksimError(f"transfer.paper_tables {ref.table}: the study '{named}' "
+                               f"{'does not run' if study is None else 'has no rows to compare with a paper'}")
     return studies
 
 

@@ -146,6 +146,12 @@ class Study:
         """Tables and figures of :meth:`summarise`'s result, written under ``out``."""
         raise NotImplementedError
 
+    def paper_rows(self, result: dict[str, Any]) -> dict[str, Any] | None:
+        """The result in the form a paper's table is compared with (``tasksim_ray.papers.compare``:
+        ``{task: {method: {mean, std, seeds}}}``, or ``{fact key: value}`` for a set of facts); None
+        when the study has nothing to put beside a paper (``transfer.paper_tables`` then refuses it)."""
+        return None
+
 
 def curve_jobs(ctx: Context, target: str, recipes: list[Recipe]) -> list[Job]:
     tc = ctx.run.cfg.transfer

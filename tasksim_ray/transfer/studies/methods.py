@@ -221,6 +221,9 @@ class MethodsStudy(Study):
                    for t, g in gated.items()]
         return Section([*md, ""], figures)
 
+    def paper_rows(self, result: dict[str, Any]) -> dict[str, Any]:
+        return result["targets"]  # {task: {method: {mean, std, seeds, ...}}}
+
 
 def source_recommendation(ctx: Context, sources: dict[str, Recipe], cells: list[dict[str, Any]]) -> dict[str, Any]:
     """Each published source as a recommendation for each task, judged against fine-tuning from it:
