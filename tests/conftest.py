@@ -24,7 +24,7 @@ def ray_local() -> Iterator[None]:
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)  # tests always start their own local instance
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a running cluster
     yield
     ray.shutdown()
 

@@ -62,12 +62,31 @@ def test_methods_study_reports_every_cell_and_reruns_from_cache(ray_local: None,
             assert sum(c["gates"]) == pytest.approx(1.0) and sum(g > 0 for g in c["gates"]) == 2
     md = Path(out["paths"]["markdown"]).read_text()
     assert "## Methods" in md and "| moe |" in md and "## Beside the paper: 001/table3" in md and Path(out["paths"]["methods_gates"]).stat().st_size > 0
+    _published_page_is_generated_from_the_run(Path(out["paths"]["markdown"]).parent, tmp_path / "results" / "moe")
     cells = sorted((tmp_path / "artifacts" / "cells").glob("*/result.json"))
     stamps = [c.stat().st_mtime_ns for c in cells]
     assert len(cells) == 6
     again = run_transfer(cfg, ["methods"], Console())["studies"]["methods"]
     assert again["cells"] == r["cells"]
     assert [c.stat().st_mtime_ns for c in cells] == stamps
+
+
+def _published_page_is_generated_from_the_run(report: Path, dest: Path) -> None:
+    """`tasksim publish`: the results page carries the run's record and resolved config, the
+    report's tables, and JSON without the per-cell records."""
+    from typer.testing import CliRunner
+
+    from tasksim_ray.cli import app
+
+    out = CliRunner().invoke(app, ["publish", str(report), str(dest), "--title", "MoE, tiny"])
+    assert out.exit_code == 0, out.output
+    page = (dest / "README.md").read_text()
+    assert page.startswith("# MoE, tiny") and "| commit |" in page and "| machine |" in page
+    assert "## Methods" in page and "## Beside the paper: 001/table3" in page
+    assert (dest / "config.yaml").is_file() and (dest / "methods_gates.png").is_file()
+    assert "cells" not in json.loads((dest / "methods.json").read_text())["methods"]
+    bad = CliRunner().invoke(app, ["publish", str(dest / "nowhere"), str(dest)])
+    assert bad.exit_code == 2 and "no run.json" in bad.output
 
 
 def _renamed_copy(src: Path, dst: Path, columns: dict[str, str]) -> None:

@@ -3,7 +3,7 @@
 Importing a module registers its verbs; ``--help`` lists them in this order within each panel."""
 
 from tasksim_ray.cli import pipeline, serve, submit  # noqa: F401, I001  (run, demo, serve, submit first)
-from tasksim_ray.cli import transfer, crystals, search  # noqa: F401, I001
+from tasksim_ray.cli import transfer, crystals, search, publish  # noqa: F401, I001
 from tasksim_ray.cli.app import app
 
 

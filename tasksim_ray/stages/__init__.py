@@ -7,6 +7,7 @@ changed setting reruns that stage and those after it only.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Run:
     cfg: PipelineConfig
     console: Console
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     _hosts: HostGroup | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

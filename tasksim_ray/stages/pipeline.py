@@ -12,6 +12,7 @@ import numpy as np
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.infra.cache import publish_dir, read_manifest
 from tasksim_ray.infra.progress import Console
+from tasksim_ray.infra.provenance import record_run
 from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.similarity import METRICS
 from tasksim_ray.similarity.select import Selection, select_subset
@@ -94,6 +95,7 @@ def _finish(run: Run, result: PipelineResult, sim: SimilarityResult, n_probes: i
     with run.timed("select"):
         selection = select_subset(sim.names, sim.matrices[cfg.selection.metric], cfg.selection.threshold)
     report = _report(run, sim, selection, result, n_probes)
+    report["run"] = record_run(cfg.workdir_path / "report", cfg.model_dump(mode="json"), run.started)
     paths = write_report(cfg.workdir_path / "report", report, sim, selection)
     publish_dir(cfg.workdir_path / "report")  # to the shared store, when one is configured
     result.tasks, result.units = list(sim.names), report["units"]

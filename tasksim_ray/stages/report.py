@@ -13,6 +13,7 @@ from scipy.spatial.distance import pdist, squareform
 from tasksim_ray.infra.cache import write_json_atomic, write_text_atomic
 from tasksim_ray.infra.figures import plt, save_figure
 from tasksim_ray.infra.html import INDEX, write_html_report
+from tasksim_ray.infra.provenance import provenance_table
 from tasksim_ray.similarity import METRICS
 from tasksim_ray.similarity.select import Selection
 from tasksim_ray.stages.similarity import SimilarityResult
@@ -66,7 +67,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
     """The run at a glance, figures first (linked by file name, so the HTML page embeds them in place),
     then the per-task models, the stage timings and the RSA intervals."""
     sel = report["selection"]
-    lines = [f"# tasksim report: {report['name']}", "",
+    lines = [f"# tasksim report: {report['name']}", "", *(provenance_table(report["run"]) + [""] if "run" in report else []),
              f"Tasks ({len(report['tasks'])}): {', '.join(report['tasks'])}", ""]
     if report["dropped_tasks"]:
         lines += ["Dropped as redundant (|Pearson r| above the threshold with a kept target):", ""]

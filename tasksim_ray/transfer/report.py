@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tasksim_ray.infra.cache import write_json_atomic, write_text_atomic
+from tasksim_ray.infra.provenance import provenance_table
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import CurveSummary, SimGain
 
@@ -90,11 +91,13 @@ def relative_bars(per_target: dict[str, dict[str, Any]], targets: list[str],
     return bars
 
 
-def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context, studies: list[Study]) -> dict[str, Path]:
-    """Each study's section (its tables and figures), one JSON and one markdown; the written paths by name."""
+def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context, studies: list[Study],
+                          run: dict[str, Any]) -> dict[str, Path]:
+    """Each study's section (its tables and figures), one JSON and one markdown headed by the run's
+    record (``infra.provenance``); the written paths by name."""
     out.mkdir(parents=True, exist_ok=True)
     tc = ctx.run.cfg.transfer
-    md = [f"# Transfer experiments: {ctx.run.cfg.name}", ""]
+    md = [f"# Transfer experiments: {ctx.run.cfg.name}", "", *provenance_table(run), ""]
     if any(s.data == "curves" for s in studies):  # learning curves: sizes and folds apply
         md += [f"Sizes {tc.sizes}, {tc.folds} fold(s); AUC = trapezoid of test MAE over training-set size, normalised "
                "by the size range (task units); gain = relative AUC improvement over scratch, mean ± SE over folds.", ""]

@@ -4,6 +4,7 @@ together, and written as one transfer report."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import ray
@@ -12,6 +13,7 @@ from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import publish_dir
 from tasksim_ray.infra.html import write_html_report
+from tasksim_ray.infra.provenance import record_run
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.registry import STUDIES
 from tasksim_ray.stages import Run
@@ -69,7 +71,7 @@ def make_studies(cfg: PipelineConfig, names: list[str], target: str | None = Non
 def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | None = None,
                  target: str | None = None, sources: list[str] | None = None) -> dict[str, Any]:
     """Run ``studies`` (names in ``STUDIES``) and write ``<workdir>/report/transfer/``."""
-    console = console or Console()
+    console, started = console or Console(), datetime.now(timezone.utc)
     chosen = make_studies(cfg, studies, target, sources)
     if chosen[0].data == "splits":
         ctx = chosen[0].build_context(cfg, console)
@@ -77,7 +79,8 @@ def run_transfer(cfg: PipelineConfig, studies: list[str], console: Console | Non
         ctx = build_context(cfg, console, any(s.needs_similarity(cfg) for s in chosen))
     results = run_studies(ctx, chosen)
     out = cfg.workdir_path / "report" / "transfer"
-    paths = write_transfer_report(out, results, ctx, chosen)
+    run = record_run(out, cfg.model_dump(mode="json"), started, [s.name for s in chosen])
+    paths = write_transfer_report(out, results, ctx, chosen, run)
     paths["html"] = write_html_report(out.parent)  # the run's page: the pipeline's report and this one
     publish_dir(out.parent)
     return {"studies": results, "paths": {k: str(v) for k, v in paths.items()}, "timings": ctx.run.timings}

@@ -1,0 +1,26 @@
+"""``tasksim publish``: a run's report as a ``results/<study>/`` page, generated from the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tasksim_ray.cli.app import PANEL_STAGES, app, console, user_errors
+
+
+@app.command(rich_help_panel=PANEL_STAGES)
+def publish(report: Annotated[Path, typer.Argument(help="a run's report folder: WORKDIR/report or WORKDIR/report/transfer",
+                                                   metavar="REPORT")],
+            dest: Annotated[Path, typer.Argument(help="the results page's folder, e.g. results/crystal_moe", metavar="DEST")],
+            title: Annotated[str, typer.Option(help="the page's title")] = "Results",
+            notes: Annotated[Path | None, typer.Option(help="Markdown placed under the record: what the run reduced "
+                                                            "from the paper's setting, where it disagrees")] = None) -> None:
+    """Copy a run's report (tables, JSON without per-cell records, figures, run record and resolved
+    config) to DEST and write DEST/README.md from them: date, commit, command, machine, config, notes."""
+    with user_errors():
+        from tasksim_ray.infra.provenance import publish_report
+
+        out = publish_report(report, dest, title, notes)
+    console.print(f"Published {report} -> {out}")
