@@ -61,7 +61,8 @@ def test_methods_study_reports_every_cell_and_reruns_from_cache(ray_local: None,
         if c["recipe"] == "moe":
             assert sum(c["gates"]) == pytest.approx(1.0) and sum(g > 0 for g in c["gates"]) == 2
     md = Path(out["paths"]["markdown"]).read_text()
-    assert "## Methods" in md and "| moe |" in md and "## Beside the paper: 001/table3" in md and Path(out["paths"]["methods_gates"]).stat().st_size > 0
+    assert "## Methods" in md and "| moe |" in md and "## Beside the paper: 001/table3" in md
+    assert Path(out["paths"]["methods_gates"]).stat().st_size > 0
     _published_page_is_generated_from_the_run(Path(out["paths"]["markdown"]).parent, tmp_path / "results" / "moe")
     cells = sorted((tmp_path / "artifacts" / "cells").glob("*/result.json"))
     stamps = [c.stat().st_mtime_ns for c in cells]
@@ -157,8 +158,8 @@ def test_atom_features_entering_the_last_convolution_come_from_the_hosts(ray_loc
     hosts, equal to the extractor's own in-process features, atoms stacked in input order."""
     from tasksim_ray.config import EmbedConfig
     from tasksim_ray.embedding.service import embed_table, graph_table, read_embedded
-    from tasksim_ray.models.published import extractor_features, load_published, write_published
     from tasksim_ray.featurize.graphstore import graph_from_bytes
+    from tasksim_ray.models.published import extractor_features, load_published, write_published
 
     with gzip.open(DATA / "moe_tasks" / f"{FILES[0]}.json.gz", "rt") as fh:
         rows = json.load(fh)["data"][:9]

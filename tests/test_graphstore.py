@@ -2,8 +2,13 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from tasksim_ray.featurize.graphstore import (batch_from_bytes, graph_from_bytes, graph_to_bytes, pack_graphs,
-                                              unpack_graphs)
+from tasksim_ray.featurize.graphstore import (
+    batch_from_bytes,
+    graph_from_bytes,
+    graph_to_bytes,
+    pack_graphs,
+    unpack_graphs,
+)
 from tasksim_ray.featurize.molecule import smiles_to_graph
 
 

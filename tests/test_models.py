@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from tasksim_ray.featurize.molecule import smiles_to_graph
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.featurize.molecule import smiles_to_graph
 from tasksim_ray.models import FORMAT_VERSION, TaskModelInfo, load_checkpoint, save_checkpoint
 from tasksim_ray.models.dmpnn import DMPNN
 
@@ -56,8 +56,9 @@ def test_checkpoint_folder_round_trip(tmp_path: Path) -> None:
         assert k == k2 and torch.equal(v, v2)
 
 
-@pytest.mark.parametrize(("field", "value", "says"), [("backbone_version", 7, "dmpnn version 7, this code is version 1"),
-                                                     ("format_version", FORMAT_VERSION + 1, "upgrade tasksim_ray")])
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("backbone_version", 7, "dmpnn version 7, this code is version 1"),
+    ("format_version", FORMAT_VERSION + 1, "upgrade tasksim_ray")])
 def test_model_folder_versions_are_checked_on_load(tmp_path: Path, field: str, value: int, says: str) -> None:
     """A folder written by another backbone version or a newer format is refused in one line, as
     matgl refuses a model of another version; a folder without versions (format 1) still loads."""

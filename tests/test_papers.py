@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
 import shutil
 import statistics
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest

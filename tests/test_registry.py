@@ -1,6 +1,7 @@
 """Registries are the single source of names: a backbone, a metric and a study defined in this file
 and registered from it (no library edit) validate in a config, run the tiny pipeline through
-similarity, a fine-tuning cell and a study of their own, on a real local Ray. The backbone is built inside Ray workers (pretraining
+similarity, a fine-tuning cell and a study of their own, on a real local Ray. The backbone is built
+inside Ray workers (pretraining
 tasks, embedding actors, fine-tuning cells), which know it only through the driver's registration."""
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def result(cfg: PipelineConfig) -> PipelineResult:
 
 def test_registered_names_validate(cfg: PipelineConfig) -> None:
     assert (cfg.model.backbone, cfg.selection.metric) == ("toy", "toy_norms")
-    assert cfg.similarity.options_for("toy_norms") == {"power": 2.0} and cfg.similarity.options_for("rsa")["comparison"] == "spearman"
+    assert cfg.similarity.options_for("toy_norms") == {"power": 2.0}
+    assert cfg.similarity.options_for("rsa")["comparison"] == "spearman"  # the options model's default
     assert "toy" in BACKBONES.names() and METRICS.get("toy_norms").kind == "similarity"
 
 
@@ -167,7 +169,8 @@ class NearestSourceStudy(Study):
 
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
         mae = {(c["target"], c["recipe"]): c["test_mae"] for c in done.cells}
-        return {t: {"source": s, "scratch": mae[(t, "scratch")], "finetuned": mae[(t, s)]} for t, s in self.picks.items()}
+        return {t: {"source": s, "scratch": mae[(t, "scratch")], "finetuned": mae[(t, s)]}
+                for t, s in self.picks.items()}
 
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
         return Section(["## Nearest source", "", "| target | source | scratch | fine-tuned |", "|---|---|---|---|",

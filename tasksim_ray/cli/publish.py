@@ -10,13 +10,16 @@ import typer
 from tasksim_ray.cli.app import PANEL_STAGES, app, console, user_errors
 
 
+ReportArg = Annotated[Path, typer.Argument(help="a run's report folder: WORKDIR/report or WORKDIR/report/transfer",
+                                           metavar="REPORT")]
+DestArg = Annotated[Path, typer.Argument(help="the results page's folder, e.g. results/crystal_moe", metavar="DEST")]
+NotesOpt = Annotated[Path | None, typer.Option(help="Markdown placed under the title: what the run reduced from the "
+                                                    "paper's setting, where it disagrees with the paper")]
+
+
 @app.command(rich_help_panel=PANEL_STAGES)
-def publish(report: Annotated[Path, typer.Argument(help="a run's report folder: WORKDIR/report or WORKDIR/report/transfer",
-                                                   metavar="REPORT")],
-            dest: Annotated[Path, typer.Argument(help="the results page's folder, e.g. results/crystal_moe", metavar="DEST")],
-            title: Annotated[str, typer.Option(help="the page's title")] = "Results",
-            notes: Annotated[Path | None, typer.Option(help="Markdown placed under the record: what the run reduced "
-                                                            "from the paper's setting, where it disagrees")] = None) -> None:
+def publish(report: ReportArg, dest: DestArg, title: Annotated[str, typer.Option(help="the page's title")] = "Results",
+            notes: NotesOpt = None) -> None:
     """Copy a run's report (tables, JSON without per-cell records, figures, run record and resolved
     config) to DEST and write DEST/README.md from them: date, commit, command, machine, config, notes."""
     with user_errors():

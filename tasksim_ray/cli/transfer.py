@@ -10,8 +10,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tasksim_ray.cli.app import (PANEL_STAGES, PANEL_STUDIES, PANEL_TRANSFER, ConfigArg, SetOpt, app, console,
-                                  overrides, user_errors)
+from tasksim_ray.cli.app import (
+    PANEL_STAGES,
+    PANEL_STUDIES,
+    PANEL_TRANSFER,
+    ConfigArg,
+    SetOpt,
+    app,
+    console,
+    overrides,
+    user_errors,
+)
 from tasksim_ray.config import PipelineConfig, load_config
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import STUDIES

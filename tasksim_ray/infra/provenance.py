@@ -96,7 +96,7 @@ def provenance_table(run: dict[str, Any]) -> list[str]:
     rows = [("date", run["date"]), ("commit", f"`{run['commit']}`"), ("command", f"`{run['command']}`"
                                                                                   if run.get("command") else "-"),
             ("config", f"[`{CONFIG_FILE}`]({CONFIG_FILE}) (resolved, every default filled in)"),
-            ("machine", hw), ("wall time", f"{run['wall_s'] / 60:.1f} min (this invocation; cached work is reused, not redone)"),
+            ("machine", hw), ("wall time", f"{run['wall_s'] / 60:.1f} min (this invocation; cached work is reused)"),
             ("versions", ", ".join(f"{k} {v}" for k, v in run["versions"].items()))]
     return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
 
@@ -110,7 +110,6 @@ def publish_report(report_dir: Path, dest: Path, title: str, notes: Path | None 
     if not (report_dir / RUN_FILE).is_file():
         raise TasksimError(f"{report_dir}: no {RUN_FILE}; publish a report folder written by a run "
                            "(<workdir>/report or <workdir>/report/transfer)")
-    run = yaml.safe_load((report_dir / RUN_FILE).read_text())
     dest.mkdir(parents=True, exist_ok=True)
     reports = sorted(p for p in report_dir.glob("*.md") if p.name != "README.md")
     for p in sorted(report_dir.iterdir()):

@@ -2,8 +2,9 @@
 
 Each task's RDM triangle becomes a comparison vector (exact doubled centred ranks for Spearman,
 centred values for Pearson) stored once as the artifact ``<key>/vector.npy`` (its squared norm in
-the manifest), keyed by what produced the embedding (model, probe set, layer) and the comparison. Pairs are inner products of those vectors, summed
-over blocks of the triangle by Ray tasks, and kept in a pair store: adding a task to a finished
+the manifest), keyed by what produced the embedding (model, probe set, layer) and the comparison.
+Pairs are inner products of those vectors, summed over blocks of the triangle by Ray tasks, and
+kept in a pair store: adding a task to a finished
 study computes only its vector and its new row and column. Memory stays bounded: the full M x M
 RDM never exists, a block holds ``block_bytes`` of vectors, and ranking jobs run only as many at
 once as ``memory_budget_gb`` allows (20,000 probes means 2e8 entries per task).
@@ -23,8 +24,15 @@ from tasksim_ray.infra.cache import Artifacts, artifact_key, write_json_atomic
 from tasksim_ray.infra.jobs import Job, ManifestResults, run_jobs
 from tasksim_ray.infra.metrics import similarity_pairs
 from tasksim_ray.similarity.inputs import SimilarityInputs, check_embeddings
-from tasksim_ray.similarity.rsa import (CHUNK, Comparison, comparison_vector, doubled_centred_ranks, n_pairs, rdm_upper,
-                                        rsa_matrix)
+from tasksim_ray.similarity.rsa import (
+    CHUNK,
+    Comparison,
+    comparison_vector,
+    doubled_centred_ranks,
+    n_pairs,
+    rdm_upper,
+    rsa_matrix,
+)
 
 VECTOR_KIND, VECTOR_FILE = "rsa-vector", "vector.npy"
 RANK_BYTES_PER_ENTRY = 24  # triangle (8) + sort order (8) + ranks (4) + tie mask (1) + chunk slack

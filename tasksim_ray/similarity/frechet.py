@@ -27,7 +27,6 @@ import numpy as np
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.similarity.inputs import SimilarityInputs, check_embeddings, check_finite
 
-
 Rows = Literal["embeddings", "dataset_features", "node_features"]
 
 

@@ -7,10 +7,10 @@ changed setting reruns that stage and those after it only.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 

@@ -72,7 +72,8 @@ def subset_key(data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig, s
     settings = budget.model_dump(include={"sampling", "temperature", "lr", "batch_size"})
     if budget.workers > 1:  # data-parallel training is not bit-identical to one worker
         settings["workers"] = budget.workers
-    return artifact_key("subset-model", backbone_version(model_cfg.backbone), data.tasks, data.content_key, model_cfg.model_dump(), settings,
+    return artifact_key("subset-model", backbone_version(model_cfg.backbone), data.tasks, data.content_key,
+                        model_cfg.model_dump(), settings,
                        list(split), seed)
 
 

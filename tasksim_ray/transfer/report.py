@@ -99,8 +99,9 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context, stud
     tc = ctx.run.cfg.transfer
     md = [f"# Transfer experiments: {ctx.run.cfg.name}", "", *provenance_table(run), ""]
     if any(s.data == "curves" for s in studies):  # learning curves: sizes and folds apply
-        md += [f"Sizes {tc.sizes}, {tc.folds} fold(s); AUC = trapezoid of test MAE over training-set size, normalised "
-               "by the size range (task units); gain = relative AUC improvement over scratch, mean ± SE over folds.", ""]
+        md += [f"Sizes {tc.sizes}, {tc.folds} fold(s); AUC = trapezoid of test MAE over training-set size, "
+               "normalised by the size range (task units); gain = relative AUC improvement over scratch, mean ± SE "
+               "over folds.", ""]
     paths: dict[str, Path] = {}
     for study in studies:
         section = study.render(out, results[study.name], ctx)

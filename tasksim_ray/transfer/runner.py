@@ -13,8 +13,8 @@ from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import publish_dir
 from tasksim_ray.infra.html import write_html_report
-from tasksim_ray.infra.provenance import record_run
 from tasksim_ray.infra.progress import Console
+from tasksim_ray.infra.provenance import record_run
 from tasksim_ray.registry import STUDIES
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_preprocess, stage_tasks

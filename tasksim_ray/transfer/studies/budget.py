@@ -25,8 +25,17 @@ from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import fold_gains, gain_matrix, paired_difference
 from tasksim_ray.transfer.cells import Recipe
 from tasksim_ray.transfer.report import write_recommendation
-from tasksim_ray.transfer.study import SCRATCH, Context, Done, Job, Section, Study, curve_entry, curve_jobs, \
-    recommendation
+from tasksim_ray.transfer.study import (
+    SCRATCH,
+    Context,
+    Done,
+    Job,
+    Section,
+    Study,
+    curve_entry,
+    curve_jobs,
+    recommendation,
+)
 
 ALL = "all others"
 

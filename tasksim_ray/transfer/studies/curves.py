@@ -8,8 +8,17 @@ from typing import Any
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.transfer.report import curve_figures, curve_table
-from tasksim_ray.transfer.study import SCRATCH, Context, Done, Job, Section, Study, check_sources, curve_entry, \
-    curve_jobs
+from tasksim_ray.transfer.study import (
+    SCRATCH,
+    Context,
+    Done,
+    Job,
+    Section,
+    Study,
+    check_sources,
+    curve_entry,
+    curve_jobs,
+)
 
 
 class CurvesStudy(Study):

@@ -14,8 +14,17 @@ from tasksim_ray.infra.cache import read_manifest
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import fold_gains, gain_matrix, similarity_vs_gain
 from tasksim_ray.transfer.report import curve_figures, write_recommendation
-from tasksim_ray.transfer.study import SCRATCH, Context, Done, Job, Section, Study, curve_entry, curve_jobs, \
-    recommendation
+from tasksim_ray.transfer.study import (
+    SCRATCH,
+    Context,
+    Done,
+    Job,
+    Section,
+    Study,
+    curve_entry,
+    curve_jobs,
+    recommendation,
+)
 
 
 class MatrixStudy(Study):

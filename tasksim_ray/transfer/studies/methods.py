@@ -135,7 +135,8 @@ class MethodsStudy(Study):
         data, seeds = ctx.data, ctx.run.cfg.data.split.seeds
         assert isinstance(data, SplitData)
         self.methods = self.recipes(ctx)
-        return [(data.cell(t, i, s), r) for t in data.targets for i, s in enumerate(seeds) for r in self.methods.values()]
+        return [(data.cell(t, i, s), r) for t in data.targets for i, s in enumerate(seeds)
+                for r in self.methods.values()]
 
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
         """Test MAE mean ± std over seeds (numpy's std, as published) and SE, the improvement over
@@ -240,8 +241,10 @@ def source_recommendation(ctx: Context, sources: dict[str, Recipe], cells: list[
         scores[t] = {name: float(np.mean([logme_score(store[f"feat/{Path(r.checkpoints[0]).name}"][c.train_pos].numpy(),
                                                       c.y_train) for c in train])) for name, r in sources.items()}
     seconds = time.perf_counter() - start
-    per_fold = {t: {name: np.array([100 * (mae[(t, "scratch", s)] - mae[(t, f"from {name}", s)]) / mae[(t, "scratch", s)]
-                                    for s in seeds]) for name in sources} for t in data.targets}
+    def gain(t: str, name: str, s: int) -> float:
+        return 100 * (mae[(t, "scratch", s)] - mae[(t, f"from {name}", s)]) / mae[(t, "scratch", s)]
+
+    per_fold = {t: {name: np.array([gain(t, name, s) for s in seeds]) for name in sources} for t in data.targets}
     rec = recommend_report({"logme": scores}, per_fold, {}, dict.fromkeys(sources, float("nan")), ctx.run.cfg.seed)
     rec["gain"] = "test MAE improvement over scratch, % of scratch MAE, mean over split seeds"
     mine = [c for c in cells if c["recipe"].startswith("from ")]

@@ -88,8 +88,9 @@ class PTFTStudy(Study):
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
         figures: dict[str, Path] = {}
         md = ptft_markdown(out, result, figures)
-        figures |= curve_figures(out, "ptft", {t: {k: e["curves"][k] for k in ("scratch", e["best_pairwise"], result["mpt"])}
-                                               for t, e in result["per_target"].items()}, ctx.data.units)
+        shown = {t: {k: e["curves"][k] for k in ("scratch", e["best_pairwise"], result["mpt"])}
+                 for t, e in result["per_target"].items()}
+        figures |= curve_figures(out, "ptft", shown, ctx.data.units)
         return Section(md, figures)
 
 

@@ -11,8 +11,17 @@ from tasksim_ray.errors import TasksimError
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.cells import Recipe
 from tasksim_ray.transfer.report import curve_summary, curve_table, relative_bars
-from tasksim_ray.transfer.study import SCRATCH, Context, Done, Job, Section, Study, check_sources, curve_entry, \
-    curve_jobs
+from tasksim_ray.transfer.study import (
+    SCRATCH,
+    Context,
+    Done,
+    Job,
+    Section,
+    Study,
+    check_sources,
+    curve_entry,
+    curve_jobs,
+)
 
 
 class StrategiesStudy(Study):

@@ -72,7 +72,7 @@ class SubsetStudy(Study):
                for t, entries in result["targets"].items() for lbl, e in entries.items() if "pretrain_tasks" in e]
         md += ["", "Diverse subset minus all others, gain points per fold (paired), mean [95% t interval]:", "",
                "| target | budget | difference | beyond the interval? |", "|---|---|---|---|"]
-        md += [f"| {t} | {lbl.removeprefix('diverse subset ')} | {d['mean']:.1f} [{d['ci'][0]:.1f}, {d['ci'][1]:.1f}] | "
-               f"{'yes' if d['differ'] else 'no'} |" for t, entries in result["targets"].items()
+        md += [f"| {t} | {lbl.removeprefix('diverse subset ')} | {d['mean']:.1f} [{d['ci'][0]:.1f}, "
+               f"{d['ci'][1]:.1f}] | {'yes' if d['differ'] else 'no'} |" for t, entries in result["targets"].items()
                for lbl, e in entries.items() if (d := e.get("vs_all_others"))]
         return Section([*md, ""], figures)
