@@ -39,6 +39,7 @@ from tasksim_ray.config.transfer import (
     BudgetConfig,
     FinetuneConfig,
     MoEConfig,
+    RecipeConfig,
     RegularizerConfig,
     ScratchConfig,
     SourcesConfig,
@@ -49,7 +50,7 @@ from tasksim_ray.registry import FOUNDATION_MODELS, METRICS
 
 __all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CrystalGraphConfig",
            "DataConfig", "DatasetFeaturesConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig", "PipelineConfig",
-           "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "ScratchConfig", "SearchConfig",
+           "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RecipeConfig", "RegularizerConfig", "ScratchConfig", "SearchConfig",
            "SelectionConfig", "SimilarityConfig", "SourcesConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
 

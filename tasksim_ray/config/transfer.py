@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from tasksim_ray.config.base import Strict as _Strict
 from tasksim_ray.config.base import first_error as _first_error
+from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import FOUNDATION_MODELS, STUDIES
 
 
@@ -142,6 +143,58 @@ class MoEConfig(_Strict):
     """`cosine` anneals both learning rates to 0 over `finetune.max_epochs`; `constant` keeps them."""
 
 
+PerTarget = dict[str, str]
+PerTargetList = dict[str, list[str]]
+
+
+class RecipeConfig(_Strict):
+    """One named recipe of the methods study (``transfer.recipes``). File names are published
+    extractors in ``transfer.sources.path``; a mapping gives each target its own (it must name every
+    target). ``scratch``: single-task learning from random initialisation; ``finetune``: from
+    ``source``; ``best_of``: fine-tuned from each of ``sources`` in turn, reported each and as the best
+    per target (the paper's Best TL-(3)); ``moe``: a mixture over ``experts`` (null: every extractor
+    of ``transfer.sources``) with ``moe`` over ``transfer.moe``'s keys."""
+
+    kind: Literal["scratch", "finetune", "best_of", "moe"]
+    """What the recipe trains."""
+    source: str | PerTarget | None = None
+    """`finetune`: the extractor file it starts from (or one per target)."""
+    sources: list[str] | PerTargetList | None = None
+    """`best_of`: the extractor files fine-tuned from in turn (or a list per target)."""
+    experts: list[str] | PerTargetList | None = None
+    """`moe`: the extractor files mixed (or a list per target); null: every extractor of `transfer.sources`."""
+    moe: dict[str, Any] = Field(default_factory=dict)
+    """`moe`: keys of `transfer.moe` this recipe sets otherwise (`k`, `aggregation`, `init`, ...)."""
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> RecipeConfig:
+        given = {f for f in ("source", "sources", "experts") if getattr(self, f) is not None} | (
+            {"moe"} if self.moe else set())
+        allowed = {"scratch": set(), "finetune": {"source"}, "best_of": {"sources"}, "moe": {"experts", "moe"}}[self.kind]
+        if given - allowed:
+            raise ValueError(f"a {self.kind} recipe takes no {', '.join(sorted(given - allowed))}")
+        needed = {"finetune": "source", "best_of": "sources"}.get(self.kind)
+        if needed and needed not in given:
+            raise ValueError(f"a {self.kind} recipe needs '{needed}'")
+        return self
+
+    def moe_config(self, base: MoEConfig) -> MoEConfig:
+        """``base`` with this recipe's MoE keys over it."""
+        try:
+            return MoEConfig.model_validate(base.model_dump() | self.moe)
+        except ValidationError as exc:
+            raise ValueError(f"moe: {_first_error(exc)}") from None
+
+
+def for_target(value: Any, target: str, what: str) -> Any:
+    """A recipe field's value for one target: the value itself, or its entry in a per-target mapping."""
+    if not isinstance(value, dict):
+        return value
+    if target not in value:
+        raise TasksimError(f"transfer.recipes: {what} names no entry for target '{target}' (has: {', '.join(value)})")
+    return value[target]
+
+
 class ScratchConfig(_Strict):
     """The from-scratch baseline's own optimiser (None: ``finetune``'s value): Adam or SGD with
     momentum, annealed by cosine to ``min_lr`` when that is set (the published STL: SGD lr 0.02,
@@ -251,6 +304,9 @@ class TransferConfig(_Strict):
         default_factory=lambda: ["scratch", "finetune", "moe"], min_length=1)
     """The methods study's arms: `scratch`, `finetune`, `moe`, `sources` (fine-tune from each published source in
     turn) or `variants` (each `foundation` model with each of `variants`)."""
+    recipes: dict[str, RecipeConfig] = Field(default_factory=dict)
+    """The methods study's arms by name, in full (instead of `methods`): each a `scratch`, `finetune`,
+    `best_of` or `moe` recipe over named published extractors (Tables 1-4 of the MoE paper)."""
     studies: list[str] | None = None
     """What `tasksim study` runs: names in `tasksim_ray.registry.STUDIES` (null: matrix, subset, moe, and
     strategies when `strategy_pairs` is set)."""
@@ -284,6 +340,13 @@ class TransferConfig(_Strict):
         for name in self.foundation:
             if name not in FOUNDATION_MODELS:
                 raise ValueError(f"transfer.foundation: {FOUNDATION_MODELS.unknown(name)}")
+        if self.recipes and "methods" in self.model_fields_set:
+            raise ValueError("transfer: give the methods study's arms as recipes or as methods, not both")
+        for name, recipe in self.recipes.items():
+            try:
+                recipe.moe_config(self.moe)
+            except ValueError as exc:
+                raise ValueError(f"transfer.recipes.{name}: {exc}") from None
         if "variants" in self.methods and not self.foundation:
             raise ValueError("transfer.methods 'variants' fine-tunes the transfer.foundation models: name one there")
         self.variant_configs()

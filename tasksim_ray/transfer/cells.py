@@ -48,6 +48,7 @@ class Recipe:
     checkpoints: tuple[str, ...] = ()
     theta: tuple[float, ...] | None = None
     finetune: FinetuneConfig | None = None  # a fine-tuning variant; None: the config's ``finetune``
+    moe: MoEConfig | None = None  # a mixture's own settings; None: the config's ``moe``
     published: bool = False
     fingerprints: tuple[Any, ...] = ()
 
@@ -93,11 +94,14 @@ class CellSettings:
     seed: int
     scratch: ScratchConfig = ScratchConfig()
 
+    def moe_for(self, recipe: Recipe) -> MoEConfig:
+        return recipe.moe or self.moe
+
     def key_for(self, recipe: Recipe) -> Any:
         loop = self.finetune.model_dump(include={"max_epochs", "patience", "batch_size"})
         if recipe.kind == "moe" or recipe.published:
             ft = (recipe.finetune or self.finetune).strategy if recipe.kind == "finetune" else None
-            return [self.model.model_dump(), self.moe.model_dump(), loop, ft]
+            return [self.model.model_dump(), self.moe_for(recipe).model_dump(), loop, ft]
         if recipe.kind == "scratch":
             return [self.model.model_dump(), self.finetune.model_dump(include={"lr", "max_epochs", "patience",
                                                                               "batch_size"}),
@@ -135,7 +139,7 @@ def _head(moe: MoEConfig, model_cfg: ModelConfig, dim: int) -> torch.nn.Module:
 def _train_last(recipe: Recipe, settings: CellSettings) -> bool:
     """Published recipes: does the experts' last layer train? (fine-tuning: strategy head/last)"""
     if recipe.kind == "moe":
-        return settings.moe.train_last
+        return settings.moe_for(recipe).train_last
     strategy = (recipe.finetune or settings.finetune).strategy
     if strategy not in ("head", "last"):
         raise TasksimError(f"finetune.strategy '{strategy}' from published checkpoints: use 'head' or 'last'")
@@ -150,9 +154,9 @@ def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.devi
     if recipe.kind == "scratch":
         model = build_model(settings.model.backbone, model_hparams(settings.model))
         return model, scratch_options(model, settings.finetune, settings.scratch)
-    theta = initial_theta(len(recipe.checkpoints), settings.moe.init,
-                          np.array(recipe.theta) if recipe.theta is not None else None, seed)
-    moe, ft = settings.moe, settings.finetune
+    moe, ft = settings.moe_for(recipe), settings.finetune
+    theta = initial_theta(len(recipe.checkpoints), moe.init, np.array(recipe.theta) if recipe.theta is not None else None,
+                          seed)
     if recipe.published:  # the frozen layers are in the store; the last ones load here if they train
         tails = [load_published(c)[0].convs[-1] for c in recipe.checkpoints] if _train_last(recipe, settings) else None
         dim = 64 if tails is None else tails[0].bn2.num_features

@@ -135,6 +135,11 @@ class FoundationStudy(MethodsStudy):
                             for v, ft in tc.variant_configs().items()}
         return recipes
 
+    def arms(self, ctx: Context) -> dict[str, dict[str, list[Recipe]]]:
+        """The same recipes for every target, each its own arm."""
+        recipes = self.recipes(ctx)
+        return {t: {label: [r] for label, r in recipes.items()} for t in ctx.data.targets}
+
     def plan(self, ctx: Context) -> list[Job]:
         jobs = super().plan(ctx)
         self.profile = depth_profile(ctx)  # before any training: what a user has for free

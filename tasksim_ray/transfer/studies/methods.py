@@ -1,85 +1,78 @@
 """The methods study (after Chang, Wang & Ertekin, npj Comput. Mater. 2022): per task and split
-seed, on the whole training split, each of ``transfer.methods``: ``scratch`` (single-task learning),
-``finetune`` (transfer from one published extractor), ``moe`` (a mixture of all of them) and, with
-``sources``, fine-tuning from each published extractor in turn (which LogME then recommends). The
-published extractors' frozen layers run once per task on the model hosts (cached stages), so a cell
-trains only what the method trains."""
+seed, on the whole training split, each arm of ``transfer.recipes`` (or the ``transfer.methods``
+shorthand): single-task learning from scratch, fine-tuning from one published extractor, the best
+of fine-tuning from each of several, and mixtures of extractors with their own MoE settings. The
+published extractors' frozen layers run once per task on the model hosts (cached stages), so a
+cell trains only what its recipe trains."""
 
 from __future__ import annotations
 
-import time
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
-import torch
 
-from tasksim_ray.config import PipelineConfig
+from tasksim_ray.config import PipelineConfig, RecipeConfig
+from tasksim_ray.config.transfer import for_target
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.runtime import ensure_ray
-from tasksim_ray.similarity.logme import logme_score
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_tasks
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import mean_se
 from tasksim_ray.transfer.cells import CellSettings, Recipe
-from tasksim_ray.transfer.data import SplitData, expert_features, stage_split_data
-from tasksim_ray.transfer.recommend import recommend_report
+from tasksim_ray.transfer.data import SplitData, stage_split_data
 from tasksim_ray.transfer.report import write_recommendation
+from tasksim_ray.transfer.studies.published import frozen_features, source_names, source_recommendation
 from tasksim_ray.transfer.study import SCRATCH, Context, Done, Job, Section, Study
 
-
-def source_names(checkpoints: list[Path]) -> dict[Path, str]:
-    """Published checkpoints' names as sources: file names without the extension and without the
-    '_'-separated words every one of them starts or ends with (``singletask_``, ``_best_model``)."""
-    words = [p.name.removesuffix(".pth.tar").split("_") for p in checkpoints]
-    head = tail = 0
-    while len(words) > 1 and all(len(w) > head + tail + 1 and w[head] == words[0][head] for w in words):
-        head += 1
-    while len(words) > 1 and all(len(w) > head + tail + 1 and w[-1 - tail] == words[0][-1 - tail] for w in words):
-        tail += 1
-    return {p: "_".join(w[head:len(w) - tail]) for p, w in zip(checkpoints, words)}
+Arms = dict[str, dict[str, list[Recipe]]]  # target -> arm name -> its recipes (several for best_of)
 
 
-def _published_files(cfg: PipelineConfig) -> tuple[list[Path], Path | None]:
-    """(the MoE's extractor files, the one fine-tuning starts from), checked before any work."""
+def arm_configs(cfg: PipelineConfig) -> dict[str, RecipeConfig]:
+    """The arms: ``transfer.recipes``, or the ``transfer.methods`` shorthand as recipes."""
+    tc = cfg.transfer
+    if tc.recipes:
+        return dict(tc.recipes)
+    shorthand = {"scratch": RecipeConfig(kind="scratch"), "moe": RecipeConfig(kind="moe"),
+                 "finetune": RecipeConfig(kind="finetune", source=tc.sources.finetune_from or ""),
+                 "from": RecipeConfig(kind="best_of", sources=[p.name for p in _all_files(cfg)])}
+    return {("from" if m == "sources" else m): shorthand["from" if m == "sources" else m] for m in tc.methods}
+
+
+def _all_files(cfg: PipelineConfig) -> list[Path]:
     src = cfg.transfer.sources
     folder = Path(src.path or "")
-    names = src.names or sorted(p.name for p in folder.glob("*.pth.tar"))
-    tl = folder / src.finetune_from if src.finetune_from else None
-    if "finetune" in cfg.transfer.methods and tl is None:
-        raise TasksimError("transfer.sources.finetune_from: name the checkpoint the finetune method starts from")
-    missing = [str(p) for p in [folder / n for n in names] + ([tl] if tl else []) if not p.is_file()]
-    if missing or not names:
-        raise TasksimError(f"transfer.sources: checkpoint file(s) not found: {missing or [str(folder / '*.pth.tar')]}")
-    return [folder / n for n in names], tl
+    return [folder / n for n in src.names or sorted(p.name for p in folder.glob("*.pth.tar"))]
 
 
-def _frozen_features(run: Run, stage: Any, data: SplitData, store: dict[str, torch.Tensor], extractors: list[Path],
-                     trained_last: set[Path]) -> None:
-    """Each extractor's frozen features of every task's graphs into the store: ``feat/<name>`` (pooled,
-    per graph) and, for extractors whose last layer trains, ``h_in/<name>`` (atoms entering it)."""
-    n_atoms = int(store["atom_ptr"][-1])
-    ap = store["atom_ptr"]
-    feat = {p: torch.zeros(len(data.store_rows), 0) for p in extractors}
-    h_in = {p: torch.zeros(n_atoms, 0) for p in trained_last}
-    for t in data.targets:
-        pos = data.positions(t)
-        rows = torch.cat([torch.arange(int(ap[i]), int(ap[i + 1])) for i in pos])
-        for p, f in expert_features(run, stage, t, pos, extractors, trained_last).items():
-            if not feat[p].shape[1]:
-                feat[p] = torch.zeros(len(data.store_rows), f["pooled"].shape[1])
-            feat[p][pos] = f["pooled"]
-            if p in trained_last:
-                if not h_in[p].shape[1]:
-                    h_in[p] = torch.zeros(n_atoms, f["h_in"].shape[1])
-                h_in[p][rows] = f["h_in"]
-    for p in extractors:
-        store[f"feat/{p.name}"] = feat[p]
-        if p in trained_last:
-            store[f"h_in/{p.name}"] = h_in[p]
+def _named(cfg: PipelineConfig, arm: RecipeConfig, target: str, name: str) -> list[str]:
+    """The extractor files an arm uses for one target."""
+    if arm.kind == "finetune":
+        return [for_target(arm.source, target, f"{name}.source")]
+    if arm.kind == "best_of":
+        return list(for_target(arm.sources, target, f"{name}.sources"))
+    if arm.kind == "moe":
+        experts = for_target(arm.experts, target, f"{name}.experts")
+        return list(experts) if experts is not None else [p.name for p in _all_files(cfg)]
+    return []
+
+
+def _files_used(cfg: PipelineConfig, targets: list[str]) -> dict[str, set[str]]:
+    """Per arm, every extractor file it uses over ``targets``, checked to exist (one line if not)."""
+    folder = Path(cfg.transfer.sources.path or "")
+    used = {name: {f for t in targets for f in _named(cfg, arm, t, name)} for name, arm in arm_configs(cfg).items()}
+    missing = sorted({f for files in used.values() for f in files if not (folder / f).is_file()})
+    if missing or (not any(used.values()) and any(a.kind != "scratch" for a in arm_configs(cfg).values())):
+        raise TasksimError(f"transfer.sources: checkpoint file(s) not found in {folder}: {missing or ['*.pth.tar']}")
+    return used
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
 
 
 class MethodsStudy(Study):
@@ -92,162 +85,171 @@ class MethodsStudy(Study):
         if cfg.transfer.sources.kind != "published":
             raise TasksimError("the methods study needs transfer.sources.kind 'published' (per-task models: "
                                "use the moe study; foundation models: the foundation study)")
-        _published_files(cfg)
+        if "finetune" in cfg.transfer.methods and not cfg.transfer.recipes and not cfg.transfer.sources.finetune_from:
+            raise TasksimError("transfer.sources.finetune_from: name the checkpoint the finetune method starts from")
+        if cfg.transfer.tasks:  # per-target recipe fields must name every target, before any work
+            _files_used(cfg, cfg.transfer.tasks)
 
     @classmethod
     def build_context(cls, cfg: PipelineConfig, console: Console) -> Context:
-        """Split rows, graphs and each published extractor's frozen features per task (cached stages),
+        """Split rows, graphs and the frozen features of every extractor an arm uses (cached stages),
         all in one store."""
-        experts, tl = _published_files(cfg)
         tc = cfg.transfer
         run = Run(cfg, console)
         tasks = stage_tasks(run)
-        ensure_ray(cfg.ray)  # the model hosts compute the extractor features
         stage = stage_split_data(run, tasks)
         data = SplitData.load(stage, tasks, tc.standardize)
+        used = _files_used(cfg, data.targets)
+        folder = Path(tc.sources.path or "")
+        trains_last = {f for name, arm in arm_configs(cfg).items() for f in used[name]
+                       if (arm.moe_config(tc.moe).train_last if arm.kind == "moe" else tc.finetune.strategy == "last")}
+        ensure_ray(cfg.ray)  # the model hosts compute the extractor features
         store = data.store()
-        each = "sources" in tc.methods
-        wanted = (experts if "moe" in tc.methods or each else []) + ([tl] if tl and "finetune" in tc.methods else [])
-        trained_last = {p.resolve() for p in wanted if (p in experts and tc.moe.train_last)
-                        or (p == tl and tc.finetune.strategy == "last") or (each and tc.finetune.strategy == "last")}
-        _frozen_features(run, stage, data, store, [p.resolve() for p in dict.fromkeys(wanted)], trained_last)
+        wanted = sorted({f for files in used.values() for f in files})
+        frozen_features(run, stage, data, store, [(folder / f).resolve() for f in wanted],
+                        {(folder / f).resolve() for f in trains_last})
         run.release_hosts()  # the cells' Ray jobs get the CPUs
         settings = CellSettings(cfg.model, tc.finetune, tc.moe, cfg.seed, tc.scratch)
         return Context(run, data, ray.put(store), settings, {})
 
-    def recipes(self, ctx: Context) -> dict[str, Recipe]:
-        """One recipe per method (and, with ``sources``, one per published source, labelled by its name)."""
-        tc = ctx.run.cfg.transfer
-        experts, tl = _published_files(ctx.run.cfg)
-        prints = lambda paths: tuple((p.name, p.stat().st_size) for p in paths)  # noqa: E731
-        recipes = {"scratch": SCRATCH,
-                   "finetune": Recipe("finetune", "finetune", (str(tl.resolve()),) if tl else (), published=True,
-                                      fingerprints=prints([tl]) if tl else ()),
-                   "moe": Recipe("moe", "moe", tuple(str(p.resolve()) for p in experts), published=True,
-                                 fingerprints=prints(experts))}
-        each = "sources" in tc.methods
-        if each:
-            recipes |= {f"from {name}": Recipe("finetune", f"from {name}", (str(p.resolve()),), published=True,
-                                               fingerprints=prints([p])) for p, name in source_names(experts).items()}
-        return {m: r for m, r in recipes.items() if m in tc.methods or (each and m.startswith("from "))}
+    def arms(self, ctx: Context) -> Arms:
+        """Per target, each arm's recipes: one, or (best_of) one per source labelled ``arm: source``."""
+        cfg, data = ctx.run.cfg, ctx.data
+        folder = Path(cfg.transfer.sources.path or "")
+        short = {p.name: n for p, n in source_names(_all_files(cfg)).items()}
+
+        def recipe(kind: str, label: str, files: list[str], arm: RecipeConfig) -> Recipe:
+            paths = [folder / f for f in files]
+            return Recipe(kind, label, tuple(str(p.resolve()) for p in paths), published=True,  # type: ignore[arg-type]
+                          fingerprints=tuple((p.name, p.stat().st_size) for p in paths),
+                          moe=arm.moe_config(cfg.transfer.moe) if arm.moe else None)
+
+        out: Arms = {}
+        for t in data.targets:
+            out[t] = {}
+            for name, arm in arm_configs(cfg).items():
+                files = _named(cfg, arm, t, name)
+                if arm.kind == "scratch":
+                    out[t][name] = [SCRATCH if name == "scratch" else Recipe("scratch", name)]
+                elif arm.kind == "best_of":
+                    out[t][name] = [recipe("finetune", f"{name}: {short.get(f, f)}", [f], arm) for f in files]
+                else:
+                    out[t][name] = [recipe(arm.kind, name, files, arm)]
+        return out
 
     def plan(self, ctx: Context) -> list[Job]:
         data, seeds = ctx.data, ctx.run.cfg.data.split.seeds
         assert isinstance(data, SplitData)
-        self.methods = self.recipes(ctx)
+        self.by_target = self.arms(ctx)
         return [(data.cell(t, i, s), r) for t in data.targets for i, s in enumerate(seeds)
-                for r in self.methods.values()]
+                for rs in self.by_target[t].values() for r in rs]
 
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
-        """Test MAE mean ± std over seeds (numpy's std, as published) and SE, the improvement over
-        scratch (% of its MAE, paired by seed), wins, mean gates, the mean per-layer weight drift of
-        fine-tuned cells, and cost per method."""
-        data, seeds, recipes, cells = ctx.data, ctx.run.cfg.data.split.seeds, self.methods, done.cells
-        out: dict[str, Any] = {"methods": list(recipes), "seeds": seeds, "targets": {}, "cost": {}}
-        experts = list(recipes["moe"].checkpoints) if "moe" in recipes else []
+        """Per task and arm: test MAE mean ± std over seeds (numpy's std, as published), SE and values;
+        the improvement over the scratch arm (% of its MAE, paired by seed); a best_of arm's best
+        source (and each source's own entry, ``arm: source``); gates of mixtures; the mean per-layer
+        weight drift of fine-tuned cells; wins and cost per arm."""
+        data, seeds = ctx.data, ctx.run.cfg.data.split.seeds
+        arms = list(next(iter(self.by_target.values())))
+        scratch = next((a for a in arms if self.by_target[data.targets[0]][a][0].kind == "scratch"), None)
+        out: dict[str, Any] = {"methods": arms, "seeds": seeds, "targets": {}, "cost": {}}
         for t in data.targets:
-            mine = [c for c in cells if c["target"] == t]
+            mine = [c for c in done.cells if c["target"] == t]
+            by_label = {lbl: {c["fold"]: c for c in mine if c["recipe"] == lbl} for lbl in {c["recipe"] for c in mine}}
             entry: dict[str, Any] = {"units": data.units(t), "n": mine[0]["n"]}
-            by_seed = {m: {c["fold"]: c for c in mine if c["recipe"] == m} for m in recipes}
-            for m in recipes:
-                maes = np.array([by_seed[m][s]["test_mae"] for s in seeds])
-                entry[m] = {"mean": float(maes.mean()), "std": float(maes.std()), "seeds": len(maes),
-                            "se": mean_se(maes)[1], "values": maes.tolist()}
-                if "scratch" in recipes and m != "scratch":
-                    base = np.array([by_seed["scratch"][s]["test_mae"] for s in seeds])
-                    entry[m]["gain_mean"], entry[m]["gain_se"] = mean_se(100 * (base - maes) / base)
-                drift = [by_seed[m][s]["drift"] for s in seeds if "drift" in by_seed[m][s]]
-                if drift:
-                    entry[m]["drift"] = {g: float(np.mean([d[g] for d in drift])) for g in drift[0]}
-            entry["best"] = min(recipes, key=lambda m: entry[m]["mean"])
-            if experts:
-                gates = np.mean([c["gates"] for c in mine if c["recipe"] == "moe"], axis=0)
-                entry["gates"] = dict(zip([Path(e).name for e in experts], gates.round(4).tolist()))
+
+            def stats(label: str) -> dict[str, Any]:
+                cells = by_label[label]
+                maes = np.array([cells[s]["test_mae"] for s in seeds])
+                st = {"mean": float(maes.mean()), "std": float(maes.std()), "seeds": len(maes),
+                      "se": mean_se(maes)[1], "values": maes.tolist()}
+                if scratch is not None and label != scratch:
+                    base = np.array([by_label[scratch][s]["test_mae"] for s in seeds])
+                    st["gain_mean"], st["gain_se"] = mean_se(100 * (base - maes) / base)
+                if drift := [cells[s]["drift"] for s in seeds if "drift" in cells[s]]:
+                    st["drift"] = {g: float(np.mean([d[g] for d in drift])) for g in drift[0]}
+                if gates := [cells[s]["gates"] for s in seeds if "gates" in cells[s]]:
+                    experts = [Path(c).name for c in self._recipe(t, label).checkpoints]
+                    st["gates"] = dict(zip(experts, np.mean(gates, axis=0).round(4).tolist()))
+                return st
+
+            for arm in arms:
+                recipes = self.by_target[t][arm]
+                if len(recipes) == 1 and recipes[0].label == arm:
+                    entry[arm] = stats(arm)
+                    continue
+                each = {r.label: stats(r.label) for r in recipes}
+                entry |= each
+                best = min(each, key=lambda lbl: each[lbl]["mean"])
+                entry[arm] = each[best] | {"source": best.split(": ", 1)[1]}
+            entry["best"] = min(arms, key=lambda m: entry[m]["mean"])
             out["targets"][t] = entry
-        for m in recipes:
-            mine = [c for c in cells if c["recipe"] == m]
-            out["cost"][m] = {"cells": len(mine), "epochs": float(np.mean([c["epochs_run"] for c in mine])),
-                              "s_per_epoch": float(np.mean([c["seconds"] / max(c["epochs_run"], 1) for c in mine])),
-                              "s_per_cell": float(np.mean([c["seconds"] for c in mine]))}
-        out["wins"] = {m: sum(e["best"] == m for e in out["targets"].values()) for m in recipes}
-        per_source = {m.removeprefix("from "): r for m, r in recipes.items() if m.startswith("from ")}
-        if len(per_source) >= 3 and "scratch" in recipes and len(data.targets) >= 3:
-            out["recommendation"] = source_recommendation(ctx, per_source, cells)
-        out["cells"] = cells
+        for arm in arms:
+            labels = {r.label for rs in self.by_target.values() for r in rs[arm]}
+            cells = [c for c in done.cells if c["recipe"] in labels]
+            out["cost"][arm] = {"cells": len(cells), "epochs": float(np.mean([c["epochs_run"] for c in cells])),
+                                "s_per_epoch": float(np.mean([c["seconds"] / max(c["epochs_run"], 1) for c in cells])),
+                                "s_per_cell": float(np.mean([c["seconds"] for c in cells]))}
+        out["wins"] = {m: sum(e["best"] == m for e in out["targets"].values()) for m in arms}
+        if (rec := self._recommendation(ctx, arms, scratch, done.cells)) is not None:
+            out["recommendation"] = rec
+        out["cells"] = done.cells
         return out
 
+    def _recipe(self, target: str, label: str) -> Recipe:
+        return next(r for rs in self.by_target[target].values() for r in rs if r.label == label)
+
+    def _recommendation(self, ctx: Context, arms: list[str], scratch: str | None,
+                        cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """LogME as the recommender of the first best_of arm over the same three or more sources for
+        every target, judged by fine-tuning from each (needs a scratch arm and three targets)."""
+        targets = ctx.data.targets
+        for arm in arms:
+            per = [self.by_target[t][arm] for t in targets]
+            same = all([r.checkpoints for r in p] == [r.checkpoints for r in per[0]] for p in per)
+            if len(per[0]) >= 3 and per[0][0].kind == "finetune" and same and scratch and len(targets) >= 3:
+                names = {r.label.split(": ", 1)[1]: r for r in per[0]}
+                return source_recommendation(ctx, names, cells, scratch)
+        return None
+
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
-        """Test MAE mean ± std over split seeds per task and method, wins, cost, gates."""
+        """Test MAE mean ± std over split seeds per task and arm, wins, cost, gates."""
         tc, r, figures = ctx.run.cfg.transfer, result, {}
-        each = [m for m in r["methods"] if m.startswith("from ")]  # one column for all per-source fine-tuning
-        methods = [m for m in r["methods"] if m not in each]
+        arms = r["methods"]
         sources = (f"foundation {', '.join(tc.foundation)}" if tc.foundation
                    else f"{tc.sources.kind} {Path(tc.sources.path or '').name}")
-        moe = (f"; MoE top-{tc.moe.k}, penalty {tc.moe.penalty} on {tc.moe.penalty_on}, expert last layer "
-               f"{'trainable' if tc.moe.train_last else 'frozen'}" if "moe" in tc.methods else "")
         md = ["## Methods (whole training split per split seed)", "",
               f"Test MAE (task units), mean ± std over split seeds {r['seeds']} ({ctx.run.cfg.data.split.kind} "
-              f"splits); sources: {sources}{moe}.", "",
-              "| task | units | train/val/test | " + " | ".join(methods + (["best single source"] if each else []))
-              + " | best |", "|---|---|---|" + "---|" * (len(methods) + bool(each)) + "---|"]
+              f"splits); sources: {sources}. A best-of arm shows its best source.", "",
+              "| task | units | train/val/test | " + " | ".join(arms) + " | best |",
+              "|---|---|---|" + "---|" * len(arms) + "---|"]
         for t, e in r["targets"].items():
-            cells = [f"{e[m]['mean']:.4g} ± {e[m]['std']:.2g}" for m in methods]
-            if each:
-                top = min(each, key=lambda m: e[m]["mean"])
-                cells.append(f"{top.removeprefix('from ')}: {e[top]['mean']:.4g} ± {e[top]['std']:.2g}")
+            cells = [f"{e[m]['mean']:.4g} ± {e[m]['std']:.2g}" + (f" ({e[m]['source']})" if "source" in e[m] else "")
+                     for m in arms]
             md.append(f"| {t} | {e['units']} | {'/'.join(map(str, e['n']))} | " + " | ".join(cells)
                       + f" | {e['best']} |")
-        md += ["", "Wins: " + ", ".join(f"{m} {n}" for m, n in r["wins"].items() if n or m in methods), "",
-               "| method | cells | mean epochs | mean s/epoch | mean s/cell |", "|---|---|---|---|---|"]
+        md += ["", "Wins: " + ", ".join(f"{m} {n}" for m, n in r["wins"].items()), "",
+               "| arm | cells | mean epochs | mean s/epoch | mean s/cell |", "|---|---|---|---|---|"]
         md += [f"| {m} | {c['cells']} | {c['epochs']:.0f} | {c['s_per_epoch']:.4f} | {c['s_per_cell']:.1f} |"
-               for m, c in r["cost"].items() if m in methods]
-        if each:
-            cost = [r["cost"][m] for m in each]
-            md.append(f"| each source ({len(each)}) | {sum(c['cells'] for c in cost)} | "
-                      f"{np.mean([c['epochs'] for c in cost]):.0f} | {np.mean([c['s_per_epoch'] for c in cost]):.4f} | "
-                      f"{np.mean([c['s_per_cell'] for c in cost]):.1f} |")
+               for m, c in r["cost"].items()]
         if "recommendation" in r:
             figures |= write_recommendation(out, r["recommendation"], ctx.run.cfg.name)
             md += ["", f"Does the recommendation hold? See `recommendation.md` (calls from "
                        f"{r['recommendation']['chosen']})."]
-        gated = {t: e["gates"] for t, e in r["targets"].items() if "gates" in e}
-        if gated:
-            experts = list(next(iter(gated.values())))
-            figures["methods_gates"] = out / "methods_gates.png"
-            plots.plot_gate_heatmap(figures["methods_gates"], list(gated), experts,
-                                    np.array([[g[x] for x in experts] for g in gated.values()]),
-                                    "MoE gate weights (mean over split seeds)")
-            md += ["", "| task | gates (mean over seeds) |", "|---|---|"]
+        for arm in arms:
+            gated = {t: e[arm]["gates"] for t, e in r["targets"].items() if "gates" in e[arm]}
+            if not gated:
+                continue
+            name = "methods_gates" if arm == "moe" else f"methods_gates_{_slug(arm)}"
+            experts = list(dict.fromkeys(x for g in gated.values() for x in g))
+            figures[name] = out / f"{name}.png"
+            plots.plot_gate_heatmap(figures[name], list(gated), experts,
+                                    np.array([[g.get(x, 0.0) for x in experts] for g in gated.values()]),
+                                    f"{arm}: gate weights (mean over split seeds)")
+            md += ["", f"| task | {arm}: gates (mean over seeds) |", "|---|---|"]
             md += [f"| {t} | " + ", ".join(f"{k} {v:.2f}" for k, v in g.items() if v > 0) + " |"
                    for t, g in gated.items()]
         return Section([*md, ""], figures)
 
     def paper_rows(self, result: dict[str, Any]) -> dict[str, Any]:
-        return result["targets"]  # {task: {method: {mean, std, seeds, ...}}}
-
-
-def source_recommendation(ctx: Context, sources: dict[str, Recipe], cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each published source as a recommendation for each task, judged against fine-tuning from it:
-    gain = test MAE improvement over scratch (% of scratch) per split seed; the score is LogME of the
-    source's frozen features on the target's own training labels (what a user has before training)."""
-    data, seeds = ctx.data, ctx.run.cfg.data.split.seeds
-    assert isinstance(data, SplitData)
-    mae = {(c["target"], c["recipe"], c["fold"]): c["test_mae"] for c in cells}
-    store = ray.get(ctx.store_ref)
-    start = time.perf_counter()
-    scores: dict[str, dict[str, float]] = {}
-    for t in data.targets:
-        train = [data.cell(t, i, s) for i, s in enumerate(seeds)]
-        scores[t] = {name: float(np.mean([logme_score(store[f"feat/{Path(r.checkpoints[0]).name}"][c.train_pos].numpy(),
-                                                      c.y_train) for c in train])) for name, r in sources.items()}
-    seconds = time.perf_counter() - start
-    def gain(t: str, name: str, s: int) -> float:
-        return 100 * (mae[(t, "scratch", s)] - mae[(t, f"from {name}", s)]) / mae[(t, "scratch", s)]
-
-    per_fold = {t: {name: np.array([gain(t, name, s) for s in seeds]) for name in sources} for t in data.targets}
-    rec = recommend_report({"logme": scores}, per_fold, {}, dict.fromkeys(sources, float("nan")), ctx.run.cfg.seed)
-    rec["gain"] = "test MAE improvement over scratch, % of scratch MAE, mean over split seeds"
-    mine = [c for c in cells if c["recipe"].startswith("from ")]
-    rec["cost"] = {"similarity_s": seconds, "transfer_matrix_s": float(sum(c["seconds"] for c in mine)),
-                   "transfer_matrix_cells": len(mine), "task_models_s": 0.0}
-    return rec
+        return result["targets"]  # {task: {arm (or "arm: source"): {mean, std, seeds, ...}}}
