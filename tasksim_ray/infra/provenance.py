@@ -95,7 +95,7 @@ def provenance_table(run: dict[str, Any]) -> list[str]:
                                                                else ", no GPU"))
     rows = [("date", run["date"]), ("commit", f"`{run['commit']}`"), ("command", f"`{run['command']}`"
                                                                                   if run.get("command") else "-"),
-            ("config", f"[`{CONFIG_FILE}`]({CONFIG_FILE}) (resolved, every default filled in)"),
+            ("config", f"`{CONFIG_FILE}` beside this report (resolved, every default filled in)"),
             ("machine", hw), ("wall time", f"{run['wall_s'] / 60:.1f} min (this invocation; cached work is reused)"),
             ("versions", ", ".join(f"{k} {v}" for k, v in run["versions"].items()))]
     return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
