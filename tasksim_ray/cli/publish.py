@@ -9,7 +9,6 @@ import typer
 
 from tasksim_ray.cli.app import PANEL_STAGES, app, console, user_errors
 
-
 ReportArg = Annotated[Path, typer.Argument(help="a run's report folder: WORKDIR/report or WORKDIR/report/transfer",
                                            metavar="REPORT")]
 DestArg = Annotated[Path, typer.Argument(help="the results page's folder, e.g. results/crystal_moe", metavar="DEST")]

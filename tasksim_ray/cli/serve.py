@@ -21,14 +21,15 @@ def serve(config: ConfigArg, sets: SetOpt = None,
 
     Trains (or reuses) the models first. Request: `POST /embed {"task": NAME, "inputs": [SMILES or
     structure JSON, ...]}`."""
+    from tasksim_ray.data.tasks import TaskTable
     from tasksim_ray.embedding.serving import deploy
-    from tasksim_ray.stages.data import load_table
     from tasksim_ray.stages.pipeline import run_pipeline
 
     with user_errors():
         cfg = load_config(config, overrides(sets))
         result = run_pipeline(cfg, console, until="pretrain")
-        kind = "crystal" if result.tasks_stage is None else load_table(result.tasks_stage).kind  # published: CGCNN
+        tasks = result.tasks_stage  # None: published CGCNN checkpoints, which read crystals
+        kind = "crystal" if tasks is None else TaskTable.in_folder(tasks.path).kind
         url = deploy(result.model_dirs, kind, cfg.data.graph, port=port, replicas=replicas,
                      num_cpus=cfg.embed.num_cpus, num_gpus=0.0)
     console.print(f"serving {len(result.model_dirs)} task models at [bold]{url}[/bold] (Ctrl-C stops)")

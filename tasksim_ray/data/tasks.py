@@ -23,6 +23,7 @@ from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import stable_hash
 
 ID, SMILES = "mol_id", "smiles"
+TABLE_FILE = "tasks.parquet"  # how a tasks stage saves its table
 SOURCE, SOURCE_ROW = "source", "source_row"
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # (train, val, test) row positions
 INPUT_COLUMNS: dict[str, str] = {"molecule": "smiles", "crystal": "structure"}
@@ -95,6 +96,11 @@ class TaskTable:
     def load(cls, path: Path) -> TaskTable:
         return cls(pq.read_table(path).to_pandas(), cls.read_tasks(path))
 
+    @classmethod
+    def in_folder(cls, folder: Path) -> TaskTable:
+        """The table a tasks stage saved in ``folder`` (as ``TABLE_FILE``)."""
+        return cls.load(folder / TABLE_FILE)
+
     @staticmethod
     def read_tasks(path: Path) -> list[Task]:
         """The tasks of a saved table, from its schema alone (the rows stay on disk)."""
@@ -138,3 +144,9 @@ def read_table(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise TasksimError(f"{path}: table has a header but no rows")
     return frame
+
+
+def labelled_rows(labels: np.ndarray, order: np.ndarray, limit: int | None) -> np.ndarray:
+    """The first ``limit`` rows of ``order`` that have a label (all of them for None)."""
+    labelled = order[~np.isnan(labels[order])]
+    return labelled[:limit] if limit else labelled

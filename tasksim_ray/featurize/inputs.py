@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import numpy as np
 from torch_geometric.data import Data
 
-from tasksim_ray.config import CrystalGraphConfig
+from tasksim_ray.config import CrystalGraphConfig, DataConfig
+from tasksim_ray.data.tasks import ID, TaskTable
 from tasksim_ray.featurize.molecule import FeaturizeReport, featurize_many
 
 
@@ -31,3 +33,9 @@ def featurize_inputs(kind: str, values: Sequence[str], where: str, row_ids: Sequ
     structures = [Structure.from_dict(json.loads(text)) for text in values]
     graphs: list[Data | None] = list(graphs_from_structures(structures, settings, where, row_ids))
     return graphs, FeaturizeReport(len(graphs), noun="structures")
+
+
+def featurize_rows(table: TaskTable, rows: np.ndarray, data: DataConfig) -> tuple[list[Data | None], FeaturizeReport]:
+    """Graphs of these table rows; errors name the data source and the row's id."""
+    return featurize_inputs(table.kind, table.inputs()[rows], data.path or data.source,
+                            table.frame[ID].to_numpy()[rows].tolist(), data.graph)

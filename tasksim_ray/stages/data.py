@@ -9,16 +9,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch_geometric.data import Data
 
 from tasksim_ray.data import probes
 from tasksim_ray.data.preprocess import filter_correlated, given_split, split_molecules
 from tasksim_ray.data.sources import load_tasks
-from tasksim_ray.data.tasks import ID, TaskTable, check_table
+from tasksim_ray.data.tasks import TABLE_FILE, TaskTable, check_table, labelled_rows
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import pack_graphs
-from tasksim_ray.featurize.inputs import featurize_inputs
-from tasksim_ray.featurize.molecule import FeaturizeReport
+from tasksim_ray.featurize.inputs import featurize_rows
 from tasksim_ray.infra.cache import file_fingerprint
 from tasksim_ray.stages import Run, Stage
 
@@ -40,26 +38,22 @@ def stage_tasks(run: Run) -> Stage:
         if cfg.tasks:
             table = table.subset(cfg.tasks)
         check_table(table)
-        table.save(out / "tasks.parquet")
+        table.save(out / TABLE_FILE)
         return {"n_molecules": len(table.frame), "tasks": table.names}
 
     key = [cfg.data.model_dump(exclude={"split"}), cfg.tasks, _data_fingerprint(run)]  # splits: not the table
     stage = run.stage("tasks", key, build)
-    for t in TaskTable.read_tasks(stage.path / "tasks.parquet"):  # cached or not: say which column is which task
+    for t in TaskTable.read_tasks(stage.path / TABLE_FILE):  # cached or not: say which column is which task
         run.console.print(f"tasks: {Path(t.source).name} column '{t.column}' -> task '{t.name}' "
                           f"({t.units or 'no units'})", highlight=False, markup=False)
     return stage
-
-
-def load_table(tasks: Stage) -> TaskTable:
-    return TaskTable.load(tasks.path / "tasks.parquet")
 
 
 def stage_preprocess(run: Run, tasks: Stage) -> Stage:
     cfg = run.cfg
 
     def build(out: Path) -> dict[str, Any]:
-        table = load_table(tasks)
+        table = TaskTable.in_folder(tasks.path)
         if cfg.data.split.kind == "random":
             split = split_molecules(len(table.frame), cfg.preprocess.split, cfg.preprocess.n_folds, cfg.seed)
         else:
@@ -73,32 +67,19 @@ def stage_preprocess(run: Run, tasks: Stage) -> Stage:
     return run.stage("preprocess", [tasks.key, cfg.preprocess.model_dump(), cfg.seed, *given], build)
 
 
-def labelled_rows(labels: np.ndarray, order: np.ndarray, limit: int | None) -> np.ndarray:
-    """The first ``limit`` rows of ``order`` that have a label (all of them for None)."""
-    labelled = order[~np.isnan(labels[order])]
-    return labelled[:limit] if limit else labelled
-
-
-def featurize_rows(run: Run, table: TaskTable, rows: np.ndarray) -> tuple[list[Data | None], FeaturizeReport]:
-    """Graphs of these table rows; errors name the data source and the row's id."""
-    data = run.cfg.data
-    return featurize_inputs(table.kind, table.inputs()[rows], data.path or data.source,
-                            table.frame[ID].to_numpy()[rows].tolist(), data.graph)
-
-
 def stage_featurize(run: Run, tasks: Stage, prep: Stage) -> Stage:
     """Graphs of every molecule some task trains or validates on (once, shared by all tasks)."""
     cfg = run.cfg
 
     def build(out: Path) -> dict[str, Any]:
-        table = load_table(tasks)
+        table = TaskTable.in_folder(tasks.path)
         split = np.load(prep.path / "split.npz")
         val_order = np.random.default_rng(cfg.seed).permutation(split["val"])
         rows_by_task = {t: {"train": labelled_rows(table.labels(t), split["folds"][cfg.train.fold], cfg.train.n_train),
                             "val": labelled_rows(table.labels(t), val_order, cfg.train.n_val)}
                         for t in prep.manifest["kept"]}
         rows = np.unique(np.concatenate([r for d in rows_by_task.values() for r in d.values()]))
-        graphs, report = featurize_rows(run, table, rows)
+        graphs, report = featurize_rows(table, rows, run.cfg.data)
         run.log("featurize", report.summary(f"training {table.kind}s"))
         for t, parts in rows_by_task.items():
             if not any(graphs[int(np.searchsorted(rows, r))] is not None for r in parts["train"]):

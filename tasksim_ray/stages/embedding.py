@@ -19,6 +19,7 @@ import torch
 
 from tasksim_ray.data import probes
 from tasksim_ray.data.tasks import ID as TABLE_ID
+from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.embedding.service import (
     GRAPH,
     ID,
@@ -33,7 +34,7 @@ from tasksim_ray.featurize.graphstore import graph_to_bytes, unpack_graphs
 from tasksim_ray.infra.cache import Artifacts, code_version, is_complete, stable_hash
 from tasksim_ray.registry import FOUNDATION_MODELS
 from tasksim_ray.stages import Run, Stage
-from tasksim_ray.stages.data import load_table, task_rows
+from tasksim_ray.stages.data import task_rows
 from tasksim_ray.training.pretrain import PretrainedModel
 
 
@@ -56,7 +57,7 @@ def stage_probe(run: Run, tasks: Stage | None, prep: Stage | None) -> Stage:
     elif tasks is None or prep is None:
         raise TasksimError("probe.source must be 'file' when the task models are published checkpoints")
     else:
-        table = load_table(tasks)
+        table = TaskTable.in_folder(tasks.path)
         test_rows = np.load(prep.path / "split.npz")["test"]
         inputs, ids = probes.holdout_probes(table, test_rows, cfg.probe.size, cfg.seed)
         kind = table.kind
@@ -78,7 +79,7 @@ def probe_labels(probe: Stage, tasks: Stage, names: list[str]) -> dict[str, np.n
     """Task labels of the probe molecules, joined by molecule id (holdout probes come from the
     task table; a probe file has none)."""
     ids = pd.read_parquet(probe.path / "probe.parquet", columns=[ID])[ID].sort_values(kind="stable")
-    frame = load_table(tasks).frame.set_index(TABLE_ID)
+    frame = TaskTable.in_folder(tasks.path).frame.set_index(TABLE_ID)
     if not ids.isin(frame.index).all():
         return {}
     return {t: frame.loc[ids, t].to_numpy(dtype=np.float64) for t in names}

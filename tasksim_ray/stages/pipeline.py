@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from tasksim_ray.config import PipelineConfig
+from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.infra.cache import publish_dir, read_manifest
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.provenance import record_run
@@ -17,7 +18,7 @@ from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.similarity import METRICS
 from tasksim_ray.similarity.select import Selection, select_subset
 from tasksim_ray.stages import Run, Stage
-from tasksim_ray.stages.data import load_table, stage_featurize, stage_preprocess, stage_tasks
+from tasksim_ray.stages.data import stage_featurize, stage_preprocess, stage_tasks
 from tasksim_ray.stages.embedding import (
     TaskEmbedding,
     probe_labels,
@@ -174,7 +175,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
         check_probe_labels(probe_labels(probe, tasks, prep.manifest["kept"]), cfg.probe.source)
     ensure_ray(cfg.ray)
     models = stage_pretrain(run, tasks, feats)
-    units = {t.name: t.units for t in load_table(tasks).tasks}
+    units = {t.name: t.units for t in TaskTable.in_folder(tasks.path).tasks}
     _with_models(result, models, units)
     if stop == 3 or probe is None:
         result.artifact = run.artifacts / "models"

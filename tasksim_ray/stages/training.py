@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.stages import Run, Stage
-from tasksim_ray.stages.data import load_table, task_rows
+from tasksim_ray.stages.data import task_rows
 from tasksim_ray.training.pretrain import PretrainedModel, TaskData, pretrain_all
 
 
 def stage_pretrain(run: Run, tasks: Stage, feats: Stage) -> dict[str, PretrainedModel]:
     cfg = run.cfg
-    table = load_table(tasks)
+    table = TaskTable.in_folder(tasks.path)
     units = {t.name: t.units for t in table.tasks}
     rows = task_rows(feats)
     data = []

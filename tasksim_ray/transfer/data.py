@@ -22,16 +22,16 @@ import torch
 
 from tasksim_ray.config import SplitConfig
 from tasksim_ray.data.splits import load_splits
-from tasksim_ray.data.tasks import ID, TaskTable
+from tasksim_ray.data.tasks import ID, TaskTable, labelled_rows
 from tasksim_ray.embedding.hosts import is_node_layer
 from tasksim_ray.embedding.service import GRAPH, embed_table, read_embedded
 from tasksim_ray.embedding.service import ID as GRAPH_ID
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import graph_to_bytes, pack_graphs, unpack_graphs
+from tasksim_ray.featurize.inputs import featurize_rows
 from tasksim_ray.infra.cache import Artifacts, code_version, stable_hash
 from tasksim_ray.models.published import write_published
 from tasksim_ray.stages import Run, Stage
-from tasksim_ray.stages.data import featurize_rows, labelled_rows, load_table
 from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
 from tasksim_ray.transfer.cells import CellData
 
@@ -47,7 +47,7 @@ def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
     n_max = tc.sizes[-1]
 
     def build(out: Path) -> dict[str, Any]:
-        table = load_table(tasks)
+        table = TaskTable.in_folder(tasks.path)
         split = np.load(prep.path / "split.npz")
         val_order = np.random.default_rng(cfg.seed).permutation(split["val"])
         test_order = np.random.default_rng(cfg.seed + 1).permutation(split["test"])
@@ -66,7 +66,7 @@ def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
                        if t in targets else []}
         wanted = np.unique(np.concatenate([np.array(v, dtype=int) for d in rows.values()
                                            for v in [d["pool"], d["pretrain_val"], d["val"], d["test"], *d["folds"]]]))
-        graphs, report = featurize_rows(run, table, wanted)
+        graphs, report = featurize_rows(table, wanted, run.cfg.data)
         run.log("transfer-data", report.summary(f"transfer {table.kind}s"))
         valid = wanted[[g is not None for g in graphs]]
         ok = set(valid.tolist())
@@ -113,7 +113,8 @@ class TransferData:
 
     @classmethod
     def load(cls, stage: Stage, tasks: Stage) -> TransferData:
-        return cls(stage, tasks.key, load_table(tasks), json.loads((stage.path / "task_rows.json").read_text()),
+        rows = json.loads((stage.path / "task_rows.json").read_text())
+        return cls(stage, tasks.key, TaskTable.in_folder(tasks.path), rows,
                    np.load(stage.path / "rows.npy"))
 
     @property
@@ -182,14 +183,14 @@ def stage_split_data(run: Run, tasks: Stage) -> Stage:
     tc = run.cfg.transfer
 
     def build(out: Path) -> dict[str, Any]:
-        table = load_table(tasks)
+        table = TaskTable.in_folder(tasks.path)
         targets = tc.tasks or table.names
         unknown = [t for t in targets if t not in table.names]
         if unknown:
             raise TasksimError(f"transfer.tasks: {unknown} not among the tasks {table.names}")
         rows = {t: split_rows(table, t, run.cfg.data.split) for t in targets}
         wanted = np.unique(np.concatenate([np.array(p, dtype=int) for v in rows.values() for s in v for p in s]))
-        graphs, report = featurize_rows(run, table, wanted)
+        graphs, report = featurize_rows(table, wanted, run.cfg.data)
         run.log("transfer-data", report.summary(f"transfer {table.kind}s"))
         if any(g is None for g in graphs):  # dropping a row would shift every published split position
             bad = table.frame[ID].to_numpy()[wanted[[g is None for g in graphs]][0]]
@@ -272,7 +273,7 @@ class SplitData:
 
     @classmethod
     def load(cls, stage: Stage, tasks: Stage, standardize: str) -> SplitData:
-        return cls(stage, load_table(tasks), json.loads((stage.path / "task_rows.json").read_text()),
+        return cls(stage, TaskTable.in_folder(tasks.path), json.loads((stage.path / "task_rows.json").read_text()),
                    np.load(stage.path / "rows.npy"), standardize)
 
     targets = TransferData.targets
