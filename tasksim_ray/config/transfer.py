@@ -114,12 +114,21 @@ class BudgetConfig(_Strict):
 
 class MoEConfig(_Strict):
     """Mixture of pretrained experts: G = softmax(KeepTopK(theta, k)), penalty lambda (v^T v - 1)^2
-    on v = theta or the sparse gates (``penalty_on``, the published code's choice). ``train_last``:
-    each expert's last encoder layer trains (else every expert layer is frozen and its features are
-    computed once). ``head_layers``: None = the model config's MLP head; n = the published head of
-    n softplus-separated linear layers of width ``head_hidden``. ``schedule: cosine`` anneals both
-    learning rates to 0 over ``finetune.max_epochs``. Fine-tuning from published checkpoints is the
-    one-expert mixture, so it uses these heads and rates too."""
+    on v = theta or the sparse gates (``penalty_on``; the paper's Eq. 4 and the published code use
+    the gates). ``init``: ``ones`` = theta exactly a vector of ones (the paper, section 2.2.2: with
+    k = the number of experts the gates start exactly uniform; with k smaller, the tie is broken by
+    expert order, so the first k sources start selected: ``torch.topk`` alone would break it in an
+    order of its own, for 18 equal logits and k = 4 the experts 11-14 on CPU);
+    ``uniform`` = ones plus seeded 1e-3 noise, unit norm (ties break at random, per seed);
+    ``similarity`` = a task-similarity row, unit norm. ``aggregation`` (the paper's Table 1):
+    ``add`` the gated sum of features (the paper's choice), ``concat`` the gated features side by
+    side (head input m * d), ``ensemble`` one head per expert and the gated sum of their predictions
+    (same gates, penalty and learning rates). ``train_last``: each expert's last encoder layer
+    trains (else every expert layer is frozen and its features are computed once). ``head_layers``:
+    None = the model config's MLP head; n = the published head of n softplus-separated linear layers
+    of width ``head_hidden``. ``schedule: cosine`` anneals both learning rates to 0 over
+    ``finetune.max_epochs``. Fine-tuning from published checkpoints is the one-expert mixture, so it
+    uses these heads and rates too."""
 
     k: int = Field(default=2, ge=1)
     """Experts kept by the top-k gate."""
@@ -127,8 +136,13 @@ class MoEConfig(_Strict):
     """Weight lambda of the gate penalty lambda (v^T v - 1)^2."""
     penalty_on: Literal["theta", "gates"] = "theta"
     """What the penalty applies to: the logits `theta`, or the sparse `gates` (the published code's choice)."""
-    init: Literal["uniform", "similarity"] = "uniform"
-    """Gate logits start `uniform`, or from the target's row of the `similarity` matrix."""
+    init: Literal["ones", "uniform", "similarity"] = "uniform"
+    """Gate logits start at `ones` (the paper: uniform gates at k = m; ties at k < m go to the lowest
+    expert indices), `uniform` (ones plus seeded 1e-3 noise, unit norm: ties broken at random), or the
+    target's row of the `similarity` matrix."""
+    aggregation: Literal["add", "concat", "ensemble"] = "add"
+    """How the gated experts combine: `add` (the gated sum of features, the paper's choice), `concat`
+    (the gated features side by side), or `ensemble` (a head per expert, the gated sum of predictions)."""
     expert_lr: float = Field(default=5e-3, gt=0)
     """Learning rate of the experts' trainable layers."""
     head_lr: float = Field(default=1e-2, gt=0)
@@ -197,7 +211,10 @@ def for_target(value: Any, target: str, what: str) -> Any:
 
 class ScratchConfig(_Strict):
     """The from-scratch baseline's own optimiser (None: ``finetune``'s value): Adam or SGD with
-    momentum, annealed by cosine to ``min_lr`` when that is set (the published STL: SGD lr 0.02,
+    momentum, annealed by cosine to ``min_lr`` when that is set (0: to zero, as CosineAnnealingLR's
+    default), stepped per epoch over ``max_epochs``. The loss is the training loop's MSE on the
+    standardised labels. The MoE paper's STL (section 3.2): ``optimizer: adam, lr: 0.01,
+    min_lr: 0``, batch 250, 1000 epochs, patience 500; its public code's STL differs (SGD lr 0.02,
     momentum 0.9, cosine to 1e-5)."""
 
     optimizer: Literal["adam", "sgd"] = "adam"

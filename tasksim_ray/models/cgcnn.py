@@ -118,3 +118,232 @@ class CGCNN(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         return self.head(self.embed(batch))
+
+
+# --- k convolutions at once: the mixture of experts' trainable last layers --------------------------------------
+
+CHUNK_BYTES = 1 << 21  # edge rows per pass: about 2 MB of (rows, k * 2a) floats, so a chunk's work stays in cache
+
+
+class _Centres:
+    """The edges' centre atoms: gathers of per-atom rows onto edges and sums of per-edge rows onto
+    atoms, over edge chunks of about ``CHUNK_BYTES``. When every atom's edges lie together, in atom
+    order, the same number per atom (CGCNN's padded neighbour lists), these are reshapes and
+    broadcasts instead of index operations, and a chunk holds whole atoms."""
+
+    def __init__(self, centre: Tensor, n_atoms: int) -> None:
+        self.centre, degree = centre, len(centre) // max(n_atoms, 1)
+        regular = degree > 0 and degree * n_atoms == len(centre) and torch.equal(
+            centre.view(n_atoms, degree), torch.arange(n_atoms).unsqueeze(1).expand(n_atoms, degree))
+        self.degree = degree if regular else 0
+
+    def chunks(self, width: int) -> list[slice]:
+        rows = max(16, CHUNK_BYTES // (4 * width))
+        rows = max(self.degree, rows - rows % self.degree) if self.degree else rows
+        return [slice(s, min(s + rows, len(self.centre))) for s in range(0, len(self.centre), rows)]
+
+    def _atoms(self, s: slice) -> slice:
+        return slice(s.start // self.degree, s.stop // self.degree)
+
+    def add_to(self, rows: Tensor, table: Tensor, s: slice) -> None:
+        """rows += table[centre[s]]"""
+        if self.degree:
+            rows.view(-1, self.degree, *rows.shape[1:]).add_(table[self._atoms(s)].unsqueeze(1))
+        else:
+            rows += table.index_select(0, self.centre[s])
+
+    def mul_to(self, rows: Tensor, table: Tensor, s: slice) -> None:
+        """rows *= table[centre[s]] (broadcast over table's size-1 dimensions)"""
+        if self.degree:
+            rows.view(-1, self.degree, *rows.shape[1:]).mul_(table[self._atoms(s)].unsqueeze(1))
+        else:
+            rows.mul_(table.index_select(0, self.centre[s]))
+
+    def sum_into(self, out: Tensor, rows: Tensor, s: slice) -> None:
+        """out[centre[s]] += rows"""
+        if self.degree:
+            out[self._atoms(s)] += rows.view(-1, self.degree, *rows.shape[1:]).sum(1)
+        else:
+            out.index_add_(0, self.centre[s], rows)
+
+
+def _halves(y: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The filter and core halves of (rows, k * 2a) expert-major channels, each (rows, k, a)."""
+    f, c = y.view(len(y), k, 2, -1).unbind(2)
+    return f, c
+
+
+class Workspace:
+    """Memory kept from a training step's forward pass to its backward pass, reused step after step:
+    memory the process has not written yet costs a page fault per 4 KiB on first write, which for
+    the k = 18 mixture (about 1 GB a step) costs more than the arithmetic it holds. Autograd's
+    version check guards it: a second forward pass over it before the first one's backward pass
+    makes that backward pass fail rather than read the wrong numbers."""
+
+    def __init__(self) -> None:
+        self.memory = torch.empty(0)
+
+    def take(self, n: int) -> Tensor:
+        if self.memory.numel() < n:
+            self.memory = torch.empty(0)  # release the old block before the larger one is taken
+            self.memory = torch.empty(n + n // 8)
+        return self.memory[:n]
+
+
+class _GatedEdgeSum(torch.autograd.Function):
+    """S_i = sum_j sigmoid(f_ij) * softplus(c_ij) with [f, c] = BN1(W [v_i, v_j, u_ij] + b), for k
+    convolutions side by side: atoms h (atoms, k, a), channels expert-major (k * 2a), the edges in
+    chunks that stay in cache, the atom terms W_i v_i and W_j v_j once per atom.
+
+    The backward pass is written out. A message's derivatives with respect to f and c do not depend
+    on the incoming gradient, so the forward pass keeps them (``local``) with the normalised
+    pre-activations (``xhat``) in the workspace; the incoming gradient is one row per centre atom,
+    so BN1's two reductions over every edge (sum of dy, sum of dy * xhat) are per-atom sums the
+    forward pass prepares; what is left is one pass over the edges for the bond weights and the
+    atom terms."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, edge_attr: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
+                centre: Tensor, nbr: Tensor, running: tuple[Tensor, Tensor] | None, eps: float,
+                workspace: Workspace | None) -> tuple[Tensor, Tensor, Tensor]:
+        (n_atoms, k, a), n_edges, width = h.shape, len(edge_attr), len(bias)
+        centres = _Centres(centre, n_atoms)
+        chunks = centres.chunks(width)
+        keep = workspace is not None
+        # per edge (xhat, local); per centre atom (sum of local, of local * xhat); the atom terms
+        memory = (workspace or Workspace()).take(2 * (n_edges if keep else 0) * width + 4 * n_atoms * width)
+        kept = memory[:2 * n_edges * width].view(2, n_edges, width) if keep else None
+        per_atom, terms = memory[len(memory) - 4 * n_atoms * width:].view(2, 2, n_atoms, width).unbind(0)
+        for i in range(k):  # W_i v_i and W_j v_j of expert i, each (atoms, 2a), written in place
+            cols = slice(i * 2 * a, (i + 1) * 2 * a)
+            torch.mm(h[:, i], weight[i, :, :a].t(), out=terms[0][:, cols])
+            torch.mm(h[:, i], weight[i, :, a:2 * a].t(), out=terms[1][:, cols])
+        w_bond = weight[:, :, 2 * a:].reshape(width, -1)
+
+        def pre_activation(s: slice) -> Tensor:
+            g = torch.addmm(bias, edge_attr[s], w_bond.t(), out=None if kept is None else kept[0, s])
+            centres.add_to(g, terms[0], s)
+            g += terms[1].index_select(0, nbr[s])
+            return g
+
+        pre: list[Tensor] = []
+        if running is None:  # training: this batch's mean and variance, summed in float64
+            moments = torch.zeros(2, width, dtype=torch.float64)
+            for s in chunks:
+                pre.append(pre_activation(s))
+                moments[0] += pre[-1].sum(0)
+                moments[1] += (pre[-1] * pre[-1]).sum(0)
+            mean64 = moments[0] / n_edges
+            mean, var = mean64.float(), (moments[1] / n_edges - mean64 ** 2).clamp(min=0).float()
+        else:
+            mean, var = running
+        invstd = (var + eps).rsqrt()
+        out = h.new_zeros(n_atoms, width // 2)
+        if keep:
+            per_atom.zero_()
+        for i, s in enumerate(chunks):
+            g = pre[i] if pre else pre_activation(s)
+            xhat = torch.addcmul(-mean * invstd, g, invstd, out=g)
+            f, c = _halves(torch.addcmul(beta, xhat, gamma), k)
+            sf, sp = torch.sigmoid(f), F.softplus(c)
+            centres.sum_into(out, (sf * sp).view(len(g), -1), s)
+            if kept is not None:  # d message / d f = softplus(c) sigmoid'(f); d message / d c = sigmoid(f) sigmoid(c)
+                d = kept[1, s]
+                d_f, d_c = _halves(d, k)
+                torch.ops.aten.sigmoid_backward.grad_input(sp, sf, grad_input=d_f)
+                torch.mul(sf, torch.sigmoid(c), out=d_c)  # softplus' = sigmoid (1.0 in float32 from 17 on)
+                centres.sum_into(per_atom[0], d, s)
+                centres.sum_into(per_atom[1], d * xhat, s)
+        if keep:
+            ctx.save_for_backward(h, edge_attr, gamma, invstd, centre, nbr, kept, per_atom, terms)
+        ctx.training = running is None
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:
+        if not ctx.saved_tensors:
+            raise RuntimeError("stacked CGCNN convolutions: the forward pass ran without a workspace, "
+                               "so it kept nothing to differentiate")
+        h, edge_attr, gamma, invstd, centre, nbr, kept, per_atom, d_terms = ctx.saved_tensors
+        (n_atoms, k, a), n_edges = h.shape, len(edge_attr)
+        centres = _Centres(centre, n_atoms)
+        grad = grad_out.view(n_atoms, k, 1, a)  # one row per centre atom, shared by f and c
+        # sum of dy and of dy * xhat over the edges, from the per-atom sums (their memory is free after)
+        sums = per_atom.view(2, n_atoms, k, 2, a).mul_(grad).sum(1).view(2, -1)
+        scale = gamma * invstd
+        if ctx.training:  # batch statistics: every edge's pre-activation moves BN1's mean and variance
+            shift, slope = -scale * sums[0] / n_edges, -scale * sums[1] / n_edges
+        scaled = torch.mul(grad, scale.view(k, 2, a), out=per_atom[0].view(n_atoms, k, 2, a))
+        d_terms.zero_()  # the atom terms' memory, now their gradients
+        d_bond = grad_out.new_zeros(edge_attr.shape[1], len(gamma))
+        d_bias = torch.zeros(len(gamma), dtype=torch.float64)
+        for s in centres.chunks(len(gamma)):
+            xhat, dy = kept[0, s], kept[1, s]
+            centres.mul_to(dy.view(len(dy), k, 2, a), scaled, s)
+            if ctx.training:
+                dy.add_(shift).addcmul_(xhat, slope)
+            d_bond.addmm_(edge_attr[s].t(), dy)
+            d_bias += dy.sum(0)
+            centres.sum_into(d_terms[0], dy, s)
+            d_terms[1].index_add_(0, nbr[s], dy)
+        d_weight = torch.cat([torch.stack([d_terms[j][:, i * 2 * a:(i + 1) * 2 * a].t() @ h[:, i] for i in range(k)])
+                              for j in (0, 1)] + [d_bond.t().reshape(k, 2 * a, -1)], 2)
+        return None, None, d_weight, d_bias.float(), sums[1], sums[0], *[None] * 5
+
+
+def stacked_convs(convs: list[ConvLayer], h: Tensor, edge_index: Tensor, edge_attr: Tensor,
+                  workspace: Workspace | None = None) -> Tensor:
+    """``convs[i](h[:, i], edge_index, edge_attr)`` for every i at once: h (atoms, k, a) -> (atoms, k, a).
+
+    The same maths as k ``ConvLayer`` calls (BatchNorm with batch statistics in training, running
+    ones in eval, each expert's running statistics updated as its own layer would), with the k
+    weight matrices stacked: the bond term is one matmul over the shared bond features, and the
+    per-bond work runs over all k experts in cache-sized chunks. Gradients reach each layer's own
+    parameters through the stacking. ``workspace`` holds what a training step keeps for its
+    backward pass (give the same one every step; None: fresh memory)."""
+    nbr, centre = edge_index
+    bn1, bn2 = [c.bn1 for c in convs], [c.bn2 for c in convs]
+    training = bn1[0].training
+    weight = torch.stack([c.fc_full.weight for c in convs])  # (k, 2a, 2a + b): [centre | neighbour | bond]
+    stats = None if training else (torch.cat([b.running_mean for b in bn1]), torch.cat([b.running_var for b in bn1]))
+    differentiable = torch.is_grad_enabled() and weight.requires_grad
+    summed, mean, var = _GatedEdgeSum.apply(
+        h, edge_attr, weight, torch.cat([c.fc_full.bias for c in convs]), torch.cat([b.weight for b in bn1]),
+        torch.cat([b.bias for b in bn1]), centre, nbr, stats, bn1[0].eps,
+        (workspace or Workspace()) if differentiable else None)
+    if training:
+        _count_batch(bn1, mean, var, len(edge_attr))
+    # BN2 over (atoms, k * a): torch's own batch norm on the stacked running statistics, copied back
+    running = [torch.cat([b.running_mean for b in bn2]), torch.cat([b.running_var for b in bn2])]
+    normed = F.batch_norm(summed, *running, torch.cat([b.weight for b in bn2]), torch.cat([b.bias for b in bn2]),
+                          training, _momentum(bn2), bn2[0].eps)
+    if training:
+        with torch.no_grad():
+            for i, bn in enumerate(bn2):
+                bn.running_mean.copy_(running[0].view(len(bn2), -1)[i])
+                bn.running_var.copy_(running[1].view(len(bn2), -1)[i])
+                bn.num_batches_tracked.add_(1)
+    return F.softplus(h + normed.view_as(h))
+
+
+def _momentum(bns: list[nn.BatchNorm1d]) -> float:
+    """The running statistics' update factor of this step, the same for every layer (their own:
+    ``momentum``, or 1 / batches seen for a cumulative average)."""
+    factors = {bn.momentum if bn.momentum is not None else 1.0 / (float(bn.num_batches_tracked) + 1) for bn in bns}
+    if len(factors) != 1:
+        raise ValueError(f"stacked convolutions need one batch-norm momentum; got {sorted(factors)}")
+    return factors.pop()
+
+
+@torch.no_grad()
+def _count_batch(bns: list[nn.BatchNorm1d], mean: Tensor, var: Tensor, n: int) -> None:
+    """What each BatchNorm1d does to its buffers in a training step: move the running mean and
+    unbiased variance towards the batch's by its momentum, and count the batch."""
+    m, width = _momentum(bns), len(mean) // len(bns)
+    unbiased = var * (n / max(n - 1, 1))
+    for i, bn in enumerate(bns):
+        part = slice(i * width, (i + 1) * width)
+        bn.running_mean.copy_(m * mean[part] + (1 - m) * bn.running_mean)
+        bn.running_var.copy_(m * unbiased[part] + (1 - m) * bn.running_var)
+        bn.num_batches_tracked.add_(1)

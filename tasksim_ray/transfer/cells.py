@@ -130,10 +130,17 @@ def test_mae(model: torch.nn.Module, graphs: list, cell: CellData, mean: float, 
     return float(np.mean(np.abs(pred - cell.y_test)))
 
 
-def _head(moe: MoEConfig, model_cfg: ModelConfig, dim: int) -> torch.nn.Module:
-    if moe.head_layers is not None:
-        return softplus_head(dim, moe.head_hidden, moe.head_layers)
-    return mlp_head(dim, model_cfg.ffn_hidden_dim, model_cfg.ffn_layers, model_cfg.dropout, 1)
+def _head(moe: MoEConfig, model_cfg: ModelConfig, dim: int, n_experts: int) -> torch.nn.Module | list[torch.nn.Module]:
+    """The mixture's head for its aggregation: one per expert (``ensemble``), or one over the
+    features side by side (``concat``: n_experts * dim) or added (dim)."""
+    def one(width: int) -> torch.nn.Module:
+        if moe.head_layers is not None:
+            return softplus_head(width, moe.head_hidden, moe.head_layers)
+        return mlp_head(width, model_cfg.ffn_hidden_dim, model_cfg.ffn_layers, model_cfg.dropout, 1)
+
+    if moe.aggregation == "ensemble":
+        return [one(dim) for _ in range(n_experts)]
+    return one(dim * n_experts if moe.aggregation == "concat" else dim)
 
 
 def _train_last(recipe: Recipe, settings: CellSettings) -> bool:
@@ -161,13 +168,13 @@ def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.devi
         tails = [load_published(c)[0].convs[-1] for c in recipe.checkpoints] if _train_last(recipe, settings) else None
         dim = 64 if tails is None else tails[0].bn2.num_features
         inputs = None if tails is None else [store[f"h_in/{Path(c).name}"] for c in recipe.checkpoints]
-        model = MixtureOfExperts(theta, moe.k, _head(moe, settings.model, dim), dim, tails=tails,
-                                 tail_inputs=inputs, penalty_on=moe.penalty_on)
+        model = MixtureOfExperts(theta, moe.k, _head(moe, settings.model, dim, len(theta)), dim, tails=tails,
+                                 tail_inputs=inputs, penalty_on=moe.penalty_on, aggregation=moe.aggregation)
     else:
         experts = [load_checkpoint(Path(c), device)[0] for c in recipe.checkpoints]
         dim = experts[0].embedding_dim
-        model = MixtureOfExperts(theta, moe.k, _head(moe, settings.model, dim), dim, experts=experts,
-                                 penalty_on=moe.penalty_on)
+        model = MixtureOfExperts(theta, moe.k, _head(moe, settings.model, dim, len(theta)), dim, experts=experts,
+                                 penalty_on=moe.penalty_on, aggregation=moe.aggregation)
     return model, moe_options(model, moe, ft.max_epochs, ft.patience, ft.batch_size)
 
 
