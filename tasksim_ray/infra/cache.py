@@ -125,9 +125,46 @@ def _local_atomic_dir(final: Path) -> Iterator[Path]:
         _publish(tmp, final)
     except _Discard:
         pass
+    except OSError as exc:  # a full disk under a writer that does not name its file: name the artifact
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise TasksimError(write_error(exc.filename or final, exc)) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# a write that failed because of the disk, not the data: full, over quota, too large, read-only
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def write_error(path: Path | str, exc: BaseException) -> str:
+    """One line for a failed write: the path and the reason (an OS error's, else the writer's
+    first line: torch and numpy report a full disk without an errno)."""
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno)
+    else:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = f"write failed ({first}); is the disk full?"
+    return f"{path}: cannot write: {reason}"
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Whatever a writer raises while it writes ``path`` (torch's ``RuntimeError`` for a short
+    write, an ``OSError`` without a file name) becomes a one-line error naming ``path``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise TasksimError(write_error(path, exc)) from None
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` whose failure (a full disk) is one line naming the file, not a torch traceback."""
+    import torch
+
+    with writing(path):
+        torch.save(obj, path)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -188,7 +225,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
+        with writing(path), os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:

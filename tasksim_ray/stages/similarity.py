@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra.cache import writing
 from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.similarity import METRICS, SimilarityInputs
 from tasksim_ray.similarity.bootstrap import bootstrap_rsa
@@ -78,13 +79,15 @@ def stage_similarity(run: Run, embs: dict[str, TaskEmbedding], probe: Stage, tas
         for metric in cfg.metrics:
             matrix = _rsa(run, embs, inputs.embeddings) if metric == "rsa" else \
                 METRICS[metric].fn(inputs, **options.get(metric, {}))
-            _frame(names, matrix).to_csv(out / f"{metric}.csv")
+            with writing(out / f"{metric}.csv"):
+                _frame(names, matrix).to_csv(out / f"{metric}.csv")
         if "rsa" in cfg.metrics and cfg.bootstrap.n_boot > 0 and cfg.comparison != "kendall":
             with run.console.status(f"bootstrapping RSA over probes ({cfg.bootstrap.n_boot} resamples)"):
                 ci = bootstrap_rsa(inputs.embeddings, cfg.comparison, cfg.bootstrap.n_boot, cfg.bootstrap.level,
                                    run.cfg.seed, cfg.bootstrap.max_probes)
             for part in ("lower", "upper", "std"):
-                _frame(names, getattr(ci, part)).to_csv(out / f"rsa_{part}.csv")
+                with writing(out / f"rsa_{part}.csv"):
+                    _frame(names, getattr(ci, part)).to_csv(out / f"rsa_{part}.csv")
         return {"metrics": cfg.metrics, "bootstrap": cfg.bootstrap.model_dump()}
 
     labels_from = tasks.key if tasks and "logme" in cfg.metrics else None
