@@ -267,12 +267,26 @@ class PublishedConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    """Resources of the embedded local Ray; ignored when connecting to a cluster (RAY_ADDRESS)."""
+    """Resources of the embedded local Ray (``num_cpus``, ``num_gpus``; ignored when connecting to a
+    cluster, RAY_ADDRESS). ``pending_timeout_s``: how long a request no node of the cluster can run
+    (a GPU on a CPU-only cluster, a node type the autoscaler cannot deliver, a node that died) may
+    wait for one to appear before the run fails naming the resource; every request is also checked
+    against the nodes and the autoscaler's node types before the first Ray task."""
 
     address: str | None = None
     num_cpus: int | None = Field(default=None, gt=0)
     num_gpus: int | None = Field(default=None, ge=0)
     include_dashboard: bool = False
+    pending_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class ServeConfig(_Strict):
+    """``tasksim serve``'s limits on one POST /embed: at most ``max_inputs`` inputs, each of at most
+    ``max_atoms`` atoms (a SMILES's atoms, a structure's sites); a request past either is refused
+    with HTTP 413 before anything is featurised, so one request cannot hold a replica for minutes."""
+
+    max_inputs: int = Field(default=1000, ge=1)
+    max_atoms: int = Field(default=1000, ge=1)
 
 
 class StorageConfig(_Strict):
