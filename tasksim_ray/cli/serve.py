@@ -18,7 +18,8 @@ def serve(config: ConfigArg, sets: SetOpt = None,
           port: Annotated[int, typer.Option(help="HTTP port on 127.0.0.1")] = 8000,
           replicas: Annotated[int, typer.Option(help="replicas of the model host", min=1)] = 1) -> None:
     """Train (or reuse) the config's task models, then serve their embeddings on 127.0.0.1 until Ctrl-C:
-    POST /embed {"task": NAME, "inputs": [SMILES or structure JSON, ...]}."""
+    POST /embed {"task": NAME, "inputs": [SMILES or structure JSON, ...]} (at most serve.max_inputs
+    inputs of serve.max_atoms atoms each)."""
     from tasksim_ray.embedding.serving import deploy
     from tasksim_ray.stages.data import load_table
     from tasksim_ray.stages.pipeline import run_pipeline
@@ -28,7 +29,7 @@ def serve(config: ConfigArg, sets: SetOpt = None,
         result = run_pipeline(cfg, console, until="pretrain")
         kind = "crystal" if result.tasks_stage is None else load_table(result.tasks_stage).kind  # published: CGCNN
         url = deploy(result.model_dirs, kind, cfg.data.graph, port=port, replicas=replicas,
-                     num_cpus=cfg.embed.num_cpus, num_gpus=0.0)
+                     num_cpus=cfg.embed.num_cpus, num_gpus=0.0, limits=cfg.serve)
     console.print(f"serving {len(result.model_dirs)} task models at [bold]{url}[/bold] (Ctrl-C stops)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a job manager's stop: shut down as on Ctrl-C
     try:
