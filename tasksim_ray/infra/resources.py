@@ -24,17 +24,12 @@ from tasksim_ray.errors import TasksimError
 
 Shape = Mapping[str, float]  # Ray resource name -> amount ("CPU", "GPU", "memory" in bytes, custom)
 EPS = 1e-9
-_settings: dict[str, float] = {"pending_timeout_s": 600.0, "local": 0.0}
+_settings = {"pending_timeout_s": 600.0}
 
 
 def set_pending_timeout(seconds: float) -> None:
     """The limit every guard of this process uses (``ray.pending_timeout_s``, set by ``ensure_ray``)."""
     _settings["pending_timeout_s"] = float(seconds)
-
-
-def set_local(local: bool) -> None:
-    """Whether this process started its own Ray (then no autoscaler can add nodes to it)."""
-    _settings["local"] = float(local)
 
 
 def pending_timeout() -> float:
@@ -111,7 +106,8 @@ def _autoscaler_running() -> bool:
 
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
 
-    if _settings["local"]:
+    node = ray._private.worker._global_node
+    if node is not None and node.head:  # this process started the Ray: nothing can scale it
         return False
     try:
         raw = _internal_kv_initialized() and _internal_kv_get("__autoscaling_status")

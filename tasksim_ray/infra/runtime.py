@@ -39,7 +39,6 @@ def _start(cfg: RayConfig, runtime_env: dict | None) -> None:
     # token auth stays on (the cluster configs keep it); Ray's notice of it on every start is noise
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     address = os.environ.get("RAY_ADDRESS") or cfg.address
-    resources.set_local(not address)
     if address:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env)
     else:
