@@ -128,7 +128,11 @@ def _local_atomic_dir(final: Path) -> Iterator[Path]:
     except OSError as exc:  # a full disk under a writer that does not name its file: name the artifact
         if exc.errno not in DISK_ERRNOS:
             raise
-        raise TasksimError(write_error(exc.filename or final, exc)) from None
+        raise TasksimError(write_error(exc.filename or final, exc).replace(str(tmp), str(final))) from None
+    except TasksimError as exc:  # a writer's one line names the file as the artifact will have it
+        if str(tmp) not in str(exc):
+            raise
+        raise type(exc)(str(exc).replace(str(tmp), str(final))) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -159,12 +163,35 @@ def writing(path: Path | str) -> Iterator[None]:
         raise TasksimError(write_error(path, exc)) from None
 
 
+class _Recording:
+    """A file that remembers the OS error of a failed write: torch's writer reports only its own
+    ``RuntimeError`` ("unexpected pos"), this keeps the reason (ENOSPC, EFBIG)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` whose failure (a full disk) is one line naming the file, not a torch traceback."""
+    """``torch.save`` whose failure (a full disk) is one line naming the file and the OS's reason,
+    not a torch traceback."""
     import torch
 
-    with writing(path):
-        torch.save(obj, path)
+    with writing(path), path.open("wb") as fh:
+        out = _Recording(fh)
+        try:
+            torch.save(obj, out)
+        except RuntimeError as exc:
+            raise (out.error or exc) from None
 
 
 def _publish(tmp: Path, final: Path) -> None:
