@@ -120,7 +120,8 @@ def _graphs(n: int = 24) -> tuple[list, np.ndarray]:
     return [smiles_to_graph(s) for s in smiles], np.arange(n, dtype=float)
 
 
-@pytest.mark.parametrize(("stage", "setting"), [("finetune", "transfer.finetune.lr"), ("scratch", "transfer.scratch.lr"),
+@pytest.mark.parametrize(("stage", "setting"), [("finetune", "transfer.finetune.lr"),
+                                                ("scratch", "transfer.scratch.lr"),
                                                 ("moe", "transfer.moe.expert_lr"), ("search", "search.lr")])
 def test_every_kind_of_training_stops_on_divergence(stage: str, setting: str) -> None:
     """Transfer cells (scratch, fine-tuning, MoE) and search trials all train in the one loop."""
@@ -183,7 +184,8 @@ def test_every_crystal_backbone_trains_at_other_graph_settings(backbone: str) ->
     structures = [Structure.from_dict(r["structure"]) for r in rows]
     params = SMALL[backbone] | ({"atomic_numbers": sorted({z for s in structures for z in s.atomic_numbers})}
                                 if backbone == "mace" else {})
-    cfg = parse_config({"data": {"source": "crystals", "path": "x", "graph": {k.split(".")[-1]: v for k, v in GRAPH.items()}},
+    graph = {k.split(".")[-1]: v for k, v in GRAPH.items()}
+    cfg = parse_config({"data": {"source": "crystals", "path": "x", "graph": graph},
                         "model": {"backbone": backbone, "params": params}})
     graphs = [structure_to_graph(s, GraphSettings.from_config(cfg.data.graph)) for s in structures]
     torch.manual_seed(0)

@@ -49,10 +49,11 @@ from tasksim_ray.config.transfer import (
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import BACKBONES, FOUNDATION_MODELS
 
-__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig",
-           "DataConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig", "PipelineConfig",
-           "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "ScratchConfig", "SearchConfig",
-           "SelectionConfig", "ServeConfig", "SimilarityConfig", "SourcesConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
+__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CSIConfig", "CrystalGraphConfig", "DataConfig",
+           "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig", "PipelineConfig",
+           "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RegularizerConfig", "ScratchConfig",
+           "SearchConfig", "SelectionConfig", "ServeConfig", "SimilarityConfig", "SourcesConfig", "SplitConfig",
+           "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
 
 class PipelineConfig(Strict):

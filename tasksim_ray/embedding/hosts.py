@@ -110,8 +110,9 @@ class ModelHost:
 
     def stats(self) -> dict[str, Any]:
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-        return {"pid": os.getpid(), "node": node, "loaded": len(self.models), "loads": self.loads, "device": str(self.device),
-                "threads": torch.get_num_threads(), "seconds": dict(self.seconds), "started": self.started}
+        return {"pid": os.getpid(), "node": node, "loaded": len(self.models), "loads": self.loads,
+                "device": str(self.device), "threads": torch.get_num_threads(), "seconds": dict(self.seconds),
+                "started": self.started}
 
 
 @dataclass(frozen=True)

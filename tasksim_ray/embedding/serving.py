@@ -138,8 +138,9 @@ def deploy(models: dict[str, Path], kind: str = "molecule", graph: CrystalGraphC
            limits: ServeConfig | None = None) -> str:
     """Start the application on this Ray (HTTP on 127.0.0.1:``port``); returns its URL. Each
     replica's resources are checked first: one no node can run would leave Serve waiting for ever."""
-    resources.check([resources.Request("each serve replica", {"CPU": num_cpus, "GPU": num_gpus},
-                             {"CPU": f"embed.num_cpus {num_cpus:g}", "GPU": f"GPU {num_gpus:g}"})])
+    replica = resources.Request("each serve replica", {"CPU": num_cpus, "GPU": num_gpus},
+                                {"CPU": f"embed.num_cpus {num_cpus:g}", "GPU": f"GPU {num_gpus:g}"})
+    resources.check([replica])
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = EmbeddingServer.options(num_replicas=replicas,
                                   ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus}).bind(
