@@ -77,6 +77,21 @@ def test_impossible_resources_are_one_line_before_training(ray_local: None, work
     assert not (workdir / "artifacts" / "models").exists() and time.monotonic() - start < 60
 
 
+def test_autoscaler_node_types_count_as_what_the_cluster_can_have() -> None:
+    gpu = [resources.Request("each job", {"CPU": 1, "GPU": 0.5}, {"GPU": "train.num_gpus 0.5"})]
+    workers = [resources.Request("workers", {"CPU": 4}, {"CPU": "transfer.budget.worker_cpus 4"}, count=3,
+                                 plus={"CPU": 1})]
+    head = [{"CPU": 2.0}]
+    resources.check(gpu, resources.Capacity(head, [({"CPU": 8.0, "GPU": 1.0}, 0 + 2)], autoscaler=True))
+    resources.check(workers, resources.Capacity(head, [({"CPU": 4.0}, 3)], autoscaler=True))  # 2 + 12 >= 13
+    resources.check(gpu, resources.Capacity(head, [], autoscaler=True))  # types unknown: the pending limit decides
+    with pytest.raises(TasksimError, match=r"train.num_gpus 0.5: each job asks for 1 CPU \+ 0.5 GPU, but no node "
+                                           r"or autoscaler node type of the cluster has GPU"):
+        resources.check(gpu, resources.Capacity(head, [({"CPU": 8.0}, 2)], autoscaler=True))
+    with pytest.raises(TasksimError, match=r"worker_cpus 4: workers need 3 x 4 CPU at once beside the 1 CPU"):
+        resources.check(workers, resources.Capacity(head, [({"CPU": 4.0}, 2)], autoscaler=True))
+
+
 def _nothing() -> int:
     return 0
 

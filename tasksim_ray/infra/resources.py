@@ -133,7 +133,7 @@ def _missing(request: Request, cap: Capacity) -> str | None:
     shapes = cap.nodes + [t for t, _ in cap.node_types]
     if not any(fits(request.shape, s) for s in shapes):
         lacking = [k for k, v in request.shape.items() if v > 0 and not any(s.get(k, 0.0) + EPS >= v for s in shapes)]
-        keys = [request.keys.get(k, k) for k in lacking or list(request.shape)]
+        keys = [request.keys.get(k, k) for k in lacking or [k for k, v in request.shape.items() if v > 0]]
         return (f"{' and '.join(dict.fromkeys(keys))}: {request.what} asks for {describe(request.shape)}, but no node "
                 f"{'or autoscaler node type ' if cap.node_types else ''}of the cluster has "
                 f"{'that' if not lacking else ' + '.join(lacking)} ({_where(cap)})")
