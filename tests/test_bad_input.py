@@ -58,7 +58,26 @@ def _truncated_gz(tmp: Path) -> list[str]:
     return ["--set", "data.source=crystals", "--set", f"data.path={path}", "--set", "data.targets=[e]"]
 
 
+def _empty_config(tmp: Path) -> list[str]:
+    (tmp / "empty.yaml").write_text("")
+    return ["CONFIG", str(tmp / "empty.yaml")]
+
+
+def _duplicate_crystal_column(tmp: Path) -> list[str]:
+    path = tmp / "table.json.gz"
+    path.write_bytes(gzip.compress(b'{"columns": ["structure", "e", "e"], "data": []}'))
+    return ["--set", "data.source=crystals", "--set", f"data.path={path}"]
+
+
+def _renamed(frame: pd.DataFrame) -> pd.DataFrame:
+    frame.columns = ["mol_id", "smiles", "mu", "mu", "homo"]  # pandas would read the second as mu.1
+    return frame
+
+
 CASES: dict[str, tuple[Case, str]] = {
+    "config-empty": (_empty_config, "empty.yaml: the config names no data: give data.source and data.path"),
+    "duplicate-column": (lambda t: _csv(t, _renamed)[:2], "data.csv: column 'mu' appears more than once"),
+    "duplicate-crystal-column": (_duplicate_crystal_column, "table.json.gz: column 'e' appears more than once"),
     "config-not-utf8": (_config_bytes, "not UTF-8"),
     "set-bad-yaml": (lambda t: ["--set", "train=[1, 2"], "--set train: value '[1, 2' is not valid YAML"),
     "set-into-a-value": (lambda t: ["--set", "train.max_epochs.x=1"], "'train.max_epochs' is a value"),

@@ -51,7 +51,8 @@ def test_bad_config_is_a_one_line_error_naming_the_key(tmp_path: Path, text: str
 
 
 def test_overrides_merge_dotted_keys(tmp_path: Path) -> None:
-    cfg = load_config(_write(tmp_path, "train:\n  max_epochs: 3\n"), {"train.patience": 2, "seed": 7})
+    text = "data:\n  source: qm9pack\ntrain:\n  max_epochs: 3\n"
+    cfg = load_config(_write(tmp_path, text), {"train.patience": 2, "seed": 7})
     assert (cfg.train.max_epochs, cfg.train.patience, cfg.seed) == (3, 2, 7)
 
 

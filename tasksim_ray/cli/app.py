@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ import typer
 import yaml
 
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra import interrupts
 from tasksim_ray.infra.progress import Console
 
 # Help texts are Markdown (backticks render as code, `[x]` stays text); avoid `<...>`, which Markdown drops.
@@ -47,17 +49,37 @@ def overrides(pairs: list[str] | None) -> dict[str, Any]:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """The CLI's promise: bad input, and a disk that is full or a path that is not writable, end the
-    command with one line naming the file and exit status 2."""
-    try:
-        yield
-    except TasksimError as exc:
-        fail(exc)
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        fail(TasksimError(f"{where}{exc.strerror or exc}"))
+    command with one line naming the file and exit status 2; Ctrl-C or SIGTERM end it within
+    seconds with one line and 128 + the signal's number, never 0 (``infra.interrupts``)."""
+    with interrupts.handling():
+        try:
+            yield
+            interrupts.raise_if_received()  # caught and ignored on the way (Ray Tune does): still a stop
+        except KeyboardInterrupt:
+            stopped(interrupts.received() or signal.SIGINT)
+        except TasksimError as exc:
+            if interrupts.received():  # an error the unwinding caused (a cancelled Ray job)
+                stopped(interrupts.received())
+            fail(exc)
+        except OSError as exc:
+            if interrupts.received():
+                stopped(interrupts.received())
+            fail(TasksimError(os_error_line(exc)))
+
+
+def os_error_line(exc: OSError) -> str:
+    """``path: reason`` for an OS error (a full disk, a folder that is not writable)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 def fail(exc: TasksimError) -> NoReturn:
     """A user error: one red line on stderr and exit status 2."""
     err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
+
+
+def stopped(signum: int) -> NoReturn:
+    """An interrupted run: one line on stderr and exit status 128 + the signal's number."""
+    err_console.print(f"[red]error:[/red] {interrupts.message(signum)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(interrupts.exit_code(signum)) from None

@@ -8,6 +8,7 @@ in one module per concern (``stages``, ``transfer``, ``search``); everything is 
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from tasksim_ray.config.stages import (
     PublishedConfig,
     RayConfig,
     SelectionConfig,
+    ServeConfig,
     SimilarityConfig,
     SplitConfig,
     StorageConfig,
@@ -46,12 +48,13 @@ from tasksim_ray.config.transfer import (
     TransferConfig,
 )
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.registry import FOUNDATION_MODELS, METRICS
+from tasksim_ray.registry import BACKBONES, FOUNDATION_MODELS, METRICS
 
-__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CrystalGraphConfig",
-           "DataConfig", "DatasetFeaturesConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig", "PipelineConfig",
-           "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RecipeConfig", "RegularizerConfig", "ScratchConfig", "SearchConfig",
-           "SelectionConfig", "SimilarityConfig", "SourcesConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
+__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CrystalGraphConfig", "DataConfig",
+           "DatasetFeaturesConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig",
+           "PipelineConfig", "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RecipeConfig",
+           "RegularizerConfig", "ScratchConfig", "SearchConfig", "SelectionConfig", "ServeConfig", "SimilarityConfig",
+           "SourcesConfig", "SplitConfig", "TrainConfig", "TransferConfig", "load_config", "parse_config"]
 
 
 class PipelineConfig(Strict):
@@ -89,6 +92,8 @@ class PipelineConfig(Strict):
     """Published checkpoints used as the task models (no training)."""
     storage: StorageConfig = StorageConfig()
     """Shared artifact storage for clusters."""
+    serve: ServeConfig = ServeConfig()
+    """``tasksim serve``'s request limits."""
 
     @model_validator(mode="after")
     def _selection_metric_computed(self) -> PipelineConfig:
@@ -127,9 +132,45 @@ class PipelineConfig(Strict):
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
     try:
-        return PipelineConfig.model_validate(raw)
+        cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         raise TasksimError(f"{source}: {first_error(exc)}") from None
+    return with_graph_hparams(cfg, source)
+
+
+def with_graph_hparams(cfg: PipelineConfig, source: str = "<config>") -> PipelineConfig:
+    """The model's hyperparameters that the crystal graph settings fix (CGCNN's bond-feature width is
+    the number of Gaussian centres of ``data.graph``; ALIGNN's neighbour list follows its radius and
+    neighbour count unless ``model.params`` sets them), so a model is always built for the graphs
+    it will be fed. A backbone declares them with ``graph_hparams(graph)``; those in its
+    ``GRAPH_WIDTHS`` cannot be set to anything else. Only values that differ from the backbone's
+    own defaults are added, so a default graph leaves the config (and its cache keys) as written."""
+    if cfg.model.backbone == "dmpnn" or (cfg.data.graph == CrystalGraphConfig() and not cfg.model.params):
+        return cfg  # nothing to derive or to check: the backbone is not imported
+    backbone = BACKBONES.get(cfg.model.backbone)
+    derive = getattr(backbone, "graph_hparams", None)
+    if derive is None:
+        return cfg
+    defaults = {k: p.default for k, p in inspect.signature(backbone).parameters.items()}
+    params = dict(cfg.model.params)
+    for key, value in derive(cfg.data.graph).items():
+        if key not in params:
+            if defaults.get(key) != value:
+                params[key] = value
+        elif key in getattr(backbone, "GRAPH_WIDTHS", ()) and params[key] != value:
+            g = cfg.data.graph
+            raise TasksimError(f"{source}: model.params.{key} is {params[key]} but data.graph (radius {g.radius:g}, "
+                               f"step {g.step:g}, dmin {g.dmin:g}) gives {value}; drop model.params.{key} "
+                               "(it follows data.graph)")
+    if params == cfg.model.params:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"params": params})})
+
+
+def says_what_to_run(raw: dict[str, Any]) -> bool:
+    """A config names its data (``data`` with at least one key) or published checkpoints."""
+    data, published = raw.get("data"), raw.get("published")
+    return bool(isinstance(data, dict) and data) or bool(isinstance(published, dict) and published.get("path"))
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -155,4 +196,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
             if not isinstance(node, dict):
                 raise TasksimError(f"--set {dotted}: '{'.'.join(parents[:depth + 1])}' is a value, not a section")
         node[leaf] = value
-    return parse_config(raw, str(p))
+    cfg = parse_config(raw, str(p))  # a misspelt key first: it may be the missing section
+    if not says_what_to_run(raw):
+        what = "is empty" if not raw else "names no data"
+        raise TasksimError(f"{p}: the config {what}: give data.source and data.path (or published.path) to say "
+                           "what to run; `tasksim demo` runs the shipped demo")
+    return cfg

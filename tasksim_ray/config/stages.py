@@ -377,7 +377,11 @@ class PublishedConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    """Resources of the embedded local Ray; ignored when connecting to a cluster (RAY_ADDRESS)."""
+    """Resources of the embedded local Ray (``num_cpus``, ``num_gpus``; ignored when connecting to a
+    cluster, RAY_ADDRESS). ``pending_timeout_s``: how long a request no node of the cluster can run
+    (a GPU on a CPU-only cluster, a node type the autoscaler cannot deliver, a node that died) may
+    wait for one to appear before the run fails naming the resource; every request is also checked
+    against the nodes and the autoscaler's node types before the first Ray task."""
 
     address: str | None = None
     """A Ray cluster to join (`RAY_ADDRESS` wins; null: start a local Ray)."""
@@ -387,6 +391,19 @@ class RayConfig(_Strict):
     """GPUs of the local Ray (null: Ray's own detection)."""
     include_dashboard: bool = False
     """Start the Ray dashboard with the local Ray."""
+    pending_timeout_s: float = Field(default=600.0, gt=0)
+    """Seconds a request no node can run may wait for one before the run fails naming the resource."""
+
+
+class ServeConfig(_Strict):
+    """``tasksim serve``'s limits on one POST /embed: at most ``max_inputs`` inputs, each of at most
+    ``max_atoms`` atoms (a SMILES's atoms, a structure's sites); a request past either is refused
+    with HTTP 413 before anything is featurised, so one request cannot hold a replica for minutes."""
+
+    max_inputs: int = Field(default=1000, ge=1)
+    """Most inputs in one request."""
+    max_atoms: int = Field(default=1000, ge=1)
+    """Most atoms (sites) in one input."""
 
 
 class StorageConfig(_Strict):

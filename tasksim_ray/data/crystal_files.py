@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
+from tasksim_ray.data.tasks import check_header, read_csv, read_parquet
 from tasksim_ray.errors import TasksimError
 
 ID_COLUMNS = ("mpid", "material_id", "jid", "id")
@@ -178,6 +179,7 @@ def _read_json_table(path: Path) -> pd.DataFrame:
         raise TasksimError(f"{path}: truncated gzip file") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TasksimError(f"{path}: not a JSON table with 'columns' and 'data' ({type(exc).__name__}: {exc})") from None
+    check_header(columns, path)
     rows = [r if isinstance(r, dict) else dict(zip(columns, r)) for r in data]
     frame = pd.DataFrame(rows, columns=list(columns) if not rows else None)
     if "index" in doc:
@@ -197,14 +199,18 @@ def read_frame(path: str | Path, trust_pickle: bool = False) -> pd.DataFrame:
     if suffix in PICKLE_SUFFIXES and not trust_pickle:
         raise TasksimError(f"{path}: reading a pickle runs code from the file; list it in data.trust_pickle "
                            f"(or data.files.<stem>.trust_pickle: true) if you trust it")
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pkl": pd.read_pickle, ".pickle": pd.read_pickle}
+    readers = {".csv": read_csv, ".parquet": read_parquet, ".pkl": pd.read_pickle, ".pickle": pd.read_pickle}
     reader = readers.get(suffix)
     if reader is None:
         raise TasksimError(f"{path}: unknown table format; use one of {sorted(readers)} or .json(.gz)")
     try:
-        return reader(path).reset_index(drop=True)
+        frame = reader(path).reset_index(drop=True)
+    except TasksimError:
+        raise
     except Exception as exc:  # readers raise many types for bad files
         raise TasksimError(f"{path}: cannot read table ({type(exc).__name__}: {exc})") from exc
+    check_header(list(frame.columns), path)  # a pickled frame can carry repeated names too
+    return frame
 
 
 def load_json_table(path: str | Path, targets: Sequence[str] | None = None, structure_column: str = "structure",
@@ -249,6 +255,9 @@ def load_id_prop_folder(folder: str | Path, target: str = "target", units: str =
             continue
         cid, _, value = (part.strip() for part in line.partition(","))
         where = f"{id_prop}: row {n} (id '{cid}')"
+        if "," in value:
+            raise TasksimError(f"{where}: {value.count(',') + 2} fields; id_prop.csv rows are 'id,value' "
+                               "(one target per folder)")
         try:
             values.append(float(value) if value else np.nan)
         except ValueError:

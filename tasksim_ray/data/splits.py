@@ -31,7 +31,7 @@ import pandas as pd
 
 from tasksim_ray.config import SplitConfig
 from tasksim_ray.data.crystal_files import KNOWN_FILES, file_stem, read_frame
-from tasksim_ray.data.tasks import SOURCE, SOURCE_ROW, Split, Task, TaskTable
+from tasksim_ray.data.tasks import SOURCE, SOURCE_ROW, Split, Task, TaskTable, read_csv
 from tasksim_ray.errors import TasksimError
 
 PARTS = ("train", "val", "test")
@@ -103,7 +103,7 @@ def _file_split(path: Path, n_rows: int) -> Split:
         except ValueError as exc:
             raise TasksimError(f"{path}: not a JSON [train, val, test] split ({exc})") from None
     try:
-        frame = pd.read_csv(path)
+        frame = read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
         raise TasksimError(f"{path}: cannot read split CSV ({str(exc).splitlines()[0]})") from None
     if not {"row", "split"} <= set(frame.columns):

@@ -11,6 +11,7 @@ self-describing.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.infra.cache import stable_hash
+from tasksim_ray.infra.cache import stable_hash, writing
 
 ID, SMILES = "mol_id", "smiles"
 TABLE_FILE = "tasks.parquet"  # how a tasks stage saves its table
@@ -90,7 +91,8 @@ class TaskTable:
     def save(self, path: Path) -> None:
         table = pa.Table.from_pandas(self.frame, preserve_index=False)
         meta = {**(table.schema.metadata or {}), _META_KEY: json.dumps([asdict(t) for t in self.tasks])}
-        pq.write_table(table.replace_schema_metadata(meta), path)
+        with writing(path):
+            pq.write_table(table.replace_schema_metadata(meta), path)
 
     @classmethod
     def load(cls, path: Path) -> TaskTable:
@@ -134,11 +136,36 @@ def check_table(table: TaskTable) -> None:
             raise TasksimError(f"{where} is constant ({known[0]:g} for all {len(known)} labels): nothing to learn")
 
 
+def check_header(columns: Sequence[object], path: Path | str) -> None:
+    """Refuse a header that names a column twice: readers would rename the second one (pandas
+    makes ``mu`` and ``mu.1``) or drop it, and a renamed column would silently become a task."""
+    seen: set[str] = set()
+    for col in columns:
+        name = str(col)
+        if pd.isna(col) or not name.strip():
+            continue  # a blank header cell (an unnamed index column) is not a name
+        if name in seen:
+            raise TasksimError(f"{path}: column '{name}' appears more than once in the header; "
+                               "rename or drop one (columns are never renamed silently)")
+        seen.add(name)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV whose header names each column once (read raw first: pandas renames repeats)."""
+    check_header(pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist(), path)
+    return pd.read_csv(path)
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    check_header(pq.read_schema(path).names, path)
+    return pd.read_parquet(path)
+
+
 def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise TasksimError(f"{path}: data file not found")
     try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        frame = read_parquet(path) if path.suffix == ".parquet" else read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
         raise TasksimError(f"{path}: cannot read table ({str(exc).splitlines()[0]})") from None
     if frame.empty:

@@ -25,12 +25,15 @@ import numpy as np
 import psutil
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import nn
 from torch_geometric.data import Batch
 
 from tasksim_ray.config import EmbedConfig
 from tasksim_ray.featurize.graphstore import batch_from_bytes
+from tasksim_ray.infra import resources
 from tasksim_ray.infra.metrics import probes_embedded
+from tasksim_ray.infra.resources import PendingGuard
 from tasksim_ray.infra.runtime import cluster_cpus, cluster_gpus
 from tasksim_ray.models import load_checkpoint
 
@@ -106,8 +109,10 @@ class ModelHost:
         return out
 
     def stats(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "loaded": len(self.models), "loads": self.loads, "device": str(self.device),
-                "threads": torch.get_num_threads(), "seconds": dict(self.seconds), "started": self.started}
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        return {"pid": os.getpid(), "node": node, "loaded": len(self.models), "loads": self.loads,
+                "device": str(self.device), "threads": torch.get_num_threads(), "seconds": dict(self.seconds),
+                "started": self.started}
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,17 @@ def plan_hosts(cfg: EmbedConfig, n_models: int) -> HostPlan:
     return HostPlan(n, share, cfg.gpu_fraction if use_gpu else 0.0, threads)
 
 
+def spread(plan: HostPlan) -> list[Any]:
+    """Where each host goes: round-robin over the alive nodes that can run one and keep a CPU free
+    for Ray Data (packed hosts would share one node's cores; Ray's own SPREAD may put them
+    together), else Ray's SPREAD (no such node, or GPU workers an autoscaler has still to start)."""
+    shape = {"CPU": plan.num_cpus + 1.0, "GPU": plan.num_gpus}
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive") and resources.fits(shape, n["Resources"]))
+    if not nodes:
+        return ["SPREAD"] * plan.n_hosts
+    return [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) for i in range(plan.n_hosts)]
+
+
 class HostGroup:
     """A run's model hosts, started on first use and fed batch by batch (a bounded number in flight
     per host, so the object store holds only a few batches at a time)."""
@@ -146,12 +162,12 @@ class HostGroup:
         self.cfg = cfg
         self.plan = plan_hosts(cfg, n_models)
         budget = int(cfg.host_memory_gb * 1024**3)
-        # spread over the nodes: packed hosts would share one node's cores
-        actor = ray.remote(ModelHost).options(num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus,
-                                              scheduling_strategy="SPREAD")
+        actor = ray.remote(ModelHost)
         self.created = time.time()
         self.calls = 0  # map calls so far: the first one pays the start-up
-        self.hosts = [actor.remote(budget, self.plan.threads) for _ in range(self.plan.n_hosts)]
+        self.hosts = [actor.options(num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus,
+                                    scheduling_strategy=where).remote(budget, self.plan.threads)
+                      for where in spread(self.plan)]
 
     def map(self, batches: Iterable[list[bytes]], models: dict[str, str], layer: str = "graph",
             in_flight: int = 3) -> Iterator[Embedded]:
@@ -159,12 +175,14 @@ class HostGroup:
         self.calls += 1
         pending: list[ray.ObjectRef] = []
         limit = in_flight * len(self.hosts)
+        shape = {"CPU": self.plan.num_cpus, "GPU": self.plan.num_gpus}
+        guard = PendingGuard()  # a host no node can start (a GPU that never comes) fails, not hangs
         for i, graphs in enumerate(batches):
             pending.append(self.hosts[i % len(self.hosts)].embed.remote(graphs, models, layer))
             if len(pending) >= limit:
-                yield ray.get(pending.pop(0))
+                yield resources.get(pending.pop(0), "a model host", shape, guard)
         for ref in pending:
-            yield ray.get(ref)
+            yield resources.get(ref, "a model host", shape, guard)
 
     def stats(self) -> list[dict[str, Any]]:
         return ray.get([h.stats.remote() for h in self.hosts])

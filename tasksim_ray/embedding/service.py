@@ -26,6 +26,7 @@ from tasksim_ray.data.tasks import INPUT_COLUMNS
 from tasksim_ray.embedding.hosts import HostGroup, is_node_layer
 from tasksim_ray.featurize.graphstore import graph_to_bytes
 from tasksim_ray.featurize.inputs import featurize_inputs
+from tasksim_ray.infra.cache import writing
 from tasksim_ray.featurize.molecule import FeaturizeReport
 
 ID, GRAPH = "id", "graph"
@@ -98,7 +99,8 @@ def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_
                 # dictionary-encoding float vectors only wastes the driver's CPU (5 s of 24 at
                 # 20,000 x 10, taken from the hosts' cores): ids only
                 writer = pq.ParquetWriter(out_dir / "part-0.parquet", batch.schema, use_dictionary=[ID])
-            writer.write_table(batch)
+            with writing(out_dir / "part-0.parquet"):
+                writer.write_table(batch)
             seconds["write"] += time.perf_counter() - start
         if timings is not None:
             timings["stream_s"] = time.perf_counter() - clock
@@ -133,7 +135,8 @@ def save_embedding(path: Path, ids: list[str], emb: np.ndarray) -> None:
     """One task's embeddings as Parquet: ``id`` and a fixed-size float32 ``embedding`` list."""
     flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1))
     table = pa.table({ID: pa.array(ids), "embedding": pa.FixedSizeListArray.from_arrays(flat, emb.shape[1])})
-    pq.write_table(table, path)
+    with writing(path):
+        pq.write_table(table, path)
 
 
 def load_embedding(path: Path) -> tuple[list[str], np.ndarray]:

@@ -28,6 +28,7 @@ import torch
 from pymatgen.core import Structure
 from torch_geometric.data import Data
 
+from tasksim_ray.config import CrystalGraphConfig
 from tasksim_ray.errors import TasksimError
 
 ATOM_INIT = Path(__file__).with_name("atom_init.json")
@@ -48,6 +49,12 @@ class GraphSettings:
     step: float = 0.2
     pad_missing: bool = True
     min_distance: float = 0.1
+
+    @classmethod
+    def from_config(cls, graph: CrystalGraphConfig | None) -> GraphSettings:
+        """The settings of ``data.graph`` (CGCNN's defaults for None)."""
+        g = graph or CrystalGraphConfig()
+        return cls(radius=g.radius, max_neighbors=g.max_neighbors, dmin=g.dmin, step=g.step)
 
     @property
     def centres(self) -> np.ndarray:

@@ -11,11 +11,40 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
+from rdkit import Chem
 from torch_geometric.data import Data
 
 from tasksim_ray.config import CrystalGraphConfig, DataConfig
 from tasksim_ray.data.tasks import ID, TaskTable
 from tasksim_ray.featurize.molecule import FeaturizeReport, featurize_many
+
+
+# the most characters one atom (a SMILES atom with charge, isotope and ring bonds; a structure's site
+# as JSON) takes: a longer text has more atoms than any limit derived from it, without parsing it
+CHARS_PER_ATOM = {"molecule": 24, "crystal": 4000}
+
+
+def atom_count(kind: str, text: str) -> int | None:
+    """Atoms (sites) of one input, counted without featurising it (None if it does not parse: the
+    featuriser then reports it)."""
+    if kind == "molecule":
+        mol = Chem.MolFromSmiles(text, sanitize=False)
+        return None if mol is None else mol.GetNumAtoms()
+    try:
+        sites = json.loads(text).get("sites")
+    except (ValueError, AttributeError):
+        return None
+    return len(sites) if isinstance(sites, list) else None
+
+
+def too_large(kind: str, text: str, max_atoms: int) -> str | None:
+    """Why one input exceeds ``max_atoms`` (None if it does not)."""
+    if len(text) <= max_atoms:  # every atom takes at least one character
+        return None
+    if len(text) > max_atoms * CHARS_PER_ATOM[kind]:
+        return f"{len(text):,} characters, more than {max_atoms} atoms can take"
+    n = atom_count(kind, text)
+    return f"{n:,} atoms" if n is not None and n > max_atoms else None
 
 
 def featurize_inputs(kind: str, values: Sequence[str], where: str, row_ids: Sequence[str] | None = None,
@@ -28,8 +57,7 @@ def featurize_inputs(kind: str, values: Sequence[str], where: str, row_ids: Sequ
 
     from tasksim_ray.featurize.crystal import GraphSettings, graphs_from_structures
 
-    g = graph or CrystalGraphConfig()
-    settings = GraphSettings(radius=g.radius, max_neighbors=g.max_neighbors, dmin=g.dmin, step=g.step)
+    settings = GraphSettings.from_config(graph)
     structures = [Structure.from_dict(json.loads(text)) for text in values]
     graphs: list[Data | None] = list(graphs_from_structures(structures, settings, where, row_ids))
     return graphs, FeaturizeReport(len(graphs), noun="structures")

@@ -150,9 +150,73 @@ def _local_atomic_dir(final: Path) -> Iterator[Path]:
         _publish(tmp, final)
     except _Discard:
         pass
+    except OSError as exc:  # a full disk under a writer that does not name its file: name the artifact
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise TasksimError(write_error(exc.filename or final, exc).replace(str(tmp), str(final))) from None
+    except TasksimError as exc:  # a writer's one line names the file as the artifact will have it
+        if str(tmp) not in str(exc):
+            raise
+        raise type(exc)(str(exc).replace(str(tmp), str(final))) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# a write that failed because of the disk, not the data: full, over quota, too large, read-only
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def write_error(path: Path | str, exc: BaseException) -> str:
+    """One line for a failed write: the path and the reason (an OS error's, else the writer's
+    first line: torch and numpy report a full disk without an errno)."""
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno)
+    else:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = f"write failed ({first}); is the disk full?"
+    return f"{path}: cannot write: {reason}"
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Whatever a writer raises while it writes ``path`` (torch's ``RuntimeError`` for a short
+    write, an ``OSError`` without a file name) becomes a one-line error naming ``path``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise TasksimError(write_error(path, exc)) from None
+
+
+class _Recording:
+    """A file that remembers the OS error of a failed write: torch's writer reports only its own
+    ``RuntimeError`` ("unexpected pos"), this keeps the reason (ENOSPC, EFBIG)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` whose failure (a full disk) is one line naming the file and the OS's reason,
+    not a torch traceback."""
+    import torch
+
+    with writing(path), path.open("wb") as fh:
+        out = _Recording(fh)
+        try:
+            torch.save(obj, out)
+        except RuntimeError as exc:
+            raise (out.error or exc) from None
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -213,7 +277,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
+        with writing(path), os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:

@@ -20,6 +20,7 @@ from ray.exceptions import RayError, RayTaskError
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra import metrics
 from tasksim_ray.infra.cache import Artifacts, read_manifest
+from tasksim_ray.infra.resources import PendingGuard
 
 OnDone = Callable[[str, bool], None]  # (job name, was cached): what infra.progress.task_progress yields
 
@@ -37,6 +38,11 @@ class Job:
     num_gpus: float = 0
     memory: int | None = None  # bytes Ray reserves for the task (None: no reservation)
     after: tuple[ray.ObjectRef, ...] = field(default=())
+
+    @property
+    def shape(self) -> dict[str, float]:
+        """What one run of the job asks Ray for."""
+        return {"CPU": self.num_cpus, "GPU": self.num_gpus, **({"memory": self.memory} if self.memory else {})}
 
 
 class Results(Protocol):
@@ -129,6 +135,7 @@ def run_jobs(jobs: Sequence[Job], results: Results, on_done: OnDone | None = Non
     out: dict[str, Any] = {}
     pending: dict[ray.ObjectRef, str] = {}
     failures: list[str] = []
+    waiting = _Waiting({job.key: (f"{results.kind} job '{job.name}'", job.shape) for job in queue})
     while queue or pending:
         while queue and len(pending) < limit:
             cached, started = start_jobs([queue.pop(0)], results, on_done)
@@ -137,10 +144,10 @@ def run_jobs(jobs: Sequence[Job], results: Results, on_done: OnDone | None = Non
         metrics.jobs_running(results.kind, len(pending))
         if not pending:
             break
-        [ready], _ = ray.wait(list(pending), num_returns=1)
-        key = pending.pop(ready)
+        ref = waiting.next_ready(pending)
+        key = pending.pop(ref)
         try:
-            out[key] = ray.get(ready)
+            out[key] = ray.get(ref)
             results.save(key, out[key])  # durable before the next one lands: a killed run resumes here
         except (RayError, TasksimError) as exc:
             failures.append(f"{results.kind} job '{names[key]}' failed: {_one_line(exc)}")
@@ -156,6 +163,34 @@ def run_jobs(jobs: Sequence[Job], results: Results, on_done: OnDone | None = Non
     return [out[job.key] for job in jobs]
 
 
+@dataclass
+class _Waiting:
+    """Waits for the next of the running jobs, bounded by the pending limit (a job no node can run
+    fails the batch after ``ray.pending_timeout_s``), and cancels them all on Ctrl-C or SIGTERM."""
+
+    asks: dict[str, tuple[str, dict[str, float]]]  # job key -> (its name in errors, its resources)
+    guard: PendingGuard = field(default_factory=PendingGuard)
+
+    def next_ready(self, pending: dict[ray.ObjectRef, str]) -> ray.ObjectRef:
+        try:
+            while True:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                if ready:
+                    return ready[0]
+                self.guard.check(dict(self.asks[key] for key in pending.values()))
+        except (KeyboardInterrupt, TasksimError):  # the jobs in flight remove their scratch folders as they stop
+            cancel(list(pending))
+            raise
+
+
+def cancel(refs: list[ray.ObjectRef], wait_s: float = 5.0) -> None:
+    """Cancel running jobs the way Ctrl-C would (a KeyboardInterrupt inside each, so its scratch
+    folder is removed) and give them a few seconds to unwind."""
+    for ref in refs:
+        ray.cancel(ref)
+    ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+
+
 def _one_line(exc: BaseException) -> str:
     """The cause of a Ray task failure on one line (the task's own exception, not Ray's traceback)."""
     cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
@@ -164,4 +199,3 @@ def _one_line(exc: BaseException) -> str:
     lines = [line for line in str(cause).strip().splitlines() if line.strip()]
     message = (lines[-1] if cause is exc else lines[0]) if lines else ""  # Ray's own text ends with the cause
     return message if isinstance(cause, TasksimError) else f"{type(cause).__name__}: {message}".rstrip(": ")
-

@@ -16,14 +16,16 @@ import ray
 
 from tasksim_ray.config import RayConfig
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.infra import sessions, storage
+from tasksim_ray.infra import interrupts, resources, sessions, storage
 from tasksim_ray.registry import share_with_workers
 
 
 def ensure_ray(cfg: RayConfig) -> None:
     env = storage.worker_env()
+    resources.set_pending_timeout(cfg.pending_timeout_s)
     if not ray.is_initialized():
         _start(cfg, {"env_vars": env} if env else None)
+        interrupts.reinstall()  # ray.init took SIGTERM over (its handler dumps a C++ stack)
     elif env and ray.get_runtime_context().runtime_env.get("env_vars", {}).get(storage.ENV) != env[storage.ENV]:
         uri = json.loads(env[storage.ENV])["uri"]
         raise TasksimError(f"storage.uri {uri}: Ray was started without this store in its runtime_env, so its "

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.infra.cache import MANIFEST, intact, is_complete
+from tasksim_ray.infra.cache import MANIFEST, intact, is_complete, save_torch, write_json_atomic
 from tasksim_ray.registry import BACKBONES
 
 __all__ = ["BACKBONES", "FORMAT_VERSION", "TaskModelInfo", "backbone_version", "build_model", "load_checkpoint",
@@ -79,8 +79,8 @@ def save_checkpoint(directory: Path, model: nn.Module, info: TaskModelInfo) -> N
     directory.mkdir(parents=True, exist_ok=True)
     info = replace(info, hparams=info.hparams | getattr(model, "hparams_from_file", {}), format_version=FORMAT_VERSION,
                    backbone_version=backbone_version(info.backbone))
-    (directory / "config.json").write_text(json.dumps(asdict(info), indent=2))
-    torch.save(model.state_dict(), directory / "state_dict.pt")
+    write_json_atomic(directory / "config.json", asdict(info))
+    save_torch(model.state_dict(), directory / "state_dict.pt")
 
 
 def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, TaskModelInfo]:

@@ -12,10 +12,13 @@ as ALIGNN pools). That ``fc`` is not used: the head replaces it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from tasksim_ray.config import CrystalGraphConfig
 from tasksim_ray.models.structures import CrystalBackbone, to_jarvis, with_parameters
 
 
@@ -49,6 +52,12 @@ class ALIGNNBackbone(CrystalBackbone):
             self, ["alignn.atom_embedding", "alignn.edge_embedding", "alignn.angle_embedding", *blocks])
         self.embedding_dim = hidden_features
         self._init_head(n_tasks)
+
+    @staticmethod
+    def graph_hparams(graph: CrystalGraphConfig) -> dict[str, Any]:
+        """ALIGNN builds its own graphs from the positions: within ``data.graph``'s radius and
+        neighbour count, unless ``model.params`` sets ``cutoff`` / ``max_neighbors``."""
+        return {"cutoff": graph.radius, "max_neighbors": graph.max_neighbors}
 
     def embed_nodes(self, batch: Batch) -> Tensor:
         """Atom features after the last layer, shape (n_atoms, hidden_features)."""

@@ -19,11 +19,15 @@ only (``num_layers_to_unfreeze=1``), so the last encoder group is ``convs.{n_con
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
+
+from tasksim_ray.config import CrystalGraphConfig
 
 
 class ConvLayer(nn.Module):
@@ -52,6 +56,14 @@ class ConvLayer(nn.Module):
 class CGCNN(nn.Module):
     LAYERS = ("conv", "fc")
     NODE_LAYERS = ("conv", "last_input")  # atom features after every convolution / entering the last one
+    GRAPH_WIDTHS = ("nbr_fea_len",)  # fixed by the graphs: config validation refuses another value
+
+    @staticmethod
+    def graph_hparams(graph: CrystalGraphConfig) -> dict[str, Any]:
+        """The bond-feature width the graphs of ``data.graph`` have: one per Gaussian centre."""
+        from tasksim_ray.featurize.crystal import GraphSettings
+
+        return {"nbr_fea_len": len(GraphSettings.from_config(graph).centres)}
 
     def __init__(self, orig_atom_fea_len: int = 92, nbr_fea_len: int = 41, atom_fea_len: int = 64,
                  n_conv: int = 4, h_fea_len: int = 32, n_h: int = 1, classification: bool = False,

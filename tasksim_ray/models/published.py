@@ -104,7 +104,7 @@ def hparams_from_state(state: dict[str, Tensor], args: dict[str, Any], where: st
     return hp
 
 
-def _graph_settings(folder: Path) -> dict[str, Any]:
+def checkpoint_graph_settings(folder: Path) -> dict[str, Any]:
     """Graph settings from ``hyperparameters.json`` beside the file, else CGCNN's defaults."""
     hp_file = folder / "hyperparameters.json"
     settings = asdict(GraphSettings())
@@ -121,7 +121,7 @@ def load_published(path: str | Path) -> tuple[CGCNN, float, float, PublishedInfo
     ckpt = read_checkpoint(path)
     args = dict(ckpt.get("args") or {})
     hp = hparams_from_state(ckpt["state_dict"], args, str(path))
-    graph = _graph_settings(path.parent)
+    graph = checkpoint_graph_settings(path.parent)
     if len(GraphSettings(**graph).centres) != hp["nbr_fea_len"]:
         raise TasksimError(f"{path}: {hp['nbr_fea_len']} bond features in the weights but the graph settings "
                            f"{graph} give {len(GraphSettings(**graph).centres)}")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import ray
 from optuna.samplers import TPESampler
 from optuna.storages import RDBStorage
 from ray import tune
@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra import interrupts
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.search.outputs import write_outputs
 from tasksim_ray.search.progress import SearchProgress
@@ -49,16 +50,6 @@ class SearchPaths:
     @property
     def storage_url(self) -> str:
         return f"sqlite:///{self.database}"
-
-
-def check_resources(cfg: PipelineConfig) -> None:
-    """Refuse up front what no node can run, rather than leave trials pending for ever."""
-    sc, total = cfg.search, ray.cluster_resources()
-    for key, want in (("CPU", sc.cpus_per_trial), ("GPU", sc.gpus_per_trial)):
-        have = float(total.get(key, 0.0))
-        if want > have:
-            raise TasksimError(f"search.{'cpus' if key == 'CPU' else 'gpus'}_per_trial = {want} but the cluster has "
-                               f"{have:g} {key}(s): no trial could ever start")
 
 
 def build_job(cfg: PipelineConfig, console: Console) -> tuple[SearchJob, list[str]]:
@@ -110,8 +101,7 @@ def run_search(cfg: PipelineConfig, console: Console | None = None, resume: bool
     """Run (or resume) the search and write its table, best recipe and plots."""
     console = console or Console()
     paths = SearchPaths((cfg.workdir_path / "search").resolve(), cfg.search.name)
-    job, selected = build_job(cfg, console)
-    check_resources(cfg)
+    job, selected = build_job(cfg, console)  # runs the pipeline, which checked the trials' resources
     if resume:
         if not tune.Tuner.can_restore(str(paths.experiment)):
             raise TasksimError(f"{paths.experiment}: no search to resume (run without --resume first)")
@@ -125,7 +115,11 @@ def run_search(cfg: PipelineConfig, console: Console | None = None, resume: bool
         tuner = _tuner(cfg, job, selected, paths, console)
     # per-epoch checkpoints make Tune warn about syncing the experiment state: expected here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    grid = tuner.fit()
+    # Ctrl-C / SIGTERM: Tune stops gracefully (saving its state for --resume), then the verb stops
+    if interrupts.handled():
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours asks Tune to stop, as Tune's would
+    with interrupts.graceful(lambda _: os.kill(os.getpid(), signal.SIGUSR1)):
+        grid = tuner.fit()
     return write_outputs(cfg, grid, job, paths.root / f"{paths.name}-results", paths.storage_url, console)
 
 

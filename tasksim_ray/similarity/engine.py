@@ -20,7 +20,7 @@ import numpy as np
 import ray
 
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.infra.cache import Artifacts, artifact_key, write_json_atomic
+from tasksim_ray.infra.cache import Artifacts, artifact_key, write_json_atomic, writing
 from tasksim_ray.infra.jobs import Job, ManifestResults, run_jobs
 from tasksim_ray.infra.metrics import similarity_pairs
 from tasksim_ray.similarity.inputs import SimilarityInputs, check_embeddings
@@ -50,7 +50,8 @@ def _build_vector(emb: np.ndarray, comparison: Comparison, root: str, key: str) 
         part = vec[lo:lo + CHUNK].astype(np.float64)
         norm2 += float(np.dot(part, part))
     with Artifacts(Path(root), VECTOR_KIND).build(key, norm2=norm2) as tmp:
-        np.save(tmp / VECTOR_FILE, vec)
+        with writing(tmp / VECTOR_FILE):
+            np.save(tmp / VECTOR_FILE, vec)
     return norm2
 
 

@@ -16,9 +16,11 @@ from typing import Any
 
 from tasksim_ray.config import PipelineConfig
 from tasksim_ray.embedding.hosts import HostGroup
-from tasksim_ray.infra import storage
+from tasksim_ray.infra import resources, storage
 from tasksim_ray.infra.cache import artifact_key, atomic_dir, is_complete, read_manifest, write_manifest
 from tasksim_ray.infra.progress import Console
+from tasksim_ray.infra.runtime import ensure_ray
+from tasksim_ray.stages.preflight import check_config, run_requests
 
 
 @dataclass
@@ -43,9 +45,22 @@ class Run:
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     _hosts: HostGroup | None = field(default=None, repr=False)
+    _checked: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_config(self.cfg)  # a config that cannot work is refused before anything is written
         storage.activate(self.cfg.storage, self.cfg.workdir_path)  # this process and its Ray workers
+
+    def start_ray(self) -> None:
+        """Start or join Ray, then check every request the config can make against the cluster."""
+        ensure_ray(self.cfg.ray)
+        self.check_resources()
+
+    def check_resources(self) -> None:
+        """Refuse (one line naming the key) a request no node of the cluster can ever run, once per run."""
+        if not self._checked:
+            resources.check(run_requests(self.cfg))
+            self._checked = True
 
     @property
     def artifacts(self) -> Path:
@@ -54,6 +69,7 @@ class Run:
     def hosts(self, n_models: int = 1) -> HostGroup:
         """The run's model hosts, started on first use and shared by every stage that embeds."""
         if self._hosts is None:
+            self.check_resources()
             self._hosts = HostGroup(self.cfg.embed, n_models)
             plan = self._hosts.plan
             self.log("embed", f"{plan.n_hosts} model hosts ({plan.num_cpus:g} CPU, {plan.num_gpus:g} GPU each)")

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tasksim_ray.data import probes
 from tasksim_ray.data.preprocess import filter_correlated, given_split, split_molecules
@@ -17,7 +16,7 @@ from tasksim_ray.data.tasks import TABLE_FILE, TaskTable, check_table, labelled_
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import pack_graphs
 from tasksim_ray.featurize.inputs import featurize_rows
-from tasksim_ray.infra.cache import file_fingerprint
+from tasksim_ray.infra.cache import file_fingerprint, save_torch, write_json_atomic, writing
 from tasksim_ray.stages import Run, Stage
 
 
@@ -59,7 +58,8 @@ def stage_preprocess(run: Run, tasks: Stage) -> Stage:
         else:
             split = given_split(cfg.data.split, table, cfg.preprocess.n_folds, cfg.seed)
         kept, dropped = filter_correlated(table.frame.iloc[split.train][table.names], cfg.preprocess.corr_threshold)
-        np.savez(out / "split.npz", train=split.train, val=split.val, test=split.test, folds=split.folds)
+        with writing(out / "split.npz"):
+            np.savez(out / "split.npz", train=split.train, val=split.val, test=split.test, folds=split.folds)
         return {"kept": kept, "dropped": [asdict(d) for d in dropped],
                 "sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
 
@@ -86,12 +86,12 @@ def stage_featurize(run: Run, tasks: Stage, prep: Stage) -> Stage:
                 raise TasksimError(f"{cfg.data.path or cfg.data.source}: task '{t}' has no valid "
                                    f"{table.kind} to train on ({report.summary(table.kind + 's')})")
         valid = {int(rows[i]): pos for pos, i in enumerate(i for i, g in enumerate(graphs) if g is not None)}
-        torch.save(pack_graphs([g for g in graphs if g is not None]), out / "graphs.pt")
+        save_torch(pack_graphs([g for g in graphs if g is not None]), out / "graphs.pt")
         positions = {t: {part: [valid[int(r)] for r in rs if int(r) in valid] for part, rs in d.items()}
                      for t, d in rows_by_task.items()}
         rows_kept = {t: {part: [int(r) for r in rs if int(r) in valid] for part, rs in d.items()}
                      for t, d in rows_by_task.items()}
-        (out / "task_rows.json").write_text(json.dumps({"positions": positions, "rows": rows_kept}))
+        write_json_atomic(out / "task_rows.json", {"positions": positions, "rows": rows_kept})
         return {"n_graphs": len(valid), "invalid": len(report.invalid_rows),
                 "invalid_examples": report.invalid_examples}
 

@@ -31,7 +31,7 @@ from tasksim_ray.embedding.service import (
 )
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import graph_to_bytes, unpack_graphs
-from tasksim_ray.infra.cache import Artifacts, code_version, is_complete, stable_hash
+from tasksim_ray.infra.cache import Artifacts, code_version, is_complete, stable_hash, writing
 from tasksim_ray.registry import FOUNDATION_MODELS
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import task_rows
@@ -66,7 +66,8 @@ def stage_probe(run: Run, tasks: Stage | None, prep: Stage | None) -> Stage:
         frame, report = graph_table(inputs, ids, kind, f"probe set {cfg.probe.path or 'holdout'}", cfg.data.graph)
         run.log("probe", report.summary("probe set"))
         probes.require_enough(frame, len(report.invalid_rows))
-        frame.to_parquet(out / "probe.parquet", index=False)
+        with writing(out / "probe.parquet"):
+            frame.to_parquet(out / "probe.parquet", index=False)
         return {"n_probes": len(frame), "invalid": len(report.invalid_rows), "kind": kind}
 
     parts = [cfg.probe.source, stable_hash(ids, inputs, length=32), code_version("featurize")]
@@ -102,6 +103,7 @@ def stage_embed(run: Run, probe: Stage, models: dict[str, PretrainedModel]) -> d
                             cfg.embed, Path(scratch) / "raw", layer, run.hosts(len(models)), timings=split)
                 timing["split_s"] = {k: round(v, 3) for k, v in split.items() if k.endswith("_s")}
                 timing["host_seconds"] = split["host_seconds"]
+                timing["host_nodes"] = len({h["node"] for h in split["hosts"]})
                 if "host_startup" in split:
                     timing["host_startup_s"] = split["host_startup"]
                 ids, embs = read_embedded(Path(scratch) / "raw", missing, layer)
@@ -142,7 +144,8 @@ def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedM
             pick = np.sort(rng.choice(pos, size=min(settings.per_task, pos.size), replace=False))
             ids += [f"{task}|{p:09d}" for p in pick]
             blobs += [graph_to_bytes(graphs[p]) for p in pick]
-        pd.DataFrame({ID: ids, GRAPH: blobs}).to_parquet(out / "inputs.parquet", index=False)
+        with writing(out / "inputs.parquet"):
+            pd.DataFrame({ID: ids, GRAPH: blobs}).to_parquet(out / "inputs.parquet", index=False)
         arrays: dict[str, np.ndarray] = {}
         for level in levels:
             with run.console.status(f"Ray Data: every task's inputs through the '{shared}' model ({level} level)"):
@@ -158,7 +161,8 @@ def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedM
                     arrays[f"{task}__groups"] = np.repeat(np.arange(len(per_mol)), [len(a) for a in per_mol])
                 else:
                     arrays[f"{task}__graph"] = np.asarray(embs["shared"])[mine]
-        np.savez(out / "features.npz", **arrays)
+        with writing(out / "features.npz"):
+            np.savez(out / "features.npz", **arrays)
         (out / "inputs.parquet").unlink()
         return {"shared_model": shared, "levels": levels}
 

@@ -14,7 +14,6 @@ from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.infra.cache import publish_dir, read_manifest
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.provenance import record_run
-from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.similarity import METRICS
 from tasksim_ray.similarity.select import Selection, select_subset
 from tasksim_ray.stages import Run, Stage
@@ -26,7 +25,7 @@ from tasksim_ray.stages.embedding import (
     stage_embed,
     stage_probe,
 )
-from tasksim_ray.stages.preflight import check_comparable, check_config, check_probe_labels
+from tasksim_ray.stages.preflight import check_comparable, check_probe_labels, estimated_work
 from tasksim_ray.stages.published import stage_published
 from tasksim_ray.stages.report import write_report
 from tasksim_ray.stages.similarity import INTERVAL_PARTS, SimilarityResult, stage_similarity
@@ -124,7 +123,7 @@ def _with_models(result: PipelineResult, models: dict[str, PretrainedModel], uni
 
 def run_published(run: Run, result: PipelineResult, stop: int) -> PipelineResult:
     """Published checkpoints as the task models: probe -> embed -> similarity -> report."""
-    ensure_ray(run.cfg.ray)
+    run.start_ray()
     models = stage_published(run)
     units = {t: m.metrics.get("units", "") for t, m in models.items()}
     _with_models(result, models, units)
@@ -150,8 +149,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
     if until not in STAGES:
         raise ValueError(f"unknown stage '{until}'; stages: {STAGES}")
     stop = STAGES.index(until)
-    check_config(cfg)
-    run = Run(cfg, console or Console())
+    run = Run(cfg, console or Console())  # checks the config first
     result = PipelineResult(until, run.timings)
     if cfg.published.path:
         return run_published(run, result, stop)
@@ -165,6 +163,12 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
         return result
     if stop >= STAGES.index("similarity"):
         check_comparable(prep.manifest["kept"], f"{cfg.data.path or cfg.data.source} after the correlation filter")
+    if stop >= STAGES.index("pretrain"):
+        n_train = prep.manifest["sizes"]["train"]
+        warning = estimated_work(len(prep.manifest["kept"]), min(n_train, cfg.train.n_train or n_train),
+                                 cfg.train.max_epochs)
+        if warning:
+            run.console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     feats = stage_featurize(run, tasks, prep)
     if stop == 2:
         result.artifact = feats.path
@@ -173,7 +177,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None, until: str
     probe = stage_probe(run, tasks, prep) if stop >= STAGES.index("probe") else None
     if probe is not None and stop >= STAGES.index("similarity") and "labels" in cfg.similarity.needs():
         check_probe_labels(probe_labels(probe, tasks, prep.manifest["kept"]), cfg.probe.source)
-    ensure_ray(cfg.ray)
+    run.start_ray()
     models = stage_pretrain(run, tasks, feats)
     units = {t.name: t.units for t in TaskTable.in_folder(tasks.path).tasks}
     _with_models(result, models, units)

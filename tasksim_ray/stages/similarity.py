@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra.cache import writing
 from tasksim_ray.similarity import METRICS, SimilarityInputs
 from tasksim_ray.similarity.inputs import MetricCache
 from tasksim_ray.stages import Run, Stage
@@ -75,13 +76,16 @@ def stage_similarity(run: Run, embs: dict[str, TaskEmbedding], probe: Stage, tas
         for metric in cfg.metrics:
             spec, options = METRICS.get(metric), cfg.options_for(metric)
             with run.console.status(f"similarity: {spec.title}"):
-                _frame(names, spec.fn(inputs, **options)).to_csv(out / f"{metric}.csv")
+                matrix = spec.fn(inputs, **options)
+            with writing(out / f"{metric}.csv"):
+                _frame(names, matrix).to_csv(out / f"{metric}.csv")
             if spec.intervals_fn is not None and boot.n_boot > 0:
                 with run.console.status(f"bootstrapping {metric} over probes ({boot.n_boot} resamples)"):
                     ci = spec.intervals_fn(inputs, **options, n_boot=boot.n_boot, level=boot.level, seed=run.cfg.seed,
                                            max_probes=boot.max_probes)
                 for part in INTERVAL_PARTS if ci is not None else ():
-                    _frame(names, getattr(ci, part)).to_csv(out / f"{metric}_{part}.csv")
+                    with writing(out / f"{metric}_{part}.csv"):
+                        _frame(names, getattr(ci, part)).to_csv(out / f"{metric}_{part}.csv")
         return {"metrics": cfg.metrics, "bootstrap": boot.model_dump()}
 
     labels_from = tasks.key if tasks and "labels" in cfg.needs() else None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from tasksim_ray.data.tasks import TaskTable
+from tasksim_ray.errors import TrainingDiverged
 from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.stages.data import task_rows
@@ -35,6 +38,9 @@ def stage_pretrain(run: Run, tasks: Stage, feats: Stage) -> dict[str, Pretrained
                               on_done=on_done)
         timing["cached"] = all(cached)
     for task, m in models.items():
+        if not math.isfinite(m.metrics["best_val_mae"]):  # a model cached before divergence stopped training
+            raise TrainingDiverged(f"task '{task}': its model {m.directory.name} diverged (validation MAE "
+                                   f"{m.metrics['best_val_mae']}); lower train.lr")
         run.log("pretrain", f"{task}: val MAE {m.metrics['best_val_mae']:.4g} {units[task]} "
                             f"({m.metrics['epochs_run']} epochs, n_train {m.metrics['n_train']})")
     return models

@@ -31,10 +31,16 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from tasksim_ray.config import TrainConfig
+from tasksim_ray.errors import TrainingDiverged
 from tasksim_ray.infra.metrics import epoch_done
 from tasksim_ray.training.objectives import masked_mse
 
 Inputs = Sequence[Data] | Tensor  # graphs, or one precomputed feature row per sample (``batch.feat``)
+
+# what to change when a loss diverges, by what is training (``FitOptions.stage``)
+LR_SETTINGS = {"pretrain": "train.lr", "subset-pretrain": "transfer.budget.lr", "finetune": "transfer.finetune.lr",
+               "scratch": "transfer.scratch.lr (or transfer.finetune.lr)",
+               "moe": "transfer.moe.expert_lr / transfer.moe.head_lr", "search": "search.lr"}
 
 
 @dataclass
@@ -234,12 +240,18 @@ class Trainer:
                 loss = self.loss(pred, batch.y)
                 if self.opts.penalty is not None:
                     loss = loss + self.opts.penalty(z)
+                value = loss.item()
+                if not math.isfinite(value):  # before the step: the weights are never overwritten with NaN
+                    self._diverged("training loss", value, n_batches)
                 loss.backward()
                 self.optimizer.step()
-                total += loss.item()
+                total += value
                 n_batches += 1
                 self.seen += len(batch.y)
-        mae = masked_mae(predict_batches(self.net, self.val_batches, self.device) * self.std + self.mean, self.y_val)
+        pred = predict_batches(self.net, self.val_batches, self.device)
+        if not np.isfinite(pred).all():  # a NaN prediction would pass as a missing label in the masked MAE
+            self._diverged("validation prediction", float(pred[~np.isfinite(pred)].flat[0]))
+        mae = masked_mae(pred * self.std + self.mean, self.y_val)
         score = float(np.nanmean(mae / self.std))
         record = {"epoch": self.epoch, "train_loss": total / max(n_batches, 1), "val_score": score,
                   **({"val_mae": float(mae[0])} if len(mae) == 1 else {})}
@@ -253,6 +265,17 @@ class Trainer:
         if self.opts.on_epoch_end:
             self.opts.on_epoch_end(record)
         return record
+
+    def _diverged(self, what: str, value: float, batch: int | None = None) -> None:
+        """Stop: a NaN or infinite loss means the model is garbage from here on (typically a
+        learning rate too high for the data's scale)."""
+        where = f", batch {batch}" if batch is not None else ""
+        task = f"task '{self.opts.task}'" if self.opts.task else self.opts.stage
+        setting = LR_SETTINGS.get(self.opts.stage, "the learning rate")
+        rates = sorted({g["lr"] for g in self.optimizer.param_groups})
+        now = ", ".join(f"{r:g}" for r in rates)
+        raise TrainingDiverged(f"{task} ({self.opts.stage}), epoch {self.epoch}{where}: {what} is {value} "
+                               f"(diverged at learning rate {now}); lower {setting}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),

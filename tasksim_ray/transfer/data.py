@@ -29,7 +29,7 @@ from tasksim_ray.embedding.service import ID as GRAPH_ID
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import graph_to_bytes, pack_graphs, unpack_graphs
 from tasksim_ray.featurize.inputs import featurize_rows
-from tasksim_ray.infra.cache import Artifacts, code_version, stable_hash
+from tasksim_ray.infra.cache import Artifacts, code_version, save_torch, stable_hash, write_json_atomic, writing
 from tasksim_ray.models.published import write_published
 from tasksim_ray.stages import Run, Stage
 from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
@@ -81,9 +81,10 @@ def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
             if len(d["val"]) < 2 or len(d["test"]) < 2:
                 raise TasksimError(f"task '{t}': too few labelled validation/test molecules for transfer "
                                    "(validation molecules of the pretraining models are excluded)")
-        torch.save(pack_graphs([g for g in graphs if g is not None]), out / "graphs.pt")
-        np.save(out / "rows.npy", valid)
-        (out / "task_rows.json").write_text(json.dumps(rows))
+        save_torch(pack_graphs([g for g in graphs if g is not None]), out / "graphs.pt")
+        with writing(out / "rows.npy"):
+            np.save(out / "rows.npy", valid)
+        write_json_atomic(out / "task_rows.json", rows)
         return {"n_graphs": int(len(valid)), "targets": targets, "sources": kept}
 
     parts = [tasks.key, prep.key, cfg.seed, cfg.train.fold, cfg.train.n_val, targets, tc.sizes[-1], tc.folds,
@@ -195,9 +196,10 @@ def stage_split_data(run: Run, tasks: Stage) -> Stage:
         if any(g is None for g in graphs):  # dropping a row would shift every published split position
             bad = table.frame[ID].to_numpy()[wanted[[g is None for g in graphs]][0]]
             raise TasksimError(f"{run.cfg.data.path}: row {bad}: no graph; the methods study needs every split row")
-        torch.save(pack_graphs(graphs), out / "graphs.pt")
-        np.save(out / "rows.npy", wanted)
-        (out / "task_rows.json").write_text(json.dumps({t: {"splits": v} for t, v in rows.items()}))
+        save_torch(pack_graphs(graphs), out / "graphs.pt")
+        with writing(out / "rows.npy"):
+            np.save(out / "rows.npy", wanted)
+        write_json_atomic(out / "task_rows.json", {t: {"splits": v} for t, v in rows.items()})
         return {"n_graphs": int(len(wanted)), "targets": targets, "sources": targets}
 
     parts = [tasks.key, "methods", tc.tasks, run.cfg.data.split.model_dump(), run.cfg.data.graph.model_dump(),
@@ -223,7 +225,8 @@ def _on_hosts(run: Run, graphs: list, layers: dict[str, dict[Path, Path]]) -> di
     with tempfile.TemporaryDirectory(dir=run.artifacts) as scratch:
         table = Path(scratch) / "graphs.parquet"
         ids = [f"{i:09d}" for i in range(len(graphs))]
-        pd.DataFrame({GRAPH_ID: ids, GRAPH: [graph_to_bytes(g) for g in graphs]}).to_parquet(table, index=False)
+        with writing(table):
+            pd.DataFrame({GRAPH_ID: ids, GRAPH: [graph_to_bytes(g) for g in graphs]}).to_parquet(table, index=False)
         for i, (layer, folders) in enumerate(layers.items()):
             names = {f: f.name for f in folders}
             if folders:
@@ -257,7 +260,7 @@ def expert_features(run: Run, data: Stage, task: str, positions: np.ndarray, ext
         for f in missing:
             value = {"pooled": pooled[f]} | ({"h_in": atoms[f]} if f in atoms else {})
             with store.build(keys[f], task=task, extractor=f.name) as tmp:
-                torch.save(value, tmp / "features.pt")
+                save_torch(value, tmp / "features.pt")
     return {f: torch.load(store.path(keys[f]) / "features.pt", weights_only=True) for f in extractors}
 
 

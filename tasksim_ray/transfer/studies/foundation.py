@@ -26,7 +26,7 @@ from tasksim_ray.config import PipelineConfig
 from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import unpack_graphs
-from tasksim_ray.infra.cache import Artifacts
+from tasksim_ray.infra.cache import Artifacts, save_torch
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.models import load_checkpoint
@@ -70,7 +70,7 @@ def _layer_features(run: Run, data: SplitData, task: str, positions: np.ndarray,
         parts = [model.embed_layers(Batch.from_data_list([graphs()[i] for i in positions[k:k + BATCH]]))
                  for k in range(0, len(positions), BATCH)]
         with store.build(key, task=task, model=directory.parent.name) as tmp:
-            torch.save({n: torch.cat([p[n] for p in parts]) for n in parts[0]}, tmp / "features.pt")
+            save_torch({n: torch.cat([p[n] for p in parts]) for n in parts[0]}, tmp / "features.pt")
     return torch.load(store.path(key) / "features.pt", weights_only=True)
 
 
