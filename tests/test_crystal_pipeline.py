@@ -103,52 +103,54 @@ def test_a_foundation_model_is_a_fine_tuning_source(first_run: PipelineResult, w
 
 def test_budget_study_scores_csi_as_single_source_pick(first_run: PipelineResult, workdir: Path) -> None:
     """Every other task alone under one budget vs all others under the same budget, per target; CSI
-    (CHGNet node features) picks the single source and is judged as a recommender."""
+    (CHGNet node features) and graph-level CSI pick the single source, are judged as recommenders and
+    against the random and hindsight-best controls; a second split (N vs E) pretrains the picks only."""
     from tasksim_ray.transfer.runner import run_transfer
 
-    cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.dataset_features.model": "chgnet"})
+    cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.dataset_features.model": "chgnet",
+                               "similarity.metrics": ["rsa", "cka", "csi", "csi_graph"],
+                               "transfer.budget": {"total": 120, "splits": [[60, 2], [30, 4]], "pool_per_task": 40},
+                               "transfer.paper_tables": [{"table": "002/facts", "study": "budget"}]})
     out = run_transfer(cfg, ["budget"])
     r = out["studies"]["budget"]
-    assert r["pick_metric"] == "csi" and r["split"] == [60, 2]
+    assert r["pick_metric"] == "csi" and r["pick_metrics"] == ["csi", "csi_graph"] and r["split"] == [60, 2]
     csi = np.asarray(first_run.matrices["csi"])
     for t, e in r["targets"].items():
         others = [s for s in TASKS if s != t]
         i = first_run.tasks.index(t)
         assert e["picked"] == min(others, key=lambda s: csi[i, first_run.tasks.index(s)])  # lowest CSI first
         arms = {k: v for k, v in e["curves"].items() if k != "scratch"}
-        assert sorted(arms) == sorted([f"{s} 60x2" for s in others] + ["all others 60x2"])
+        picks = {e["picks"][m]["source"] for m in r["pick_metrics"]}
+        assert sorted(arms) == sorted([f"{s} 60x2" for s in others] + ["all others 60x2", "all others 30x4"]
+                                      + [f"{s} 30x4" for s in picks])
         assert {v["samples_seen"] for v in arms.values()} == {120}  # one budget for every arm
         assert np.isfinite(e["picked_vs_all_others"]["mean"])
+        # the expected random source is the mean over the target's single sources; the hindsight best their max
+        singles = [arms[f"{s} 60x2"]["gain_mean"] * 100 for s in others]
+        assert e["random_gain"] == pytest.approx(np.mean(singles)) and e["best_gain"] == pytest.approx(max(singles))
+    for m in r["pick_metrics"]:
+        best = r["controls"][m]["best"]
+        assert best["wins"] == 0 and best["ties"] == sum(e["picks"][m]["source"] == e["measured_best"]
+                                                         for e in r["targets"].values())  # it can only be tied
+        assert set(r["controls"][m]) == {"all_others", "random", "best"}  # one fold: no other folds to choose on
+        lo, hi = r["controls"][m]["random"]["share_ci"]
+        assert 0 <= lo <= r["controls"][m]["random"]["wins"] / 3 <= hi <= 1
+    assert r["pick_vs_pick"]["metrics"] == ["csi", "csi_graph"] and r["pick_vs_pick"]["n"] == 3
+    assert set(r["n_vs_e"]["30x4"]) == {"csi pick", "csi_graph pick", "all others"}
     assert set(r["recommendation"]["recommenders"]) >= {"csi", "rsa", "cka"}
+    facts = {f["key"]: f for f in r["paper_comparison"]["002/facts"]["rows"]}
+    assert facts["pretrain_samples"]["ours"] == 60 and facts["n_sweep"]["ours"] == [30, 60]
     assert Path(out["paths"]["budget_recommendation_md"]).is_file() and Path(out["paths"]["budget_gain"]).is_file()
-    assert "Budget study" in Path(out["paths"]["markdown"]).read_text()
+    md = Path(out["paths"]["markdown"]).read_text()
+    assert "Budget study" in md and "random single source (expected)" in md and "N vs E" in md
 
 
-def test_ptft_study_with_alignn_pairwise_mpt_ood_and_strategies(tmp_path: Path) -> None:
-    """ALIGNN per-task models as pairwise sources, MPT over all other in-distribution tasks, an
-    out-of-distribution target that is never a source, and the four ALIGNN fine-tuning strategies."""
-    from tasksim_ray.transfer.runner import run_transfer
+def test_budget_controls_choose_on_other_folds() -> None:
+    """The controls from per-fold gains: the expected random source, the hindsight best, and the best
+    chosen on the other folds and scored on the held-out one."""
+    from tasksim_ray.transfer.studies.budget import controls
 
-    ood = "jarvis_2d_exfoliation"
-    cfg = load_config(CONFIG, {
-        "workdir": str(tmp_path), "model.backbone": "alignn", "train.max_epochs": 2,
-        "model.params": {"alignn_layers": 1, "gcn_layers": 1, "hidden_features": 16, "embedding_features": 8,
-                         "max_neighbors": 6, "cutoff": 5.0},
-        "transfer.ood": [ood], "transfer.finetune.max_epochs": 2, "transfer.strategy_pairs": [[ood, "expt_eform"]],
-        "transfer.variants": {"all layers": {}, "head": {"strategy": "head"}, "last block + head": {"strategy": "last"},
-                              "bond graph, then line graph": {"gradual_unfreeze": 1}}})
-    out = run_transfer(cfg, ["ptft", "strategies"])
-    r = out["studies"]["ptft"]
-    sources = [t for t in TASKS if t != ood]
-    assert r["sources"] == sources and r["targets"] == TASKS and r["mpt"] == "MPT 60x2"
-    gain = np.array(r["fixed_gain"], dtype=float)
-    assert gain.shape == (3, 2) and np.isnan(gain[0, 0]) and np.isnan(gain[1, 1])
-    assert np.isfinite(gain[2]).all() and np.isfinite(gain[0, 1]) and np.isfinite(gain[1, 0])
-    e = r["per_target"][ood]
-    assert e["ood"] and e["pairs"] == 2 and sorted(e["curves"]) == sorted(["scratch", *sources, "MPT 60x2"])
-    assert e["best_pairwise"] in sources and np.isfinite(e["mpt_vs_best_pairwise"]["mean"])
-    assert r["in_distribution_targets"] == 2 and r["pairs"] == 4
-    pair = out["studies"]["strategies"]["pairs"][0]
-    assert sorted(pair["variants"]) == sorted(cfg.transfer.variants)
-    assert Path(out["paths"]["ptft_gain"]).stat().st_size > 1000 and Path(out["paths"][f"curves_ptft_{ood}"]).is_file()
-    assert "multi-property pretraining" in Path(out["paths"]["markdown"]).read_text()
+    got = controls({"a": np.array([10.0, 0.0, 0.0]), "b": np.array([0.0, 4.0, 4.0]), "c": np.array([1.0, 1.0, 1.0])})
+    assert np.allclose(got["random"], [11 / 3, 5 / 3, 5 / 3])
+    assert np.allclose(got["best"], [10.0, 0.0, 0.0])  # a: mean 3.33 beats b's 2.67
+    assert np.allclose(got["best_other_folds"], [0.0, 0.0, 0.0])  # fold 0 chooses b, folds 1 and 2 choose a

@@ -123,3 +123,41 @@ def test_cli_strategies_compares_variants(killed_then_resumed: Any, workdir: Pat
     assert set(pair["variants"]) == {"head", "l2sp"}
     assert all(np.isfinite(v["gain_mean"]) for v in pair["variants"].values())
     assert result["strategies"]["variants"]["l2sp"]["regularizer"] == {"kind": "l2sp", "weight": 0.1, "bss_k": 1}
+
+
+def test_subset_study_runs_both_protocols_and_named_sets(killed_then_resumed: Any, workdir: Path) -> None:
+    """Paper 000's protocol (every set with all its pool labels) beside the compute-matched one, with a
+    named extra set, and the fixed-threshold confusion of the matrix; both printed beside 000/facts."""
+    sets = {"workdir": str(workdir), **SETS, "transfer.finetune.max_epochs": 2, "transfer.finetune.patience": 2,
+            "transfer.subset": {"arms": ["budget", "all_labels"], "extra": {"paper": ["homo", "lumo"]}},
+            "transfer.paper_tables": [{"table": "000/facts", "study": "subset"},
+                                      {"table": "000/facts", "study": "matrix"}]}
+    out = run_transfer(load_config(TINY_CONFIG, sets), ["subset", "matrix"], Console(quiet=True))
+    sub = out["studies"]["subset"]
+    assert sub["arms"] == ["budget", "all_labels"] and sub["all_labels_epochs"] == 3
+    for t, entries in sub["targets"].items():
+        others = entries["all others 200x3"]["pretrain_tasks"]
+        assert t not in others and len(others) == len(sub["setting"]["kept_tasks"]) - 1
+        for name, tasks in [("paper", ["homo", "lumo"]), ("all others", others)]:
+            budget, whole = entries[f"{name} 200x3"], entries[f"{name} all labels"]
+            assert budget["samples_seen"] == 600 and budget["pretrain_tasks"] == whole["pretrain_tasks"] == tasks
+            # all labels: every pool label once per epoch, so a larger set sees more data
+            assert whole["labels_used"] == whole["labels_available"]
+            assert whole["samples_seen"] == 3 * whole["labels_available"]
+        paper = entries["paper all labels"]
+        assert paper["data_fraction"] == pytest.approx(paper["labels_used"] / entries["all others all labels"]
+                                                       ["labels_used"])
+        assert np.isfinite(paper["vs_all_others"]["mean"]) and np.isfinite(entries["paper 200x3"]["gain_mean"])
+    facts = {r["key"]: r for r in sub["paper_comparison"]["000/facts"]["rows"]}
+    assert facts["corr_threshold"]["ours"] == 0.8 and facts["corr_threshold"]["agrees"] is True
+    assert facts["kept_tasks"]["ours"] == len(sub["setting"]["kept_tasks"])
+    assert facts["folds"]["agrees"] is False  # 2 folds here, 5 in the paper
+    fixed = out["studies"]["matrix"]["fixed_threshold"]["rsa"]
+    (tn, fp), (fn, tp) = fixed["confusion"]
+    assert fixed["threshold"] == 0.6 and tn + fp + fn + tp == fixed["n_pairs"] == 2
+    assert fixed["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    matrix_facts = {r["key"]: r for r in out["studies"]["matrix"]["paper_comparison"]["000/facts"]["rows"]}
+    assert matrix_facts["similarity_threshold"]["agrees"] and matrix_facts["gain_threshold"]["agrees"]
+    md = Path(out["paths"]["markdown"]).read_text()
+    assert md.count("Beside the paper: 000/facts") == 2 and "paper, all labels" in md
+    assert "At fixed thresholds" in md and Path(out["paths"]["confusion_fixed_rsa"]).is_file()

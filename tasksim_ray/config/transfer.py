@@ -286,6 +286,42 @@ class PaperTableConfig(_Strict):
         return self
 
 
+class SubsetStudyConfig(_Strict):
+    """The subset study's arms: which pretraining protocol each task set is pretrained under, and
+    which task sets besides the selected diverse subset and all other tasks (the target is removed
+    from every set)."""
+
+    arms: list[Literal["budget", "all_labels"]] = Field(default_factory=lambda: ["budget"], min_length=1)
+    """`budget`: every set under the same budget C = N x E (each split of `transfer.budget`), the
+    compute-matched comparison; `all_labels`: every set with each pool label of its tasks once per
+    epoch for `all_labels_epochs` epochs, so a larger set sees more data (paper 000's protocol)."""
+    all_labels_epochs: int | None = Field(default=None, ge=1)
+    """Epochs of the `all_labels` arms (null: the epochs E of the budget's first split)."""
+    extra: dict[str, list[str]] = Field(default_factory=dict)
+    """Named task sets evaluated beside the selected subset, e.g. `{paper: [A, homo, cv]}` (paper 000's
+    subset); each must be kept tasks."""
+
+    @model_validator(mode="after")
+    def _named_sets(self) -> SubsetStudyConfig:
+        for name, tasks in self.extra.items():
+            if not tasks or len(set(tasks)) != len(tasks):
+                raise ValueError(f"transfer.subset.extra.{name}: give distinct task names, got {tasks}")
+            if name in ("diverse subset", "all others"):
+                raise ValueError(f"transfer.subset.extra: '{name}' is the name of a built-in arm")
+        return self
+
+
+class MatrixStudyConfig(_Strict):
+    """Similarity vs gain at fixed thresholds, reported beside the F1-maximising threshold."""
+
+    fixed_thresholds: dict[str, float] = Field(default_factory=lambda: {"rsa": 0.6})
+    """Per metric, a fixed similarity threshold (a distance's: at most this is similar) for the
+    confusion matrix and F1 (paper 000 Fig. 1b: RSA 0.6); metrics not computed are skipped."""
+    gain_threshold: float = 0.0
+    """At the fixed thresholds a pair counts as improved when its gain (%) is above this (paper 000
+    Fig. 1b: 0%)."""
+
+
 class TransferConfig(_Strict):
     """The transfer experiments: learning curves over (target, recipe, size, fold) cells, or (the
     ``methods`` study) each of ``methods`` per task and split seed on the whole training split.
@@ -307,6 +343,10 @@ class TransferConfig(_Strict):
     """How a target model is trained from a pretrained one, or from scratch."""
     budget: BudgetConfig = BudgetConfig()
     """Budgeted multi-task pretraining."""
+    subset: SubsetStudyConfig = SubsetStudyConfig()
+    """The subset study's arms and extra task sets."""
+    matrix: MatrixStudyConfig = MatrixStudyConfig()
+    """The matrix study's fixed similarity and gain thresholds."""
     moe: MoEConfig = MoEConfig()
     """The mixture of experts."""
     scratch: ScratchConfig = ScratchConfig()
@@ -383,5 +423,3 @@ class TransferConfig(_Strict):
             except ValidationError as exc:
                 raise ValueError(f"variant '{name}': {_first_error(exc)}") from None
         return out
-
-

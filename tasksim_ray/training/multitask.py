@@ -84,6 +84,14 @@ def subset_dir(root: Path, data: SubsetData, model_cfg: ModelConfig, budget: Bud
     return root / f"{'+'.join(data.tasks)[:60]}-{split[0]}x{split[1]}-{key}"
 
 
+def all_labels_run(data: SubsetData, budget: BudgetConfig, epochs: int) -> tuple[BudgetConfig, tuple[int, int]]:
+    """The budget and split that use every pool label of ``data`` once per epoch for ``epochs``
+    epochs: N = all labels, shared proportionally to the pools (so each task's count is its pool
+    size and the sampler draws whole permutations). A larger task set then sees more data, as when
+    each arm is pretrained on all of its tasks' labels (paper 000's subset protocol)."""
+    return budget.model_copy(update={"sampling": "proportional"}), (data.n_labels, epochs)
+
+
 def submit_subsets(store_ref: ray.ObjectRef, jobs: list[tuple[SubsetData, tuple[int, int]]],
                    model_cfg: ModelConfig, budget: BudgetConfig, seed: int, root: Path, num_cpus: float,
                    num_gpus: float) -> tuple[list[Path], dict[str, ray.ObjectRef]]:
