@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import time
 from collections.abc import Callable
 from functools import cache
@@ -36,6 +37,7 @@ from tasksim_ray.infra.cache import Artifacts
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.runtime import ensure_ray
 from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint
+from tasksim_ray.registry import BACKBONES
 from tasksim_ray.similarity.logme import logme_score
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_tasks
@@ -88,7 +90,8 @@ def stage_foundation_file(run: Run, name: str) -> Path:
         return {"backbone": spec.backbone, "digest": digest}
 
     settings = {k: v for k, v in spec.params.items() if not k.endswith("_file")}  # the file is in the folder name
-    return run.stage("foundation-file", [name, spec.backbone, settings, folder], build).path / folder
+    # the shipped models' artifact kind, keyed apart by "file"
+    return run.stage("foundation-model", ["file", name, spec.backbone, settings, folder], build).path / folder
 
 
 def _layer_features(run: Run, data: SplitData, task: str, positions: np.ndarray, directory: Path,
@@ -115,8 +118,12 @@ def depth_profile(ctx: Context) -> dict[str, Any]:
     assert isinstance(data, SplitData)
     start = time.perf_counter()
     graphs = cache(lambda: unpack_graphs(ray.get(ctx.store_ref)))  # unpacked only if a feature is missing
-    out: dict[str, Any] = {"models": {}}
+    out: dict[str, Any] = {"models": {}, "unsupported": []}
     for name, d in ctx.model_dirs.items():
+        backbone = json.loads((Path(d) / "config.json").read_text())["backbone"]
+        if not hasattr(BACKBONES.get(backbone), "embed_layers"):  # no per-layer features (MACE today)
+            out["unsupported"].append(name)
+            continue
         per_task = {}
         for t in data.targets:
             cells = [data.cell(t, i, s) for i, s in enumerate(seeds)]
@@ -276,6 +283,8 @@ def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[st
             md += [f"| {g} | " + " | ".join(f"{x[g]:.3g}" for x in d.values()) + " |" for g in groups]
             md.append("")
     prof = r.get("depth_profile")
+    if prof and prof.get("unsupported"):
+        md += [f"No depth profile for {', '.join(prof['unsupported'])}: the backbone gives no per-layer features.", ""]
     for name, per_task in (prof or {}).get("models", {}).items():
         paths[f"depth_profile_{name}"] = out / f"depth_profile_{name}.png"
         plots.plot_depth_profile(paths[f"depth_profile_{name}"], prof["layers"],
