@@ -145,6 +145,8 @@ def test_budget_study_scores_csi_as_single_source_pick(first_run: PipelineResult
     assert "Budget study" in md and "random single source (expected)" in md and "N vs E" in md
 
 
+
+
 def test_budget_controls_choose_on_other_folds() -> None:
     """The controls from per-fold gains: the expected random source, the hindsight best, and the best
     chosen on the other folds and scored on the held-out one."""
@@ -154,3 +156,62 @@ def test_budget_controls_choose_on_other_folds() -> None:
     assert np.allclose(got["random"], [11 / 3, 5 / 3, 5 / 3])
     assert np.allclose(got["best"], [10.0, 0.0, 0.0])  # a: mean 3.33 beats b's 2.67
     assert np.allclose(got["best_other_folds"], [0.0, 0.0, 0.0])  # fold 0 chooses b, folds 1 and 2 choose a
+def test_ptft_study_with_alignn_pairwise_mpt_ood_and_strategies(tmp_path: Path) -> None:
+    """ALIGNN per-task models as pairwise sources, MPT over all other in-distribution tasks with two
+    added head layers, an out-of-distribution target that takes no source sharing a task group with
+    it, the pretraining-size sweep, the paper's tables beside ours, and the paper's four strategies."""
+    from tasksim_ray.transfer.runner import run_transfer
+
+    ood, jarvis = "jarvis_2d_exfoliation", "jarvis_2d_eform"
+    strategies = {"S1 all layers": {}, "S2 new MLP before the head": {"strategy": "head", "added_layers": 1},
+                  "S3 last layer": {"strategy": "head"},
+                  "S4 two-body": {"strategy": "layers", "layers": ["alignn.alignn_layers.*.node_update.*",
+                                                                   "alignn.gcn_layers.*"]},
+                  "S4 three-body": {"strategy": "layers", "layers": ["alignn.alignn_layers.*.edge_update.*"]}}
+    cfg = load_config(CONFIG, {
+        "workdir": str(tmp_path), "model.backbone": "alignn", "train.max_epochs": 2,
+        "model.params": {"alignn_layers": 1, "gcn_layers": 1, "hidden_features": 16, "embedding_features": 8,
+                         "max_neighbors": 6, "cutoff": 5.0, "ffn_layers": 1},
+        "transfer.ood": [ood], "transfer.task_groups": {"jarvis_dft": [jarvis, ood], "2d": [jarvis, ood]},
+        "transfer.ptft": {"pt_sources": ["expt_eform"], "pt_sizes": [12, 24], "pt_epochs": 1, "mpt_added_layers": 2},
+        "transfer.finetune.max_epochs": 2, "transfer.strategy_pairs": [[jarvis, "expt_eform"]],
+        "transfer.variants": strategies,
+        "transfer.paper_tables": [{"table": "004/table1_mae", "study": "ptft", "aliases": {"jarvis_2d_gap": ood},
+                                   "methods": {"fe_100k": "expt_eform"}}]})
+    out = run_transfer(cfg, ["ptft", "strategies"])
+    r = out["studies"]["ptft"]
+    sources = [t for t in TASKS if t != ood]
+    assert r["sources"] == sources and r["targets"] == TASKS and r["mpt"] == "MPT 60x2" and r["mpt_added_layers"] == 2
+    gain = np.array(r["fixed_gain"], dtype=float)
+    assert gain.shape == (3, 2) and np.isnan(gain[0, 0]) and np.isnan(gain[1, 1])
+    assert np.isfinite(gain[0, 1]) and np.isfinite(gain[1, 0])
+    # the OOD target shares the JARVIS-2D groups with jarvis_2d_eform: never its source, nor in its MPT
+    assert np.isfinite(gain[2, 0]) and np.isnan(gain[2, 1])
+    e = r["per_target"][ood]
+    assert e["ood"] and e["pairs"] == 1 and e["mpt_sources"] == ["expt_eform"] and e["excluded_by_group"] == [jarvis]
+    assert sorted(e["curves"]) == sorted(["scratch", "expt_eform", "MPT 60x2"])
+    assert r["per_target"][jarvis]["mpt_sources"] == ["expt_eform"]
+    assert set(e["per_size"]["scratch"]) == {"10", "30"} and e["per_size"]["scratch"]["30"]["seeds"] == 1
+    # the pretraining-size sweep: expt_eform alone on 12 and 24 crystals, fine-tuned at 30 on its targets
+    sweep = {(s["source"], s["target"]): s["gain"] for s in r["pt_size_sweep"]}
+    assert set(sweep) == {("expt_eform", jarvis), ("expt_eform", ood)}
+    assert set(sweep[("expt_eform", ood)]) == {"12", "24", "per-task model"}
+    assert all(np.isfinite(g["mean"]) for g in sweep[("expt_eform", ood)].values())
+    rows = out["studies"]["ptft"]["paper_comparison"]["004/table1_mae"]["rows"][0]
+    assert rows["task"] == ood and {c["column"] for c in rows["cells"] if c["ours_mean"] is not None} == {
+        "scratch", "mpt", "fe_100k"}
+    assert r["in_distribution_targets"] == 2 and r["pairs"] == 3
+    pair = out["studies"]["strategies"]["pairs"][0]
+    assert sorted(pair["variants"]) == sorted(strategies)
+    md = Path(out["paths"]["markdown"]).read_text()
+    assert "multi-property pretraining" in md and "Fine-tuning size sweep" in md and "Pretraining size sweep" in md
+    assert "Beside the paper: 004/table1_mae" in md
+    assert Path(out["paths"]["ptft_gain"]).stat().st_size > 1000 and Path(out["paths"][f"curves_ptft_{ood}"]).is_file()
+
+
+def test_ood_pair_sharing_a_group_is_refused() -> None:
+    from tasksim_ray.config import parse_config
+    from tasksim_ray.errors import TasksimError
+
+    with pytest.raises(TasksimError, match=r"pair \(b, a\): source shares task group \['2d'\]"):
+        parse_config({"transfer": {"ood": ["b"], "task_groups": {"2d": ["a", "b"]}, "ptft": {"pairs": [["b", "a"]]}}})

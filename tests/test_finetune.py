@@ -107,6 +107,33 @@ def test_bss_penalty_is_wired_to_the_features() -> None:
     assert finetune_options(_pretrained(), cfg, pretrained=False).penalty is None  # scratch: no regulariser
 
 
+def test_two_regularisers_sum_their_penalties() -> None:
+    """L2-SP and BSS together (the MACE-MP fine-tuning recipe): the penalty is the sum of both terms."""
+    model = _pretrained()
+    regs = [RegularizerConfig(kind="l2sp", weight=0.5), RegularizerConfig(kind="bss", weight=2.0, bss_k=1)]
+    opts = finetune_options(model, FinetuneConfig(regularizers=regs), True)
+    with torch.no_grad():
+        model.W_h.weight.add_(0.1)  # moved away from the pretrained weights by a known amount
+    z = torch.randn(6, 16)
+    l2sp = 0.5 * 0.01 * model.W_h.weight.numel()
+    assert float(opts.penalty(z)) == pytest.approx(l2sp + 2.0 * float(torch.linalg.svdvals(z)[-1] ** 2), rel=1e-4)
+
+
+def test_added_layers_grow_the_head_and_train_with_it() -> None:
+    """added_layers puts hidden layers (encoder width) before the fresh head; with strategy head they
+    and the head train and the encoder stays frozen."""
+    model = _pretrained()
+    cfg = FinetuneConfig(strategy="head", added_layers=2, max_epochs=3, patience=5, batch_size=4, lr=1e-2)
+    opts = finetune_options(model, cfg, True)
+    linears = [m for m in model.ffn if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4 and linears[0].in_features == linears[0].out_features == model.embedding_dim
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    graphs, y = _graphs_and_y()
+    fit(model, graphs, y, graphs[:4], y[:4], opts, seed=0, mean=float(y.mean()), std=float(y.std()))
+    trained = _changed(model, before)
+    assert len(trained) == 8 and all(n.startswith("ffn.") for n in trained)  # 4 linears, weight and bias
+
+
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_moe_gates_sum_to_one_with_exactly_k_nonzero(k: int) -> None:
     theta = initial_theta(5, "uniform", None, seed=k)

@@ -260,7 +260,7 @@ def test_registry_imports_foundation_libraries_only_on_build() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
-def _scale_shift_mace() -> torch.nn.Module:
+def _scale_shift_mace(elements: list[int] = ELEMENTS) -> torch.nn.Module:
     """A small ScaleShiftMACE (MACE-MP's class) from mace's own constructor, as mace's test suite
     builds one (tests/test_foundations.py there; the repository keeps no small model file)."""
     from e3nn import o3
@@ -270,10 +270,10 @@ def _scale_shift_mace() -> torch.nn.Module:
     block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     return modules.ScaleShiftMACE(
         r_max=5.0, num_bessel=6, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block,
-        interaction_cls_first=block, num_interactions=2, num_elements=len(ELEMENTS),
+        interaction_cls_first=block, num_interactions=2, num_elements=len(elements),
         hidden_irreps=o3.Irreps("16x0e + 16x1o"), MLP_irreps=o3.Irreps("8x0e"),
-        gate=torch.nn.functional.silu, atomic_energies=np.linspace(-3.0, -1.0, len(ELEMENTS)),
-        avg_num_neighbors=12.0, atomic_numbers=ELEMENTS, correlation=2, radial_MLP=[16, 16],
+        gate=torch.nn.functional.silu, atomic_energies=np.linspace(-3.0, -1.0, len(elements)),
+        avg_num_neighbors=12.0, atomic_numbers=elements, correlation=2, radial_MLP=[16, 16],
         atomic_inter_scale=1.7, atomic_inter_shift=0.2).eval()
 
 
@@ -318,3 +318,56 @@ def test_scale_shift_mace_foundation_files_embed_as_mace_does(tmp_path: Path) ->
     with torch.no_grad():
         assert torch.equal(loaded.embed_nodes(batch), nodes)
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == UNSAFE_LOAD_BEFORE
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
+def test_the_foundation_study_fine_tunes_a_scale_shift_mace_file(tmp_path: Path) -> None:
+    """A MACE-MP-style file the user brings (transfer.foundation_files) is fine-tuned through the
+    foundation study: all layers with L2-SP + BSS from the grid, against the same architecture from
+    random initialisation (model.params.architecture), its cells keyed by the file's content."""
+    import gzip
+
+    from tasksim_ray.config import load_config
+    from tasksim_ray.infra.progress import Console
+    from tasksim_ray.models.mace import _import_mace, plain_config, save_foundation
+    from tasksim_ray.transfer.runner import run_transfer
+
+    _import_mace()  # first, so e3nn loads its constants (see the mace tests above)
+    repo = Path(__file__).resolve().parents[1]
+    tiny = repo / "tests" / "data" / "crystals" / "tiny_tasks" / "jarvis_dft_2d_exfol_energy.json.gz"
+    rows = json.loads(gzip.decompress(tiny.read_bytes()))["data"]
+    elements = sorted({z for r in rows for z in Structure.from_dict(r["structure"]).atomic_numbers})
+    reference = _scale_shift_mace(elements)
+    save_foundation(reference, str(tmp_path / "mp.pt"))
+    task, both = "jarvis_2d_exfoliation", "mace_mp: full + L2-SP + BSS"
+    cfg = load_config(repo / "configs" / "foundation_ft.yaml", {
+        "workdir": str(tmp_path / "run"), "data.path": str(tiny), "data.files": {}, "data.split.max_train": 8,
+        "data.split.seeds": [0], "transfer.tasks": [task], "transfer.finetune.max_epochs": 1,
+        "transfer.finetune.batch_size": 4,
+        "model": {"backbone": "mace", "params": {"architecture": plain_config(reference)}},
+        "transfer.foundation": ["mace_mp"],
+        "transfer.foundation_files": {"mace_mp": {"backbone": "mace", "params": {"foundation_file": str(tmp_path / "mp.pt")}}},
+        "transfer.penalty_grid": {"full + L2-SP + BSS": {"l2sp": [1e-3], "bss": [1e-3]}},
+        "transfer.paper_tables": [{"table": "003/table1", "study": "foundation", "aliases": {"jdft2d": task},
+                                   "methods": {"mace_ri": "scratch", "mace_mp0": both}}]})
+    out = run_transfer(cfg, ["foundation"], Console(quiet=True))
+    r = out["studies"]["foundation"]
+    assert r["methods"] == ["scratch", "mace_mp: full", both]
+    e = r["targets"][task]
+    for m in r["methods"][1:]:
+        assert np.isfinite(e[m]["mean"]) and set(e[m]["drift"]) >= {"mace.node_embedding", "mace.interactions.0"}
+        assert all(v > 0 for v in e[m]["drift"].values())  # every layer trained
+    assert r["depth_profile"]["unsupported"] == ["mace_mp"]
+    row = next(x for x in r["paper_comparison"]["003/table1"]["rows"] if x["row"] == "jdft2d")
+    assert row["task"] == task and {c["column"] for c in row["cells"] if c["ours_mean"] is not None} == {
+        "mace_ri", "mace_mp0", "rel_ri_mp0"}
+    folders = list((tmp_path / "run" / "artifacts" / "foundation-model").glob("*/mace_mp-*"))
+    assert len(folders) == 1
+    from tasksim_ray.models.mace import MACEBackbone
+
+    batch = Batch.from_data_list([crystal(Structure.from_dict(r["structure"])) for r in rows[:3]])
+    loaded, _ = load_checkpoint(folders[0])
+    with torch.no_grad():  # the folder holds the file's weights
+        expected = MACEBackbone(foundation_file=str(tmp_path / "mp.pt")).eval().embed_nodes(batch)
+        assert torch.allclose(loaded.eval().embed_nodes(batch), expected)

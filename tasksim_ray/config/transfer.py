@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
 
 from tasksim_ray.config.base import Strict as _Strict
 from tasksim_ray.config.base import first_error as _first_error
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.registry import FOUNDATION_MODELS, STUDIES
+from tasksim_ray.registry import BACKBONES, FOUNDATION_MODELS, STUDIES
+
+# FinetuneConfig fields added after cells were cached: left out of its dump at their defaults, so the
+# cells of recipes that do not use them keep their cache keys
+_LATER_FIELDS = ("regularizers", "added_layers")
 
 
 class RegularizerConfig(_Strict):
@@ -45,6 +49,12 @@ class FinetuneConfig(_Strict):
     """Layer-wise learning-rate decay: multiply the learning rate by this per layer group below the head (null: off)."""
     regularizer: RegularizerConfig = RegularizerConfig()
     """A regulariser towards the pretrained model."""
+    regularizers: list[RegularizerConfig] = Field(default_factory=list)
+    """Several regularisers at once, their penalties summed (L2-SP and BSS together, the MACE-MP fine-tuning
+    paper's recipe); use this or `regularizer`, not both."""
+    added_layers: int = Field(default=0, ge=0)
+    """Hidden layers (the encoder's width, ReLU) added between the encoder and the fresh head, training with the
+    head (the ALIGNN PT/FT paper's MPT fine-tuning adds 2)."""
     lr: float = Field(default=1e-3, gt=0)
     """Learning rate."""
     max_epochs: int = Field(default=40, ge=1)
@@ -58,7 +68,30 @@ class FinetuneConfig(_Strict):
     def _layers_given(self) -> FinetuneConfig:
         if self.strategy == "layers" and not self.layers:
             raise ValueError("finetune.layers must list parameter-name patterns when strategy is 'layers'")
+        if self.regularizers and self.regularizer.kind != "none":
+            raise ValueError("finetune: give regularizer or regularizers, not both")
+        kinds = [r.kind for r in self.regularizers]
+        if "none" in kinds or len(set(kinds)) < len(kinds):
+            raise ValueError(f"finetune.regularizers: each of l2sp, bss at most once, got {kinds}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        for key in _LATER_FIELDS:
+            if key in out and not out[key]:
+                del out[key]
+        return out
+
+    def penalties(self) -> list[RegularizerConfig]:
+        """The regularisers this recipe applies: ``regularizers``, or ``regularizer`` unless it is none."""
+        return list(self.regularizers) or ([self.regularizer] if self.regularizer.kind != "none" else [])
+
+    def with_weights(self, weights: dict[str, float]) -> FinetuneConfig:
+        """This recipe with its regularisers' weights replaced (kind -> weight), for a grid point."""
+        regs = [r.model_copy(update={"weight": weights.get(r.kind, r.weight)}) for r in self.penalties()]
+        return self.model_validate(self.model_dump() | {"regularizer": RegularizerConfig().model_dump(),
+                                                        "regularizers": [r.model_dump() for r in regs]})
 
 
 class BudgetConfig(_Strict):
@@ -264,6 +297,49 @@ DEFAULT_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+class PTFTConfig(_Strict):
+    """The PT/FT study's protocol (Devi, Butler & Sai Gautam): the pairs it fine-tunes, the sweep over a
+    source's pretraining size, and the layers MPT fine-tuning adds."""
+
+    pairs: list[tuple[str, str]] | None = None
+    """(target, source) pairs fine-tuned pairwise (null: every in-distribution pair); with pairs, the study's targets
+    are their targets and the `ood` targets (which take every allowed source unless a pair names them)."""
+    pt_sources: list[str] = Field(default_factory=list)
+    """Sources whose pretraining size is swept (the paper: FE and BG)."""
+    pt_sizes: list[int] = Field(default_factory=list)
+    """Pretraining sizes of the sweep: each `pt_sources` task pretrained alone on the first n crystals of its
+    pretraining pool (`budget.pool_per_task` caps it), then fine-tuned at the largest of `sizes` on each target it is a
+    pairwise source of."""
+    pt_epochs: int = Field(default=30, ge=1)
+    """Epochs of each sweep pretraining (exactly that many; the best validation epoch is kept)."""
+    mpt_added_layers: int = Field(default=0, ge=0)
+    """Hidden layers added before the fresh head when fine-tuning from MPT (the paper: 2)."""
+
+    @model_validator(mode="after")
+    def _sweep(self) -> PTFTConfig:
+        if bool(self.pt_sources) != bool(self.pt_sizes):
+            raise ValueError("ptft: pt_sources and pt_sizes go together (the sources swept, and their sizes)")
+        if any(n < 2 for n in self.pt_sizes):
+            raise ValueError("ptft.pt_sizes: pretraining sizes of at least 2")
+        return self
+
+
+class FoundationFileConfig(_Strict):
+    """A foundation model the user brings as a file (a MACE-MP model, say): the backbone that reads it and that
+    backbone's parameters, the file among them (e.g. `{backbone: mace, params: {foundation_file: mp.pt}}`)."""
+
+    backbone: str = "mace"
+    """The backbone that reads the file: a name in `tasksim_ray.registry.BACKBONES`."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Its constructor arguments, with the file (MACE: `foundation_file`, and `trust_pickle` for a pickle)."""
+
+    @model_validator(mode="after")
+    def _known(self) -> FoundationFileConfig:
+        if self.backbone not in BACKBONES:
+            raise ValueError(BACKBONES.unknown(self.backbone))
+        return self
+
+
 class PaperTableConfig(_Strict):
     """A paper's table or set of facts (an id of ``tasksim_ray.papers``, e.g. ``001/table3``) printed
     beside a study's results, cell by cell, with the winner per row compared."""
@@ -375,6 +451,16 @@ class TransferConfig(_Strict):
     """Shipped foundation models (`FOUNDATION_MODELS` names) that are sources too."""
     ood: list[str] = Field(default_factory=list)
     """PT/FT study: targets that are never a source (out of distribution)."""
+    task_groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Named groups of tasks (a source database, a dimensionality): an `ood` target takes no source, pairwise or in
+    MPT, that shares a group with it."""
+    ptft: PTFTConfig = PTFTConfig()
+    """The PT/FT study's pairs, pretraining-size sweep and MPT fine-tuning head."""
+    penalty_grid: dict[str, dict[Literal["l2sp", "bss"], list[float]]] = Field(default_factory=dict)
+    """Per variant, the weights searched for each of its regularisers (kind -> weights): every combination trains,
+    and per task and split seed the one with the lowest validation MAE is reported under the variant's name."""
+    foundation_files: dict[str, FoundationFileConfig] = Field(default_factory=dict)
+    """Foundation models from files the user brings, by name; name them in `foundation` too."""
     paper_tables: list[PaperTableConfig] = Field(default_factory=list)
     """Papers' tables the report prints ours beside (see `tasksim_ray.papers`)."""
     num_cpus: float = Field(default=1.0, gt=0)
@@ -395,8 +481,9 @@ class TransferConfig(_Strict):
             if name not in STUDIES:
                 raise ValueError(f"transfer.studies: {STUDIES.unknown(name)}")
         for name in self.foundation:
-            if name not in FOUNDATION_MODELS:
-                raise ValueError(f"transfer.foundation: {FOUNDATION_MODELS.unknown(name)}")
+            if name not in FOUNDATION_MODELS and name not in self.foundation_files:
+                raise ValueError(f"transfer.foundation: {FOUNDATION_MODELS.unknown(name)} (or a key of "
+                                 "transfer.foundation_files)")
         if self.recipes and "methods" in self.model_fields_set:
             raise ValueError("transfer: give the methods study's arms as recipes or as methods, not both")
         for name, recipe in self.recipes.items():
@@ -406,8 +493,31 @@ class TransferConfig(_Strict):
                 raise ValueError(f"transfer.recipes.{name}: {exc}") from None
         if "variants" in self.methods and not self.foundation:
             raise ValueError("transfer.methods 'variants' fine-tunes the transfer.foundation models: name one there")
-        self.variant_configs()
+        variants = self.variant_configs()
+        for name, grid in self.penalty_grid.items():
+            kinds = [r.kind for r in variants[name].penalties()] if name in variants else None
+            if kinds is None or not set(grid) <= set(kinds) or any(not w for w in grid.values()):
+                raise ValueError(f"transfer.penalty_grid '{name}': grid its variant's regularisers ({kinds}) with at "
+                                 "least one weight each")
+        self._check_groups()
         return self
+
+    def _check_groups(self) -> None:
+        named = set(self.tasks or []) if self.tasks is not None else None
+        for group, members in self.task_groups.items():
+            if named is not None and (stray := [t for t in members if t not in named]):
+                raise ValueError(f"transfer.task_groups '{group}': {stray} are not in transfer.tasks")
+        pairs = [*self.strategy_pairs, *(self.ptft.pairs or [])]
+        for target, source in pairs:
+            if target == source:
+                raise ValueError(f"transfer.ptft.pairs: target '{target}' cannot be its own source")
+            if target in self.ood and (shared := self.shared_groups(target, source)):
+                raise ValueError(f"pair ({target}, {source}): source shares task group {shared} with the "
+                                 "out-of-distribution target")
+
+    def shared_groups(self, a: str, b: str) -> list[str]:
+        """The ``task_groups`` both tasks are in."""
+        return [g for g, members in self.task_groups.items() if a in members and b in members]
 
     def study_names(self) -> list[str]:
         """What ``tasksim study`` runs: ``studies``, else the whole design on the pipeline's tasks (the

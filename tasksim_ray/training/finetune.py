@@ -5,8 +5,9 @@ A backbone lists its encoder layer groups from input to output (``ENCODER_LAYERS
 ``last`` (the last encoder group and the head), ``layers`` (the head plus parameters whose names
 match glob patterns). Gradual unfreezing starts from the head and unfreezes the strategy's encoder
 groups top-down, one every ``gradual_unfreeze`` epochs; layer-wise learning-rate decay gives the
-group d levels below the head ``lr * llrd**d``. Regularisers: L2-SP on the transferred weights,
-or batch spectral shrinkage on the graph features.
+group d levels below the head ``lr * llrd**d``. Regularisers: L2-SP on the transferred weights
+and batch spectral shrinkage on the graph features, alone or summed. ``added_layers`` grows the
+fresh head by hidden layers before it (MPT fine-tuning in the ALIGNN PT/FT paper adds two).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from fnmatch import fnmatch
 import torch
 from torch import Tensor, nn
 
-from tasksim_ray.config import FinetuneConfig, MoEConfig, ScratchConfig
+from tasksim_ray.config import FinetuneConfig, MoEConfig, RegularizerConfig, ScratchConfig
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.models.heads import deepen_head
 from tasksim_ray.models.moe import MixtureOfExperts
 from tasksim_ray.training.loop import FitOptions
 from tasksim_ray.training.objectives import bss_penalty, l2sp_penalty, reference_weights
@@ -75,10 +77,41 @@ def _set_trainable(model: nn.Module, names: set[str]) -> None:
         p.requires_grad_(n in names)
 
 
+def add_head_layers(model: nn.Module, n: int) -> None:
+    """Put ``n`` new hidden layers (the encoder's width, ReLU) in front of the model's head; they
+    are part of the head from then on (they train whenever the head does)."""
+    if n == 0:
+        return
+    owner = next((name for name, m in model.named_children() if m is model.head), None)
+    if owner is None:
+        raise TasksimError(f"finetune.added_layers: {type(model).__name__}'s head is not one of its modules")
+    setattr(model, owner, deepen_head(model.head, model.embedding_dim, n))
+
+
+def penalty_fn(model: nn.Module, regs: list[RegularizerConfig]) -> Callable[[Tensor], Tensor] | None:
+    """The summed penalty of the regularisers with a weight above 0 (L2-SP towards the encoder's
+    weights as they are now, i.e. the pretrained ones), or None."""
+    terms: list[Callable[[Tensor], Tensor]] = []
+    for reg in regs:
+        if reg.weight <= 0:
+            continue
+        if reg.kind == "l2sp":
+            ref = reference_weights(model, [n for _, names in encoder_groups(model) for n in names])
+            terms.append(lambda z, w=reg.weight, ref=ref: w * l2sp_penalty(model, ref))
+        elif reg.kind == "bss":
+            terms.append(lambda z, w=reg.weight, k=reg.bss_k: w * bss_penalty(z, k))
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else lambda z: sum((t(z) for t in terms[1:]), terms[0](z))
+
+
 def finetune_options(model: nn.Module, cfg: FinetuneConfig, pretrained: bool) -> FitOptions:
-    """Freeze what the strategy freezes and build the optimiser, schedule and penalty.
+    """Freeze what the strategy freezes and build the optimiser, schedule and penalty; first, grow
+    the head by ``cfg.added_layers`` (the model changes in place).
 
     ``pretrained=False`` is the scratch baseline: everything trains, no regulariser."""
+    if pretrained:
+        add_head_layers(model, cfg.added_layers)
     heads = head_names(model)
     groups = trainable_groups(model, cfg) if pretrained else encoder_groups(model)
     params = dict(model.named_parameters())
@@ -100,13 +133,7 @@ def finetune_options(model: nn.Module, cfg: FinetuneConfig, pretrained: bool) ->
             opened = {n for _, names in groups[len(groups) - n_open:] for n in names}
             _set_trainable(model, set(heads) | opened)
 
-    penalty: Callable[[Tensor], Tensor] | None = None
-    reg = cfg.regularizer
-    if pretrained and reg.kind == "l2sp" and reg.weight > 0:
-        ref = reference_weights(model, [n for _, names in encoder_groups(model) for n in names])
-        penalty = lambda z: reg.weight * l2sp_penalty(model, ref)  # noqa: E731
-    elif pretrained and reg.kind == "bss" and reg.weight > 0:
-        penalty = lambda z: reg.weight * bss_penalty(z, reg.bss_k)  # noqa: E731
+    penalty = penalty_fn(model, cfg.penalties()) if pretrained else None
     return FitOptions(cfg.max_epochs, cfg.patience, cfg.batch_size, cfg.lr, make_optimizer=make_optimizer,
                       penalty=penalty, on_epoch_start=on_epoch)
 

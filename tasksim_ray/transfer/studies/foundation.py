@@ -1,16 +1,23 @@
 """The foundation fine-tuning study (``tasksim foundation``): the methods study with
 ``transfer.foundation`` models as sources.
 
-Per task and split seed, on the whole training split: each shipped foundation model fine-tuned as
-``finetune`` and with each of ``transfer.variants`` (strategies, regularisers), against ``scratch``,
-the config's backbone from random initialisation (CHGNet with ``pretrained: false``). The cells are the
-methods study's (each its own cached artifact; fine-tuning cells record per-layer weight drift). Before
-any training, the depth profile: LogME of each layer's pooled features of the pretrained model on each
-split seed's training labels, the per-layer feature-label score a user has for free.
+Per task and split seed, on the whole training split: each foundation model (shipped, or a file the
+user brings, ``transfer.foundation_files``) fine-tuned as ``finetune`` and with each of
+``transfer.variants`` (strategies, regularisers), against ``scratch``, the config's backbone from
+random initialisation (CHGNet with ``pretrained: false``). A variant in ``transfer.penalty_grid``
+trains once per combination of its regularisers' weights; per task and split seed the combination
+with the lowest validation MAE is its result (the MACE-MP paper's "determined with hyperparameter
+search"). The cells are the methods study's (each its own cached artifact; fine-tuning cells record
+per-layer weight drift). Before any training, the depth profile: LogME of each layer's pooled
+features of the pretrained model on each split seed's training labels, the per-layer feature-label
+score a user has for free.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
 import time
 from collections.abc import Callable
 from functools import cache
@@ -29,7 +36,8 @@ from tasksim_ray.featurize.graphstore import unpack_graphs
 from tasksim_ray.infra.cache import Artifacts, save_torch
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.runtime import ensure_ray
-from tasksim_ray.models import load_checkpoint
+from tasksim_ray.models import TaskModelInfo, build_model, load_checkpoint, save_checkpoint
+from tasksim_ray.registry import BACKBONES
 from tasksim_ray.similarity.logme import logme_score
 from tasksim_ray.stages import Run
 from tasksim_ray.stages.data import stage_tasks
@@ -46,15 +54,44 @@ BATCH = 64  # crystals per forward pass of the depth profile
 
 def foundation_dirs(run: Run, table: TaskTable) -> dict[str, str]:
     """``transfer.foundation`` models as sources, by name: their model folders (weights from the
-    installed package). They read crystals, so molecule tasks cannot use them."""
-    names = run.cfg.transfer.foundation
+    installed package, or from the user's file). They read crystals, so molecule tasks cannot use them."""
+    names, files = run.cfg.transfer.foundation, run.cfg.transfer.foundation_files
     if names and table.kind != "crystal":
         raise TasksimError(f"transfer.foundation {names}: foundation models read crystals; these tasks are "
                            f"{table.kind}s")
     clash = [n for n in names if n in table.names]
     if clash:
         raise TasksimError(f"transfer.foundation: {clash} is also a task name; rename the task (data.aliases)")
-    return {n: str(stage_foundation_model(run, n)) for n in names}
+    return {n: str(stage_foundation_file(run, n) if n in files else stage_foundation_model(run, n)) for n in names}
+
+
+def _file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def stage_foundation_file(run: Run, name: str) -> Path:
+    """The model folder of a foundation model the user brings as a file (``transfer.foundation_files``),
+    built once; the folder is named by the model and the file's content, which transfer cells key on."""
+    spec = run.cfg.transfer.foundation_files[name]
+    files = [Path(v) for k, v in spec.params.items() if k.endswith("_file") and v]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing or not files:
+        raise TasksimError(f"transfer.foundation_files.{name}: file not found: {missing or 'no *_file parameter'}")
+    digest = hashlib.sha256("".join(_file_digest(f) for f in files).encode()).hexdigest()[:12]
+    folder = f"{name}-{digest}"
+
+    def build(out: Path) -> dict[str, Any]:
+        model = build_model(spec.backbone, spec.params)
+        save_checkpoint(out / folder, model, TaskModelInfo(spec.backbone, spec.params, name, "", 0.0, 1.0))
+        return {"backbone": spec.backbone, "digest": digest}
+
+    settings = {k: v for k, v in spec.params.items() if not k.endswith("_file")}  # the file is in the folder name
+    # the shipped models' artifact kind, keyed apart by "file"
+    return run.stage("foundation-model", ["file", name, spec.backbone, settings, folder], build).path / folder
 
 
 def _layer_features(run: Run, data: SplitData, task: str, positions: np.ndarray, directory: Path,
@@ -81,8 +118,12 @@ def depth_profile(ctx: Context) -> dict[str, Any]:
     assert isinstance(data, SplitData)
     start = time.perf_counter()
     graphs = cache(lambda: unpack_graphs(ray.get(ctx.store_ref)))  # unpacked only if a feature is missing
-    out: dict[str, Any] = {"models": {}}
+    out: dict[str, Any] = {"models": {}, "unsupported": []}
     for name, d in ctx.model_dirs.items():
+        backbone = json.loads((Path(d) / "config.json").read_text())["backbone"]
+        if not hasattr(BACKBONES.get(backbone), "embed_layers"):  # no per-layer features (MACE today)
+            out["unsupported"].append(name)
+            continue
         per_task = {}
         for t in data.targets:
             cells = [data.cell(t, i, s) for i, s in enumerate(seeds)]
@@ -111,6 +152,9 @@ class FoundationStudy(MethodsStudy):
         if other:
             raise TasksimError(f"transfer.methods {other}: not with transfer.foundation sources "
                                "(use scratch, finetune, variants)")
+        if "scratch" in tc.methods and any(k.endswith("_file") for k in cfg.model.params):
+            raise TasksimError("model.params: the scratch arm is model.backbone from random initialisation; a *_file "
+                               "parameter would load weights (give MACE the file's architecture instead)")
 
     @classmethod
     def build_context(cls, cfg: PipelineConfig, console: Console) -> Context:
@@ -124,15 +168,24 @@ class FoundationStudy(MethodsStudy):
         return Context(run, data, ray.put(data.store()), settings, foundation_dirs(run, data.table))
 
     def recipes(self, ctx: Context) -> dict[str, Recipe]:
-        """Scratch, and per foundation model ``<name>: finetune`` and ``<name>: <variant>`` recipes."""
+        """Scratch, and per foundation model ``<name>: finetune`` and ``<name>: <variant>`` recipes; a
+        gridded variant is one recipe per weight combination, ``<name>: <variant> [l2sp=.., bss=..]``."""
         tc = ctx.run.cfg.transfer
         recipes = {"scratch": SCRATCH} if "scratch" in tc.methods else {}
+        self.grid: dict[str, tuple[str, dict[str, float]]] = {}  # grid point label -> (variant label, weights)
         for name, d in ctx.model_dirs.items():
             if "finetune" in tc.methods:
                 recipes[f"{name}: finetune"] = Recipe("finetune", f"{name}: finetune", (d,))
-            if "variants" in tc.methods:
-                recipes |= {f"{name}: {v}": Recipe("finetune", f"{name}: {v}", (d,), finetune=ft)
-                            for v, ft in tc.variant_configs().items()}
+            if "variants" not in tc.methods:
+                continue
+            for v, ft in tc.variant_configs().items():
+                for weights in grid_points(tc.penalty_grid.get(v)):
+                    label = f"{name}: {v}" + (" [" + ", ".join(f"{k}={w:g}" for k, w in weights.items()) + "]"
+                                              if weights else "")
+                    recipes[label] = Recipe("finetune", label, (d,), finetune=ft.with_weights(weights) if weights
+                                            else ft)
+                    if weights:
+                        self.grid[label] = (f"{name}: {v}", weights)
         return recipes
 
     def arms(self, ctx: Context) -> dict[str, dict[str, list[Recipe]]]:
@@ -146,12 +199,62 @@ class FoundationStudy(MethodsStudy):
         return jobs
 
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
-        return super().summarise(ctx, done) | {"depth_profile": self.profile}
+        """The methods study's summary with each gridded variant as one method: per task and split
+        seed, its grid point with the lowest validation MAE (every point's cost counts)."""
+        expanded, grid = self.methods, self.grid
+        chosen, search = select_grid(done.cells, grid)
+        self.methods = {}
+        for label, recipe in expanded.items():
+            self.methods.setdefault(grid[label][0] if label in grid else label, recipe)
+        result = super().summarise(ctx, Done(chosen, done.sizes, done.folds))
+        self.methods = expanded
+        for variant in {v for v, _ in grid.values()}:
+            mine = [c for c in done.cells if c["recipe"] in grid and grid[c["recipe"]][0] == variant]
+            result["cost"][variant] = {"cells": len(mine), "epochs": float(np.mean([c["epochs_run"] for c in mine])),
+                                       "s_per_epoch": float(np.mean([c["seconds"] / max(c["epochs_run"], 1)
+                                                                     for c in mine])),
+                                       "s_per_cell": float(np.mean([c["seconds"] for c in mine]))}
+        return result | {"cells": done.cells, "grid": search, "depth_profile": self.profile}
 
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
         section = super().render(out, result, ctx)
-        section.markdown += _finetuning(out, result, section.figures)
+        section.markdown += _finetuning(out, result, section.figures) + _grid_markdown(result) + _drift_beside_paper(
+            result)
         return section
+
+    def paper_rows(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Per task, each method's test MAE over split seeds (mean, std, seeds): MACE-RI is our
+        scratch and MACE-MP-0 a fine-tuned recipe, by ``transfer.paper_tables``' ``methods``."""
+        return {t: {m: e[m] for m in result["methods"]} for t, e in result["targets"].items()}
+
+
+def grid_points(grid: dict[str, list[float]] | None) -> list[dict[str, float]]:
+    """Every combination of the grid's weights (kind -> weight); ``[{}]`` without a grid."""
+    if not grid:
+        return [{}]
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+def select_grid(cells: list[dict[str, Any]], grid: dict[str, tuple[str, dict[str, float]]]
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Cells with each gridded variant's points replaced, per (task, split seed), by the point with
+    the lowest validation MAE (relabelled as the variant); and per variant and task the search: each
+    point's validation and test MAE per seed and the weights chosen per seed."""
+    out = [c for c in cells if c["recipe"] not in grid]
+    search: dict[str, Any] = {}
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for c in cells:
+        if c["recipe"] in grid:
+            groups.setdefault((grid[c["recipe"]][0], c["target"], c["fold"]), []).append(c)
+    for (variant, target, seed), points in groups.items():
+        best = min(points, key=lambda c: c["val_mae"])
+        out.append(best | {"recipe": variant, "grid_point": grid[best["recipe"]][1]})
+        entry = search.setdefault(variant, {}).setdefault(target, {"points": {}, "chosen": {}})
+        entry["chosen"][str(seed)] = grid[best["recipe"]][1]
+        for c in points:
+            p = entry["points"].setdefault(c["recipe"], {"weights": grid[c["recipe"]][1], "val_mae": {}, "test_mae": {}})
+            p["val_mae"][str(seed)], p["test_mae"][str(seed)] = c["val_mae"], c["test_mae"]
+    return out, search
 
 
 def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[str]:
@@ -185,6 +288,8 @@ def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[st
             md += [f"| {g} | " + " | ".join(f"{x[g]:.3g}" for x in d.values()) + " |" for g in groups]
             md.append("")
     prof = r.get("depth_profile")
+    if prof and prof.get("unsupported"):
+        md += [f"No depth profile for {', '.join(prof['unsupported'])}: the backbone gives no per-layer features.", ""]
     for name, per_task in (prof or {}).get("models", {}).items():
         paths[f"depth_profile_{name}"] = out / f"depth_profile_{name}.png"
         plots.plot_depth_profile(paths[f"depth_profile_{name}"], prof["layers"],
@@ -198,3 +303,47 @@ def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[st
                for i, layer in enumerate(prof["layers"])]
         md.append("")
     return md
+
+
+def _grid_markdown(r: dict[str, Any]) -> list[str]:
+    """Per gridded variant and task: each weight combination's validation and test MAE (mean over split
+    seeds) and how often validation chose it."""
+    md: list[str] = []
+    for variant, per_task in r.get("grid", {}).items():
+        md += [f"## Penalty weights of {variant}: the search on the validation split", "",
+               "Every combination trained per split seed; per seed the lowest validation MAE is the variant's "
+               "result above. Validation / test MAE, mean over seeds; chosen: in how many seeds.", ""]
+        for t, e in per_task.items():
+            md += [f"| {t}: weights | validation MAE | test MAE | chosen |", "|---|---|---|---|"]
+            for p in e["points"].values():
+                w = p["weights"]
+                n = sum(c == w for c in e["chosen"].values())
+                md.append(f"| {', '.join(f'{k} {v:g}' for k, v in w.items())} | {np.mean(list(p['val_mae'].values())):.4g}"
+                          f" | {np.mean(list(p['test_mae'].values())):.4g} | {n} of {len(e['chosen'])} |")
+            md.append("")
+    return md
+
+
+def _drift_beside_paper(r: dict[str, Any]) -> list[str]:
+    """Where fine-tuning moved the weights (per recipe: the least and most drifted encoder groups)
+    beside what the MACE-MP fine-tuning paper states for its Fig. 2b (003/facts)."""
+    from tasksim_ray.papers import lookup
+
+    facts = lookup("003/facts")
+    rows = [(t, m, e[m]["drift"]) for t, e in r["targets"].items() for m in r["methods"] if "drift" in e[m]]
+    if not rows:
+        return []
+    md = ["### Layer drift beside the paper (Fig. 2b)", "",
+          f"The paper (no values printed): minimal drift in the first {facts.get('drift_minimal_layers').value} layers "
+          f"(\"{facts.get('drift_minimal_layers').quote}\"); larger drifts in the {facts.get('drift_largest').value}; a "
+          f"peak at the {facts.get('drift_peak_classification').value}. Ours, per recipe: the groups in order of drift.",
+          "", "| task | recipe | two least drifted (depth) | most drifted (depth) | first two groups least drifted? |",
+          "|---|---|---|---|---|"]
+    for t, m, drift in rows:
+        groups = list(drift)
+        order = sorted(groups, key=lambda g: drift[g])
+        low = ", ".join(f"{g} ({groups.index(g) + 1})" for g in order[:2])
+        first_two = set(order[:2]) == set(groups[:2])
+        md.append(f"| {t} | {m} | {low} | {order[-1]} ({groups.index(order[-1]) + 1} of {len(groups)}) | "
+                  f"{'yes' if first_two else 'no'} |")
+    return [*md, ""]

@@ -1,25 +1,36 @@
-"""The pre-train/fine-tune study (``tasksim ptft``): pairwise transfer against multi-property pretraining (MPT).
+"""The pre-train/fine-tune study (``tasksim ptft``): pairwise transfer against multi-property pretraining
+(MPT), after Devi, Butler & Sai Gautam.
 
-Per target: scratch; fine-tuning from each other task's model (the pairwise PT-FT gain matrix);
-and fine-tuning from one model pretrained on all other tasks at once (MPT: budgeted multi-task
-pretraining with a masked loss, the first split of ``transfer.budget``). Does MPT beat the best
-pairwise source, picked with hindsight? Targets in ``transfer.ood`` are never a source: they are
-the out-of-distribution check, fine-tuned from every in-distribution task and from MPT over all of
-them. Gains are reported on the learning-curve AUC and at the largest training size (the fixed
-fine-tuning size of the published study), paired by fold.
+Per target: scratch; fine-tuning from other tasks' models (every other in-distribution task, or the
+pairs ``transfer.ptft.pairs`` names: the pairwise PT-FT gain matrix); and fine-tuning from one model
+pretrained on all other in-distribution tasks at once (MPT: budgeted multi-task pretraining with a
+masked loss, the first split of ``transfer.budget``; ``ptft.mpt_added_layers`` hidden layers go
+before its fresh head, as the paper's MPT fine-tuning adds two). Every recipe runs at every
+``transfer.sizes`` (the fine-tuning-size sweep) on ``transfer.folds`` random samplings of the training
+split. Targets in ``transfer.ood`` are never a source: they are the out-of-distribution check,
+fine-tuned from every in-distribution task and from MPT over all of them, except the tasks sharing a
+``transfer.task_groups`` group with them (the same database, the same dimensionality). The
+pretraining-size sweep pretrains each ``ptft.pt_sources`` task alone on ``ptft.pt_sizes`` crystals and
+fine-tunes at the largest size. Gains are reported on the learning-curve AUC and at the largest size
+(the published study's fixed fine-tuning size), paired by fold.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.infra.cache import stable_hash
+from tasksim_ray.training.multitask import submit_subsets
+from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import fold_gains, mean_se, paired_difference
 from tasksim_ray.transfer.cells import Recipe
+from tasksim_ray.transfer.data import TransferData
 from tasksim_ray.transfer.report import curve_figures
 from tasksim_ray.transfer.study import SCRATCH, Context, Curves, Done, Job, Section, Study, curve_entry, curve_jobs
 
@@ -36,25 +47,70 @@ def size_gain(curves: Curves, target: str, label: str, size: int, folds: int) ->
     return 100 * (base - mae(label)) / base
 
 
+def sized_subset(data: TransferData, task: str, n: int) -> SubsetData:
+    """``task``'s pretraining data cut to the first ``n`` crystals of its pool (a random sample of its
+    training split), validated as its per-task model is."""
+    p = data.pool(task)
+    if len(p.rows) < n:
+        raise TasksimError(f"transfer.ptft.pt_sizes: task '{task}' has {len(p.rows)} pretraining crystals "
+                           f"(transfer.budget.pool_per_task caps the pool); {n} asked")
+    cut = TaskPool(task, p.rows[:n], p.pos[:n], p.y[:n], p.val_rows, p.val_pos, p.val_y)
+    return combine_pools(stable_hash(data.table.fingerprint(task, cut.rows, cut.val_rows)), [cut])
+
+
+def sweep_label(source: str, n: int) -> str:
+    return f"{source} (PT {n})"
+
+
 class PTFTStudy(Study):
     def plan(self, ctx: Context) -> list[Job]:
-        tc = ctx.run.cfg.transfer
-        targets = ctx.data.targets
-        missing = [t for t in tc.ood if t not in targets]
+        tc, p = ctx.run.cfg.transfer, ctx.run.cfg.transfer.ptft
+        everything = ctx.data.targets
+        missing = [t for t in tc.ood if t not in everything]
         if missing:
-            raise TasksimError(f"transfer.ood: {missing} are not among the study's targets {targets}")
-        self.in_dist = sources = [t for t in targets if t not in tc.ood]
+            raise TasksimError(f"transfer.ood: {missing} are not among the study's targets {everything}")
+        self.in_dist = sources = [t for t in everything if t not in tc.ood]
         if len(sources) < 2:
             raise TasksimError(f"the ptft study needs at least 2 in-distribution tasks, got {sources}")
+        named = [t for pair in (p.pairs or []) for t in pair] + p.pt_sources
+        if stray := sorted({t for t in named if t not in everything}):
+            raise TasksimError(f"transfer.ptft: {stray} are not among the study's tasks {everything}")
+        if bad := sorted(({s for _, s in p.pairs or []} | set(p.pt_sources)) & set(tc.ood)):
+            raise TasksimError(f"transfer.ptft: out-of-distribution task(s) {bad} cannot be a source")
+        paired = {t for t, _ in p.pairs or []}
+        self.targets = targets = [t for t in everything if p.pairs is None or t in paired or t in tc.ood]
+        # MPT pretrains on every in-distribution task but the target (for an OOD target: none sharing a group)
+        self.mpt_sources = {t: [s for s in sources if s != t and not (t in tc.ood and tc.shared_groups(t, s))]
+                            for t in targets}
+        self.mine = mine = {t: [s for a, s in p.pairs or [] if a == t] if t in paired else self.mpt_sources[t]
+                            for t in targets}
         self.split = split = tc.budget.resolved()[0]
         self.label = f"{MPT} {split[0]}x{split[1]}"
-        self.mine = mine = {t: [s for s in sources if s != t] for t in targets}
-        dirs = ctx.pretrain([(mine[t], split) for t in targets])
-        mpt = {t: Recipe("finetune", self.label, (str(d),)) for t, d in zip(targets, dirs)}
-        return [j for t in targets for j in curve_jobs(ctx, t, [SCRATCH, *[ctx.from_task(s) for s in mine[t]], mpt[t]])]
+        dirs = ctx.pretrain([(self.mpt_sources[t], split) for t in targets])
+        head = tc.finetune.model_copy(update={"added_layers": p.mpt_added_layers}) if p.mpt_added_layers else None
+        mpt = {t: Recipe("finetune", self.label, (str(d),), finetune=head) for t, d in zip(targets, dirs)}
+        jobs = [j for t in targets for j in curve_jobs(ctx, t, [SCRATCH, *[ctx.from_task(s) for s in mine[t]], mpt[t]])]
+        return jobs + self._pt_size_jobs(ctx)
+
+    def _pt_size_jobs(self, ctx: Context) -> list[Job]:
+        """Each swept source pretrained alone on each size, fine-tuned at the largest fine-tuning size
+        on every target it is a pairwise source of (single points, so they carry no curve size)."""
+        tc, p = ctx.run.cfg.transfer, ctx.run.cfg.transfer.ptft
+        assert isinstance(ctx.data, TransferData)
+        runs = [(s, n) for s in p.pt_sources for n in p.pt_sizes]
+        self.sweep = {sweep_label(s, n): (s, n) for s, n in runs}
+        if not runs:
+            return []
+        cfg = ctx.run.cfg
+        dirs, pending = submit_subsets(ctx.store_ref, [(sized_subset(ctx.data, s, n), (n, p.pt_epochs)) for s, n in runs],
+                                       cfg.model, tc.budget, cfg.seed, ctx.run.artifacts / "subset-models",
+                                       tc.num_cpus, tc.num_gpus)
+        ctx.pending |= pending
+        return [(replace(ctx.data.cell(t, f, tc.sizes[-1]), size=None), Recipe("finetune", sweep_label(s, n), (str(d),)))
+                for (s, n), d in zip(runs, dirs) for t in self.targets if s in self.mine[t] for f in range(tc.folds)]
 
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
-        tc, targets, sources, mine, label, curves = (ctx.run.cfg.transfer, ctx.data.targets, self.in_dist, self.mine,
+        tc, targets, sources, mine, label, curves = (ctx.run.cfg.transfer, self.targets, self.in_dist, self.mine,
                                                      self.label, done.curves)
         largest, folds = tc.sizes[-1], tc.folds
         auc_gain = np.full((len(targets), len(sources)), np.nan)
@@ -70,6 +126,9 @@ class PTFTStudy(Study):
             best = max(mine[t], key=lambda s: float(fix_g[s].mean()))
             per_target[t] = {
                 "ood": t in tc.ood, "curves": {r: curve_entry(curves, t, r) for r in ["scratch", *mine[t], label]},
+                "mpt_sources": self.mpt_sources[t], "excluded_by_group": sorted(set(sources) - {t}
+                                                                                - set(self.mpt_sources[t])),
+                "per_size": {r: _per_size(curves, t, r, tc.sizes) for r in ["scratch", *mine[t], label]},
                 "best_pairwise": best, "best_pairwise_gain": mean_se(fix_g[best]),
                 "mpt_gain": mean_se(fix_g[label]), "mpt_auc_gain": mean_se(auc_g[label]),
                 "mpt_vs_best_pairwise": paired_difference(fix_g[label], fix_g[best]),
@@ -78,20 +137,60 @@ class PTFTStudy(Study):
                 "pairs_beating_scratch": int(sum(fix_g[s].mean() > 0 for s in mine[t])), "pairs": len(mine[t])}
         ind = [e for e in per_target.values() if not e["ood"]]
         return {"targets": targets, "sources": sources, "ood": list(tc.ood), "split": list(self.split), "mpt": label,
-                "size": largest, "folds": folds, "auc_gain": auc_gain.tolist(), "fixed_gain": fixed_gain.tolist(),
-                "per_target": per_target,
+                "mpt_added_layers": tc.ptft.mpt_added_layers, "task_groups": dict(tc.task_groups),
+                "size": largest, "sizes": list(tc.sizes), "folds": folds, "auc_gain": auc_gain.tolist(),
+                "fixed_gain": fixed_gain.tolist(), "per_target": per_target,
+                "pt_size_sweep": self._sweep_summary(done, curves, largest, folds),
                 "pairs_beating_scratch": sum(e["pairs_beating_scratch"] for e in per_target.values()),
                 "pairs": sum(e["pairs"] for e in per_target.values()),
                 "mpt_beats_best_pairwise": sum(e["mpt_beats_best_pairwise"] for e in ind),
                 "in_distribution_targets": len(ind)}
 
+    def _sweep_summary(self, done: Done, curves: Curves, largest: int, folds: int) -> list[dict[str, Any]]:
+        """Per (source, target): the gain over scratch at the largest fine-tuning size (%, per fold and
+        mean ± SE) for each pretraining size, and for the source's per-task model (its whole pool)."""
+        out = []
+        for source in dict.fromkeys(s for s, _ in self.sweep.values()):
+            for t in [t for t in self.targets if source in self.mine[t]]:
+                base = {c["fold"]: c["test_mae"] for c in curves[(t, "scratch")]["cells"] if c["size"] == largest}
+                arms = {}
+                for lbl, (s, n) in self.sweep.items():
+                    if s == source:
+                        mae = {c["fold"]: c["test_mae"] for c in done.cells if c["target"] == t and c["recipe"] == lbl}
+                        arms[str(n)] = [100 * (base[f] - mae[f]) / base[f] for f in range(folds)]
+                arms["per-task model"] = size_gain(curves, t, source, largest, folds).tolist()
+                out.append({"source": source, "target": t,
+                            "gain": {n: {"values": g, "mean": mean_se(g)[0], "se": mean_se(g)[1]} for n, g in arms.items()}})
+        return out
+
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
         figures: dict[str, Path] = {}
-        md = ptft_markdown(out, result, figures)
+        md = ptft_markdown(out, result, figures) + sweeps_markdown(result)
         shown = {t: {k: e["curves"][k] for k in ("scratch", e["best_pairwise"], result["mpt"])}
                  for t, e in result["per_target"].items()}
         figures |= curve_figures(out, "ptft", shown, ctx.data.units)
         return Section(md, figures)
+
+    def paper_rows(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Test MAE (mean, std, folds) per target and recipe at the largest fine-tuning size, under
+        the target's name, and at every size under ``<target>@<size>``; MPT is ``mpt``, a pairwise
+        source its task name (``transfer.paper_tables``' ``methods`` maps the paper's columns)."""
+        rows: dict[str, Any] = {}
+        for t, e in result["per_target"].items():
+            for size in result["sizes"]:
+                rows[f"{t}@{size}"] = {("mpt" if r == result["mpt"] else r): x[str(size)]
+                                       for r, x in e["per_size"].items()}
+            rows[t] = rows[f"{t}@{result['size']}"]
+        return rows
+
+
+def _per_size(curves: Curves, target: str, label: str, sizes: list[int]) -> dict[str, dict[str, Any]]:
+    """Test MAE per fine-tuning size: mean, std (numpy's) and number of folds."""
+    out = {}
+    for n in sizes:
+        v = np.array([c["test_mae"] for c in curves[(target, label)]["cells"] if c["size"] == n])
+        out[str(n)] = {"mean": float(v.mean()), "std": float(v.std()), "seeds": int(v.size)}
+    return out
 
 
 def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[str]:
@@ -104,10 +203,15 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
     plots.plot_gain_heatmap(paths["ptft_gain"], r["sources"], np.array(r["fixed_gain"]) / 100,
                             f"PT-FT gain (%) at {r['size']} training points", targets=r["targets"],
                             label=f"test-MAE gain over scratch at n = {r['size']} (%)")
+    head = f", fine-tuned with {r['mpt_added_layers']} added hidden layers before its head" if r["mpt_added_layers"] else ""
+    groups = "; ".join(f"{g}: {', '.join(m)}" for g, m in r["task_groups"].items())
     md = ["## Pre-train / fine-tune: pairwise sources and multi-property pretraining", "",
           f"Gain: relative test-MAE improvement over scratch at {r['size']} fine-tuning points (%), mean over "
-          f"folds. MPT: one model pretrained on all other in-distribution tasks at once, budget {n} samples x "
-          f"{e} epochs, masked loss. Out-of-distribution targets (never a source): {', '.join(r['ood']) or 'none'}.",
+          f"{r['folds']} fold(s) (random samplings of the training split). MPT: one model pretrained on all other "
+          f"in-distribution tasks at once, budget {n} samples x {e} epochs, masked loss{head}. Out-of-distribution "
+          f"targets (never a source): {', '.join(r['ood']) or 'none'}" + (f"; task groups ({groups}): an OOD target "
+                                                                           "takes no source sharing a group with it"
+                                                                           if groups else "") + ".",
           "", "| target \\ source | " + " | ".join(r["sources"]) + " |", "|---" * (len(r["sources"]) + 1) + "|"]
     md += [f"| {t} | " + " | ".join("-" if v is None or np.isnan(v) else f"{v:.1f}" for v in row) + " |"
            for t, row in zip(r["targets"], r["fixed_gain"])]
@@ -122,5 +226,38 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
                   f"{gain(x['mpt_gain'])} | {diff} | {'yes' if d['differ'] else 'no'} | "
                   f"{'yes' if x['mpt_beats_every_pairwise'] else 'no'} |")
     md += ["", f"MPT beats the best pairwise source on {r['mpt_beats_best_pairwise']} of "
-               f"{r['in_distribution_targets']} in-distribution targets.", ""]
-    return md
+               f"{r['in_distribution_targets']} in-distribution targets."]
+    for t, x in r["per_target"].items():
+        if x["ood"]:
+            md.append(f"MPT for {t} pretrained on: {', '.join(x['mpt_sources'])}"
+                      + (f" (left out by task group: {', '.join(x['excluded_by_group'])})" if x["excluded_by_group"]
+                         else "") + ".")
+    return [*md, ""]
+
+
+def sweeps_markdown(r: dict[str, Any]) -> list[str]:
+    """The fine-tuning-size sweep (test MAE per size and recipe, the paper's Fig. 4) and the
+    pretraining-size sweep (gain at the largest size per pretraining size, its Fig. 5a, b)."""
+    sizes = [str(n) for n in r["sizes"]]
+    md = ["## Fine-tuning size sweep", "",
+          f"Test MAE (task units) per fine-tuning size, mean ± std over {r['folds']} fold(s); % = change against "
+          "scratch at that size (positive: lower MAE).", "",
+          "| target | recipe | " + " | ".join(sizes) + " |", "|---|---" + "|---" * len(sizes) + "|"]
+    for t, x in r["per_target"].items():
+        base = x["per_size"]["scratch"]
+        for rec, per in x["per_size"].items():
+            cells = [f"{per[n]['mean']:.4g} ± {per[n]['std']:.2g}" + ("" if rec == "scratch" else
+                     f" ({100 * (base[n]['mean'] - per[n]['mean']) / base[n]['mean']:+.1f}%)") for n in sizes]
+            md.append(f"| {t} | {rec} | " + " | ".join(cells) + " |")
+    if r["pt_size_sweep"]:
+        arms = list(r["pt_size_sweep"][0]["gain"])
+        md += ["", "## Pretraining size sweep", "",
+               f"Gain over scratch at {r['size']} fine-tuning points (%), mean ± SE over folds, per number of "
+               "crystals the source was pretrained on alone (`per-task model`: the pipeline's model of the source, "
+               "its whole training split, trained to early stopping).", "",
+               "| source -> target | " + " | ".join(f"PT {a}" if a[0].isdigit() else a for a in arms) + " |",
+               "|---" * (len(arms) + 1) + "|"]
+        for s in r["pt_size_sweep"]:
+            md.append(f"| {s['source']} -> {s['target']} | "
+                      + " | ".join(f"{g['mean']:.1f} ± {g['se']:.1f}" for g in s["gain"].values()) + " |")
+    return [*md, ""]
