@@ -232,21 +232,24 @@ class _GatedEdgeSum(torch.autograd.Function):
             torch.mm(h[:, i], weight[i, :, a:2 * a].t(), out=terms[1][:, cols])
         w_bond = weight[:, :, 2 * a:].reshape(width, -1)
 
+        rows = chunks[0].stop - chunks[0].start
+        temp = h.new_empty(3, rows, width)  # per-chunk scratch: y, then the messages and their partial sums
+        partial = h.new_empty(len(chunks), 2, width)  # per-chunk sums, added up in float64 at the end
+
         def pre_activation(s: slice) -> Tensor:
             g = torch.addmm(bias, edge_attr[s], w_bond.t(), out=None if kept is None else kept[0, s])
             centres.add_to(g, terms[0], s)
-            g += terms[1].index_select(0, nbr[s])
-            return g
+            return g.add_(terms[1].index_select(0, nbr[s]))
 
         pre: list[Tensor] = []
-        if running is None:  # training: this batch's mean and variance, summed in float64
-            moments = torch.zeros(2, width, dtype=torch.float64)
-            for s in chunks:
-                pre.append(pre_activation(s))
-                moments[0] += pre[-1].sum(0)
-                moments[1] += (pre[-1] * pre[-1]).sum(0)
-            mean64 = moments[0] / n_edges
-            mean, var = mean64.float(), (moments[1] / n_edges - mean64 ** 2).clamp(min=0).float()
+        if running is None:  # training: this batch's mean and variance
+            for i, s in enumerate(chunks):
+                g = pre_activation(s)
+                torch.sum(g, 0, out=partial[i, 0])
+                torch.sum(torch.mul(g, g, out=temp[0, :len(g)]), 0, out=partial[i, 1])
+                pre.append(g)
+            moments = partial.double().sum(0) / n_edges
+            mean, var = moments[0].float(), (moments[1] - moments[0] ** 2).clamp(min=0).float()
         else:
             mean, var = running
         invstd = (var + eps).rsqrt()
@@ -255,17 +258,21 @@ class _GatedEdgeSum(torch.autograd.Function):
             per_atom.zero_()
         for i, s in enumerate(chunks):
             g = pre[i] if pre else pre_activation(s)
+            n = len(g)
             xhat = torch.addcmul(-mean * invstd, g, invstd, out=g)
-            f, c = _halves(torch.addcmul(beta, xhat, gamma), k)
-            sf, sp = torch.sigmoid(f), F.softplus(c)
-            centres.sum_into(out, (sf * sp).view(len(g), -1), s)
+            f, c = _halves(torch.addcmul(beta, xhat, gamma, out=temp[0, :n]), k)
+            sf, sp = _halves(temp[1, :n], k)
+            torch.sigmoid(f, out=sf)
+            torch.ops.aten.softplus.out(c, 1, 20, out=sp)
+            message = temp[2].view(-1)[:n * width // 2].view(n, k, a)
+            centres.sum_into(out, torch.mul(sf, sp, out=message).view(n, -1), s)
             if kept is not None:  # d message / d f = softplus(c) sigmoid'(f); d message / d c = sigmoid(f) sigmoid(c)
                 d = kept[1, s]
                 d_f, d_c = _halves(d, k)
                 torch.ops.aten.sigmoid_backward.grad_input(sp, sf, grad_input=d_f)
-                torch.mul(sf, torch.sigmoid(c), out=d_c)  # softplus' = sigmoid (1.0 in float32 from 17 on)
+                torch.mul(sf, torch.sigmoid(c, out=sp), out=d_c)  # softplus' = sigmoid (1.0 in float32 from 17 on)
                 centres.sum_into(per_atom[0], d, s)
-                centres.sum_into(per_atom[1], d * xhat, s)
+                centres.sum_into(per_atom[1], torch.mul(d, xhat, out=temp[2, :n]), s)
         if keep:
             ctx.save_for_backward(h, edge_attr, gamma, invstd, centre, nbr, kept, per_atom, terms)
         ctx.training = running is None
@@ -289,19 +296,20 @@ class _GatedEdgeSum(torch.autograd.Function):
         scaled = torch.mul(grad, scale.view(k, 2, a), out=per_atom[0].view(n_atoms, k, 2, a))
         d_terms.zero_()  # the atom terms' memory, now their gradients
         d_bond = grad_out.new_zeros(edge_attr.shape[1], len(gamma))
-        d_bias = torch.zeros(len(gamma), dtype=torch.float64)
-        for s in centres.chunks(len(gamma)):
+        chunks = centres.chunks(len(gamma))
+        d_bias = grad_out.new_empty(len(chunks), len(gamma))  # per chunk, added up in float64
+        for i, s in enumerate(chunks):
             xhat, dy = kept[0, s], kept[1, s]
             centres.mul_to(dy.view(len(dy), k, 2, a), scaled, s)
             if ctx.training:
                 dy.add_(shift).addcmul_(xhat, slope)
             d_bond.addmm_(edge_attr[s].t(), dy)
-            d_bias += dy.sum(0)
+            torch.sum(dy, 0, out=d_bias[i])
             centres.sum_into(d_terms[0], dy, s)
             d_terms[1].index_add_(0, nbr[s], dy)
         d_weight = torch.cat([torch.stack([d_terms[j][:, i * 2 * a:(i + 1) * 2 * a].t() @ h[:, i] for i in range(k)])
                               for j in (0, 1)] + [d_bond.t().reshape(k, 2 * a, -1)], 2)
-        return None, None, d_weight, d_bias.float(), sums[1], sums[0], *[None] * 5
+        return None, None, d_weight, d_bias.double().sum(0).float(), sums[1], sums[0], *[None] * 5
 
 
 def stacked_convs(convs: list[ConvLayer], h: Tensor, edge_index: Tensor, edge_attr: Tensor,
