@@ -6,7 +6,8 @@
   ``mkdocs build --strict`` fails until it gets one.
 - ``reference/cli.md``: every ``tasksim`` verb by help panel, with its help and options.
 - ``results/...``, ``benchmarks/README.md``, ``cluster/README.md``: the repository's own pages,
-  under the same relative paths, so their links to each other work in both places.
+  under the same relative paths, so their links to each other work in both places (a results
+  page's figures, config and JSON come with it).
 """
 
 from __future__ import annotations
@@ -173,4 +174,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         generated[str(page.relative_to(ROOT))] = page.read_text(encoding="utf-8")
     for uri, content in generated.items():
         files.append(File.generated(config, uri, content=content))
+    for path in sorted((ROOT / "results").glob("*/*")):  # what a results page links: figures, config, JSON
+        if path.is_file() and path.suffix in (".png", ".yaml", ".json"):
+            files.append(File.generated(config, str(path.relative_to(ROOT)), abs_src_path=str(path)))
     return files

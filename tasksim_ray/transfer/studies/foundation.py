@@ -20,6 +20,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -201,13 +202,15 @@ class FoundationStudy(MethodsStudy):
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
         """The methods study's summary with each gridded variant as one method: per task and split
         seed, its grid point with the lowest validation MAE (every point's cost counts)."""
-        expanded, grid = self.methods, self.grid
+        expanded, grid = self.by_target, self.grid
         chosen, search = select_grid(done.cells, grid)
-        self.methods = {}
-        for label, recipe in expanded.items():
-            self.methods.setdefault(grid[label][0] if label in grid else label, recipe)
+        self.by_target = {t: {} for t in expanded}
+        for t, arms in expanded.items():
+            for label, recipes in arms.items():
+                variant = grid[label][0] if label in grid else label
+                self.by_target[t].setdefault(variant, [replace(recipes[0], label=variant)])
         result = super().summarise(ctx, Done(chosen, done.sizes, done.folds))
-        self.methods = expanded
+        self.by_target = expanded
         for variant in {v for v, _ in grid.values()}:
             mine = [c for c in done.cells if c["recipe"] in grid and grid[c["recipe"]][0] == variant]
             result["cost"][variant] = {"cells": len(mine), "epochs": float(np.mean([c["epochs_run"] for c in mine])),

@@ -139,6 +139,7 @@ class PTFTStudy(Study):
         return {"targets": targets, "sources": sources, "ood": list(tc.ood), "split": list(self.split), "mpt": label,
                 "mpt_added_layers": tc.ptft.mpt_added_layers, "task_groups": dict(tc.task_groups),
                 "size": largest, "sizes": list(tc.sizes), "folds": folds, "auc_gain": auc_gain.tolist(),
+                "label_std": {t: float(np.nanstd(ctx.data.table.labels(t))) for t in targets},
                 "fixed_gain": fixed_gain.tolist(), "per_target": per_target,
                 "pt_size_sweep": self._sweep_summary(done, curves, largest, folds),
                 "pairs_beating_scratch": sum(e["pairs_beating_scratch"] for e in per_target.values()),
@@ -174,12 +175,17 @@ class PTFTStudy(Study):
     def paper_rows(self, result: dict[str, Any]) -> dict[str, Any]:
         """Test MAE (mean, std, folds) per target and recipe at the largest fine-tuning size, under
         the target's name, and at every size under ``<target>@<size>``; MPT is ``mpt``, a pairwise
-        source its task name (``transfer.paper_tables``' ``methods`` maps the paper's columns)."""
+        source its task name (``transfer.paper_tables``' ``methods`` maps the paper's columns). The
+        same divided by the target's label std, ``<target>@<size>/std``: the paper's MAEs are on
+        standardised labels, so a table in those units is aliased to these rows."""
         rows: dict[str, Any] = {}
         for t, e in result["per_target"].items():
+            scale = result["label_std"][t]
             for size in result["sizes"]:
                 rows[f"{t}@{size}"] = {("mpt" if r == result["mpt"] else r): x[str(size)]
                                        for r, x in e["per_size"].items()}
+                rows[f"{t}@{size}/std"] = {r: x | {"mean": x["mean"] / scale, "std": x["std"] / scale}
+                                           for r, x in rows[f"{t}@{size}"].items()}
             rows[t] = rows[f"{t}@{result['size']}"]
         return rows
 
