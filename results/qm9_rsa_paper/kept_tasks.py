@@ -52,8 +52,8 @@ def main() -> None:
         changes = "; ".join(f"{a}-{b} {corr.loc[a, b]:+.2f} -> {trimmed.corr().loc[a, b]:+.2f}" for a, b in shown)
         print(f"\nWithout the {int((~keep).sum())} molecules above the {args.quantile} quantile of "
               f"{', '.join(args.trim)} ({changes or 'no pair crosses the threshold'}): {kept_line(trimmed, thr)}.")
-        spear = labels[args.trim + [b for _, b in shown]].corr(method="spearman")
-        print(f"\nSpearman on all training molecules: " + "; ".join(
+        spear = labels[list(dict.fromkeys(args.trim + [b for _, b in shown]))].corr(method="spearman")
+        print("\nSpearman on all training molecules: " + "; ".join(
             f"{a}-{b} {spear.loc[a, b]:+.2f}" for a, b in shown) + ".")
 
 
