@@ -241,6 +241,8 @@ def _pull_from_driver(kind: str, name: str) -> bool:
     from ray import cloudpickle
     from ray.experimental import internal_kv
 
+    if not internal_kv._internal_kv_initialized():  # Ray up but this process has no GCS client (yet)
+        return False
     payload = internal_kv._internal_kv_get(_kv_key(), namespace=_KV_NAMESPACE)
     if not payload:
         return False

@@ -39,7 +39,12 @@ def cluster() -> Iterator[Any]:
         c.add_node(num_cpus=2)
     c.wait_for_nodes()
     yield c
-    c.shutdown()
+    c.shutdown()  # also drops this process's internal-KV client, which the session's local Ray still uses
+    import ray
+    from ray.experimental import internal_kv
+
+    if ray.is_initialized():
+        internal_kv._initialize_internal_kv(ray._private.worker.global_worker.gcs_client)
 
 
 def _events(log: Path) -> list[dict[str, Any]]:
