@@ -116,8 +116,8 @@ class PipelineConfig(Strict):
                                  f"(rsa, cka, cmd){'; not ' + str(needs_data) if needs_data else ''}")
         csi, known = self.similarity.dataset_features.model, self.tasks or self.data.targets
         if csi and csi not in FOUNDATION_MODELS and known is not None and csi not in known:
-            raise ValueError(f"similarity.dataset_features.model '{csi}' is neither a task ({', '.join(known)}) nor a registered "
-                             f"foundation model ({', '.join(FOUNDATION_MODELS.names())})")
+            raise ValueError(f"similarity.dataset_features.model '{csi}' is neither a task ({', '.join(known)}) "
+                             f"nor a registered foundation model ({', '.join(FOUNDATION_MODELS.names())})")
         if self.tasks is not None and (stray := [t for t in self.transfer.ood if t not in self.tasks]):
             raise ValueError(f"transfer.ood: {stray} are not among tasks {self.tasks}")
         if self.transfer.folds > self.preprocess.n_folds:

@@ -217,7 +217,8 @@ class RecipeConfig(_Strict):
     def _fields_match_kind(self) -> RecipeConfig:
         given = {f for f in ("source", "sources", "experts") if getattr(self, f) is not None} | (
             {"moe"} if self.moe else set())
-        allowed = {"scratch": set(), "finetune": {"source"}, "best_of": {"sources"}, "moe": {"experts", "moe"}}[self.kind]
+        allowed = {"scratch": set(), "finetune": {"source"}, "best_of": {"sources"},
+                   "moe": {"experts", "moe"}}[self.kind]
         if given - allowed:
             raise ValueError(f"a {self.kind} recipe takes no {', '.join(sorted(given - allowed))}")
         needed = {"finetune": "source", "best_of": "sources"}.get(self.kind)

@@ -255,7 +255,8 @@ def select_grid(cells: list[dict[str, Any]], grid: dict[str, tuple[str, dict[str
         entry = search.setdefault(variant, {}).setdefault(target, {"points": {}, "chosen": {}})
         entry["chosen"][str(seed)] = grid[best["recipe"]][1]
         for c in points:
-            p = entry["points"].setdefault(c["recipe"], {"weights": grid[c["recipe"]][1], "val_mae": {}, "test_mae": {}})
+            p = entry["points"].setdefault(c["recipe"], {"weights": grid[c["recipe"]][1], "val_mae": {},
+                                                         "test_mae": {}})
             p["val_mae"][str(seed)], p["test_mae"][str(seed)] = c["val_mae"], c["test_mae"]
     return out, search
 
@@ -321,8 +322,9 @@ def _grid_markdown(r: dict[str, Any]) -> list[str]:
             for p in e["points"].values():
                 w = p["weights"]
                 n = sum(c == w for c in e["chosen"].values())
-                md.append(f"| {', '.join(f'{k} {v:g}' for k, v in w.items())} | {np.mean(list(p['val_mae'].values())):.4g}"
-                          f" | {np.mean(list(p['test_mae'].values())):.4g} | {n} of {len(e['chosen'])} |")
+                val, test = np.mean(list(p["val_mae"].values())), np.mean(list(p["test_mae"].values()))
+                md.append(f"| {', '.join(f'{k} {v:g}' for k, v in w.items())} | {val:.4g} | {test:.4g} | "
+                          f"{n} of {len(e['chosen'])} |")
             md.append("")
     return md
 
@@ -336,10 +338,12 @@ def _drift_beside_paper(r: dict[str, Any]) -> list[str]:
     rows = [(t, m, e[m]["drift"]) for t, e in r["targets"].items() for m in r["methods"] if "drift" in e[m]]
     if not rows:
         return []
+    minimal, largest, peak = (facts.get(k) for k in ("drift_minimal_layers", "drift_largest",
+                                                      "drift_peak_classification"))
     md = ["### Layer drift beside the paper (Fig. 2b)", "",
-          f"The paper (no values printed): minimal drift in the first {facts.get('drift_minimal_layers').value} layers "
-          f"(\"{facts.get('drift_minimal_layers').quote}\"); larger drifts in the {facts.get('drift_largest').value}; a "
-          f"peak at the {facts.get('drift_peak_classification').value}. Ours, per recipe: the groups in order of drift.",
+          f"The paper (no values printed): minimal drift in the first {minimal.value} layers "
+          f"(\"{minimal.quote}\"); larger drifts in the {largest.value}; a "
+          f"peak at the {peak.value}. Ours, per recipe: the groups in order of drift.",
           "", "| task | recipe | two least drifted (depth) | most drifted (depth) | first two groups least drifted? |",
           "|---|---|---|---|---|"]
     for t, m, drift in rows:

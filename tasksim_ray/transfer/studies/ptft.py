@@ -102,11 +102,12 @@ class PTFTStudy(Study):
         if not runs:
             return []
         cfg = ctx.run.cfg
-        dirs, pending = submit_subsets(ctx.store_ref, [(sized_subset(ctx.data, s, n), (n, p.pt_epochs)) for s, n in runs],
-                                       cfg.model, tc.budget, cfg.seed, ctx.run.artifacts / "subset-models",
-                                       tc.num_cpus, tc.num_gpus)
+        subsets = [(sized_subset(ctx.data, s, n), (n, p.pt_epochs)) for s, n in runs]
+        dirs, pending = submit_subsets(ctx.store_ref, subsets, cfg.model, tc.budget, cfg.seed,
+                                       ctx.run.artifacts / "subset-models", tc.num_cpus, tc.num_gpus)
         ctx.pending |= pending
-        return [(replace(ctx.data.cell(t, f, tc.sizes[-1]), size=None), Recipe("finetune", sweep_label(s, n), (str(d),)))
+        return [(replace(ctx.data.cell(t, f, tc.sizes[-1]), size=None),
+                 Recipe("finetune", sweep_label(s, n), (str(d),)))
                 for (s, n), d in zip(runs, dirs) for t in self.targets if s in self.mine[t] for f in range(tc.folds)]
 
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
@@ -160,8 +161,8 @@ class PTFTStudy(Study):
                         mae = {c["fold"]: c["test_mae"] for c in done.cells if c["target"] == t and c["recipe"] == lbl}
                         arms[str(n)] = [100 * (base[f] - mae[f]) / base[f] for f in range(folds)]
                 arms["per-task model"] = size_gain(curves, t, source, largest, folds).tolist()
-                out.append({"source": source, "target": t,
-                            "gain": {n: {"values": g, "mean": mean_se(g)[0], "se": mean_se(g)[1]} for n, g in arms.items()}})
+                gains = {n: {"values": g, "mean": mean_se(g)[0], "se": mean_se(g)[1]} for n, g in arms.items()}
+                out.append({"source": source, "target": t, "gain": gains})
         return out
 
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
@@ -209,7 +210,8 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
     plots.plot_gain_heatmap(paths["ptft_gain"], r["sources"], np.array(r["fixed_gain"]) / 100,
                             f"PT-FT gain (%) at {r['size']} training points", targets=r["targets"],
                             label=f"test-MAE gain over scratch at n = {r['size']} (%)")
-    head = f", fine-tuned with {r['mpt_added_layers']} added hidden layers before its head" if r["mpt_added_layers"] else ""
+    added = r["mpt_added_layers"]
+    head = f", fine-tuned with {added} added hidden layers before its head" if added else ""
     groups = "; ".join(f"{g}: {', '.join(m)}" for g, m in r["task_groups"].items())
     md = ["## Pre-train / fine-tune: pairwise sources and multi-property pretraining", "",
           f"Gain: relative test-MAE improvement over scratch at {r['size']} fine-tuning points (%), mean over "

@@ -77,7 +77,8 @@ def source_recommendation(ctx: Context, sources: dict[str, Recipe], cells: list[
     def gain(t: str, recipe: Recipe, s: int) -> float:
         return 100 * (mae[(t, scratch, s)] - mae[(t, recipe.label, s)]) / mae[(t, scratch, s)]
 
-    per_fold = {t: {name: np.array([gain(t, r, s) for s in seeds]) for name, r in sources.items()} for t in data.targets}
+    per_fold = {t: {name: np.array([gain(t, r, s) for s in seeds]) for name, r in sources.items()}
+                for t in data.targets}
     rec = recommend_report({"logme": scores}, per_fold, {}, dict.fromkeys(sources, float("nan")), ctx.run.cfg.seed)
     rec["gain"] = "test MAE improvement over scratch, % of scratch MAE, mean over split seeds"
     labels = {r.label for r in sources.values()}
