@@ -165,9 +165,11 @@ class HostGroup:
         actor = ray.remote(ModelHost)
         self.created = time.time()
         self.calls = 0  # map calls so far: the first one pays the start-up
+        # a host whose node dies (even one placed there before Ray noticed) restarts on another node
+        # and its batches run again there: embedding a batch is a pure function of it
         self.hosts = [actor.options(num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus,
-                                    scheduling_strategy=where).remote(budget, self.plan.threads)
-                      for where in spread(self.plan)]
+                                    scheduling_strategy=where, max_restarts=2, max_task_retries=2)
+                      .remote(budget, self.plan.threads) for where in spread(self.plan)]
 
     def map(self, batches: Iterable[list[bytes]], models: dict[str, str], layer: str = "graph",
             in_flight: int = 3) -> Iterator[Embedded]:
@@ -185,7 +187,15 @@ class HostGroup:
             yield resources.get(ref, "a model host", shape, guard)
 
     def stats(self) -> list[dict[str, Any]]:
-        return ray.get([h.stats.remote() for h in self.hosts])
+        """Each reachable host's counters. They are telemetry: a host whose node died after its
+        batches came back (the batches themselves raise if lost) is left out, not an error."""
+        out = []
+        for ref in [h.stats.remote() for h in self.hosts]:
+            try:
+                out.append(ray.get(ref))
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                continue
+        return out
 
     def startup(self, stats: list[dict[str, Any]]) -> dict[str, float]:
         """The slowest host's start-up from the group's creation, read from the hosts' ``stats``:

@@ -106,10 +106,10 @@ def embed_table(table: Path, model_dirs: dict[str, Path], cfg: EmbedConfig, out_
             timings["stream_s"] = time.perf_counter() - clock
             timings |= {f"driver_{k}_s": v for k, v in seconds.items()}
             timings["hosts"] = group.stats()
-            if fresh:  # this call started the hosts: how long their processes and imports took
+            if fresh and timings["hosts"]:  # this call started the hosts: how long their processes and imports took
                 timings["host_startup"] = group.startup(timings["hosts"])
             timings["host_seconds"] = {k: round(sum(h["seconds"][k] for h in timings["hosts"]), 3)
-                                       for k in timings["hosts"][0]["seconds"]}  # summed over the hosts
+                                       for k in (timings["hosts"][0]["seconds"] if timings["hosts"] else {})}
     finally:
         if writer is not None:
             writer.close()
