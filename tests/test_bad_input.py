@@ -114,7 +114,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_trained(tmp_path: Path, name: 
     if extra[:1] == ["CONFIG"]:
         config, extra = extra[1], []
     result = CliRunner().invoke(app, ["run", config, "--set", f"workdir={workdir}", *extra])
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # warnings are lines of their own (a 120-row table cannot meet tiny.yaml's train.n_train: 300)
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("warning: ")]
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     artifacts = workdir / "artifacts"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
+from rich.markup import escape
 
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra import interrupts
@@ -27,6 +29,20 @@ console = Console()
 if not console.is_terminal:  # a log file or a pipe: wide enough for a 10-task similarity table
     console.width = 120
 err_console = Console(stderr=True)
+
+
+class _WarningLines(logging.Handler):
+    """The library's warnings (a size the data cannot meet, a repeated id) as one yellow line each on
+    stderr, printed through the console at emit time (so a captured stderr sees them too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(record.getMessage())}", highlight=False,
+                          soft_wrap=True)
+
+
+_library_log = logging.getLogger("tasksim_ray")
+if not any(isinstance(h, _WarningLines) for h in _library_log.handlers):
+    _library_log.addHandler(_WarningLines(logging.WARNING))
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML experiment config", metavar="CONFIG")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE",

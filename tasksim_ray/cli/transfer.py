@@ -4,6 +4,7 @@ studies a config names) and one verb per registered study, generated from ``regi
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -88,6 +89,10 @@ def _study(config: Path, sets: list[str] | None, studies: list[str] | None, **kw
         from tasksim_ray.transfer.runner import run_transfer
 
         cfg = _load(config, sets)
+        if not studies and not cfg.transfer.studies:  # no silent default: say what runs and how to choose
+            logging.getLogger("tasksim_ray.cli").warning(
+                "transfer.studies is not set: running the default studies %s (name them in transfer.studies to "
+                "choose)", ", ".join(cfg.transfer.study_names()))
         result = run_transfer(cfg, studies or cfg.transfer.study_names(), console, **kw)
     md = Path(result["paths"]["markdown"])
     console.print(md.read_text(), markup=False, highlight=False, soft_wrap=True)

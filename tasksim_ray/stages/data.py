@@ -11,6 +11,7 @@ import numpy as np
 
 from tasksim_ray.data import probes
 from tasksim_ray.data.preprocess import filter_correlated, given_split, split_molecules
+from tasksim_ray.data.sizes import report_shortfall
 from tasksim_ray.data.sources import load_tasks
 from tasksim_ray.data.tasks import TABLE_FILE, TaskTable, check_table, labelled_rows
 from tasksim_ray.errors import TasksimError
@@ -67,9 +68,28 @@ def stage_preprocess(run: Run, tasks: Stage) -> Stage:
     return run.stage("preprocess", [tasks.key, cfg.preprocess.model_dump(), cfg.seed, *given], build)
 
 
+def report_pretrain_sizes(run: Run, tasks: Stage, prep: Stage) -> None:
+    """``train.n_train`` / ``train.n_val`` beyond a task's labelled molecules in its split: a warning
+    (the model trains on what there is; ``data.sizes``' rule), on every run, cached or not."""
+    t = run.cfg.train
+    asked = {"n_train": t.n_train, "n_val": t.n_val}
+    if not any(asked.values()):
+        return
+    table = TaskTable.in_folder(tasks.path)
+    split = np.load(prep.path / "split.npz")
+    parts = {"n_train": (split["folds"][t.fold], "labelled training molecules per task"),
+             "n_val": (split["val"], "labelled validation molecules per task")}
+    for key, n in asked.items():
+        if n:
+            rows, what = parts[key]
+            counts = {task: int(np.isfinite(table.labels(task)[rows]).sum()) for task in prep.manifest["kept"]}
+            report_shortfall(f"train.{key}", n, counts, what)
+
+
 def stage_featurize(run: Run, tasks: Stage, prep: Stage) -> Stage:
     """Graphs of every molecule some task trains or validates on (once, shared by all tasks)."""
     cfg = run.cfg
+    report_pretrain_sizes(run, tasks, prep)
 
     def build(out: Path) -> dict[str, Any]:
         table = TaskTable.in_folder(tasks.path)

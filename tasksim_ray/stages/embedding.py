@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from tasksim_ray.data import probes
+from tasksim_ray.data.sizes import report_shortfall, was_set
 from tasksim_ray.data.tasks import ID as TABLE_ID
 from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.embedding.service import (
@@ -61,6 +62,8 @@ def stage_probe(run: Run, tasks: Stage | None, prep: Stage | None) -> Stage:
         test_rows = np.load(prep.path / "split.npz")["test"]
         inputs, ids = probes.holdout_probes(table, test_rows, cfg.probe.size, cfg.seed)
         kind = table.kind
+    report_shortfall("probe.size", cfg.probe.size, len(inputs), f"probes ({cfg.probe.path or 'test split'})",
+                     explicit=was_set(cfg.probe, "size"))
 
     def build(out: Path) -> dict[str, Any]:
         frame, report = graph_table(inputs, ids, kind, f"probe set {cfg.probe.path or 'holdout'}", cfg.data.graph)
@@ -139,6 +142,9 @@ def stage_dataset_features(run: Run, feats: Stage, models: dict[str, PretrainedM
         graphs = unpack_graphs(torch.load(feats.path / "graphs.pt", weights_only=True))
         rng = np.random.default_rng(run.cfg.seed)
         ids, blobs = [], []
+        have = {task: len(rows[task]["train"]) for task in models}
+        report_shortfall("similarity.dataset_features.per_task", settings.per_task, have,
+                         "training inputs per task", explicit=was_set(settings, "per_task"))
         for task in models:
             pos = np.array(rows[task]["train"], dtype=int)
             pick = np.sort(rng.choice(pos, size=min(settings.per_task, pos.size), replace=False))

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from tasksim_ray.config import SplitConfig
+from tasksim_ray.data.sizes import report_shortfall, was_set
 from tasksim_ray.data.splits import load_splits
 from tasksim_ray.data.tasks import ID, TaskTable, labelled_rows
 from tasksim_ray.embedding.hosts import is_node_layer
@@ -74,10 +75,8 @@ def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
             for part in ("pool", "pretrain_val", "val", "test"):
                 d[part] = [r for r in d[part] if r in ok]
             d["folds"] = [[r for r in f if r in ok] for f in d["folds"]]
-            short = [f for f, fold in enumerate(d["folds"]) if len(fold) < n_max]
-            if short:
-                raise TasksimError(f"task '{t}': fold {short[0]} has {len(d['folds'][short[0]])} labelled training "
-                                   f"molecules; transfer.sizes needs {n_max}")
+            report_shortfall("transfer.sizes", n_max, {f"{t} fold {f}": len(fold) for f, fold in enumerate(d["folds"])},
+                             f"labelled training {table.kind}s with a graph per target and fold", defines_result=True)
             if len(d["val"]) < 2 or len(d["test"]) < 2:
                 raise TasksimError(f"task '{t}': too few labelled validation/test molecules for transfer "
                                    "(validation molecules of the pretraining models are excluded)")
@@ -90,6 +89,34 @@ def stage_transfer_data(run: Run, tasks: Stage, prep: Stage) -> Stage:
     parts = [tasks.key, prep.key, cfg.seed, cfg.train.fold, cfg.train.n_val, targets, tc.sizes[-1], tc.folds,
              tc.n_val, tc.n_test, tc.budget.pool_per_task, code_version("featurize")]
     return run.stage("transfer-data", parts, build)
+
+
+def report_transfer_sizes(run: Run, tasks: Stage, prep: Stage) -> None:
+    """Every learning-curve study's sizes against the data, before any model trains (``data.sizes``'
+    rule): test, validation and pool caps the user set, and ``moe.k`` beyond a target's experts, are
+    warnings; then the largest of ``transfer.sizes`` in each target's folds is an error (every curve,
+    table and gain is labelled with it)."""
+    cfg, tc = run.cfg, run.cfg.transfer
+    table = TaskTable.in_folder(tasks.path)
+    split = np.load(prep.path / "split.npz")
+    targets, kept = study_targets(run, prep), prep.manifest["kept"]
+
+    def labelled(task: str, rows: np.ndarray) -> int:
+        return int(np.isfinite(table.labels(task)[rows]).sum())
+
+    report_shortfall("transfer.n_test", tc.n_test, {t: labelled(t, split["test"]) for t in targets},
+                     f"labelled test {table.kind}s per target", explicit=was_set(tc, "n_test"))
+    report_shortfall("transfer.n_val", tc.n_val, {t: labelled(t, split["val"]) for t in targets},
+                     f"labelled validation {table.kind}s per target", explicit=was_set(tc, "n_val"))
+    report_shortfall("transfer.budget.pool_per_task", tc.budget.pool_per_task,
+                     {t: labelled(t, split["folds"][cfg.train.fold]) for t in kept},
+                     f"labelled {table.kind}s in a task's pretraining pool",
+                     explicit=was_set(tc.budget, "pool_per_task"))
+    report_shortfall("transfer.moe.k", tc.moe.k, len(kept) - 1, "experts (the other tasks' models) per target",
+                     explicit=was_set(tc.moe, "k"))
+    report_shortfall("transfer.sizes", tc.sizes[-1],
+                     {f"{t} fold {f}": labelled(t, split["folds"][f]) for t in targets for f in range(tc.folds)},
+                     f"labelled training {table.kind}s per target and fold", defines_result=True)
 
 
 def study_targets(run: Run, prep: Stage) -> list[str]:

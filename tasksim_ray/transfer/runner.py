@@ -21,7 +21,7 @@ from tasksim_ray.stages.data import stage_preprocess, stage_tasks
 from tasksim_ray.stages.pipeline import run_pipeline
 from tasksim_ray.training.multitask import SubsetModel, subset_model
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
-from tasksim_ray.transfer.data import TransferData, stage_transfer_data
+from tasksim_ray.transfer.data import TransferData, report_transfer_sizes, stage_transfer_data
 from tasksim_ray.transfer.report import write_transfer_report
 from tasksim_ray.transfer.studies.foundation import foundation_dirs
 from tasksim_ray.transfer.study import SCRATCH, Context, SimilarityView, Study, check_sources, run_studies
@@ -32,9 +32,11 @@ def build_context(cfg: PipelineConfig, console: Console, need_similarity: bool) 
     if cfg.published.path:
         raise TasksimError("published.path: transfer studies need the pipeline's own tasks and data; "
                            "published checkpoints have none")
+    run = Run(cfg, console)
+    tasks = stage_tasks(run)  # cached and cheap: every study's sizes are checked before any model trains
+    report_transfer_sizes(run, tasks, stage_preprocess(run, tasks))
     res = run_pipeline(cfg, console, until="report" if need_similarity else "pretrain")
     assert res.tasks_stage is not None and res.preprocess_stage is not None  # not a published run
-    run = Run(cfg, console)
     stage = stage_transfer_data(run, res.tasks_stage, res.preprocess_stage)
     data = TransferData.load(stage, res.tasks_stage)
     model_dirs = {t: str(d) for t, d in res.model_dirs.items()} | foundation_dirs(run, data.table)
