@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,46 @@ def _renamed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _duplicate_key(tmp: Path, extra: str) -> list[str]:
+    (tmp / "twice.yaml").write_text(TINY_CONFIG.read_text() + extra)
+    return ["CONFIG", str(tmp / "twice.yaml")]
+
+
+def _crystals(tmp: Path, change: Callable[[list[dict]], object]) -> list[str]:
+    """A gzip-JSON table of 40 rock-salt cells (lattice constant 4 to 5 A), changed by ``change``."""
+    from pymatgen.core import Lattice, Structure
+
+    rng = np.random.default_rng(0)
+    rows = [{"structure": Structure(Lattice.cubic(4 + rng.random()), ["Na", "Cl"],
+                                    [[0, 0, 0], [0.5, 0.5, 0.5]]).as_dict(),
+             "e": float(rng.random()), "g": float(rng.random())} for _ in range(40)]
+    change(rows)
+    path = tmp / "cells.json.gz"
+    path.write_bytes(gzip.compress(json.dumps({"columns": ["structure", "e", "g"],
+                                               "data": [list(r.values()) for r in rows]}).encode()))
+    return ["--set", "data.source=crystals", "--set", f"data.path={path}", "--set", "model.backbone=cgcnn",
+            "--set", "data.targets=[e, g]"]
+
+
+def _lattice(rows: list[dict], row: int, matrix: list[list[float]]) -> None:
+    rows[row]["structure"]["lattice"]["matrix"] = matrix
+
+
+def _data_folder(tmp: Path, link: str, target: str) -> list[str]:
+    folder = tmp / "data"
+    folder.mkdir()
+    pd.read_csv(TINY_DATA).head(120).to_csv(folder / "part1.csv", index=False)
+    os.symlink(target, folder / link)
+    return ["--set", f"data.path={folder}", "--set", "data.targets=[mu, alpha, homo]"]
+
+
+def _with_units(frame: pd.DataFrame, column: str, unit: str) -> pd.DataFrame:
+    frame[column] = [f"{v:.3g}{unit}" for v in frame[column]]
+    return frame
+
+
+LONG = "x" * 300
+
 CASES: dict[str, tuple[Case, str]] = {
     "config-empty": (_empty_config, "empty.yaml: the config names no data: give data.source and data.path"),
     "duplicate-column": (lambda t: _csv(t, _renamed)[:2], "data.csv: column 'mu' appears more than once"),
@@ -100,6 +141,38 @@ CASES: dict[str, tuple[Case, str]] = {
     "target-constant": (lambda t: _csv(t, lambda f: _set(f, "homo", 0.25)), "target 'homo' is constant"),
     "single-task": (lambda t: ["--set", "data.targets=[mu]"], "similarity needs at least 2 tasks"),
     "truncated-json-gz": (_truncated_gz, "table.json.gz: truncated gzip file"),
+    # older mistakes that got through (issue 33), and cases of the same classes
+    "unit-suffix-default-targets": (lambda t: [*_csv(t, lambda f: _with_units(f, "mu", " D")), "--set",
+                                               "data.targets=null"], "data.csv: column 'mu' holds numbers with a unit"),
+    "unit-suffix-named-target": (lambda t: _csv(t, lambda f: _with_units(f, "alpha", "bohr^3")),
+                                 "column 'alpha' holds numbers with a unit ("),
+    "unit-suffix-crystal-table": (lambda t: [*_crystals(t, lambda rows: [r.update(g=f"{r['g']:.3f} eV")
+                                                                         for r in rows]), "--set", "data.targets=null"],
+                                  "cells.json.gz: column 'g' holds numbers with a unit ('"),
+    "config-duplicate-key": (lambda t: _duplicate_key(t, "seed: 3\n"), "twice.yaml: key 'seed' appears twice"),
+    "config-duplicate-nested-key": (lambda t: _duplicate_key(t, "preprocess:\n  n_folds: 2\n  n_folds: 3\n"),
+                                    "key 'n_folds' appears twice"),
+    "config-duplicate-section": (lambda t: _duplicate_key(t, "model:\n  depth: 3\n"), "key 'model' appears twice"),
+    "zero-volume-lattice": (lambda t: _crystals(t, lambda rows: _lattice(rows, 5, [[4, 0, 0], [0, 4, 0], [0, 0, 0]])),
+                            "cells.json.gz: row 5: the lattice has volume 0 A^3"),
+    "flat-lattice": (lambda t: _crystals(t, lambda rows: _lattice(rows, 7, [[4, 0, 0], [0, 4, 0], [4, 4, 0]])),
+                     "row 7: the lattice has volume 0 A^3"),
+    "data-folder-self-link": (lambda t: _data_folder(t, "self", "self"), "data/self: a symbolic link that loops"),
+    "data-folder-dangling-link": (lambda t: _data_folder(t, "part2.csv", "gone.csv"),
+                                  "data/part2.csv: a symbolic link that loops or points nowhere"),
+    "data-folder-link-to-itself": (lambda t: _data_folder(t, "again", str(t / "data")),
+                                   "data/again: a symbolic link to the data folder"),
+    "data-folder-link-to-parent": (lambda t: _data_folder(t, "up", ".."),
+                                   "data/up: a symbolic link to the data folder"),
+    "target-name-300-chars": (lambda t: _csv(t, lambda f: f.rename(columns={"homo": LONG}))[:2] + [
+        "--set", f"data.targets=[mu, alpha, {LONG}]"],
+                              "task name of 300 bytes ('xxxxxxxxxxxxxxxxxxxx...') is too long"),
+    "alias-300-chars": (lambda t: ["--set", f"data.aliases={{mu: {LONG}}}"], "column 'mu': task name of 300 bytes"),
+    "probe-all-the-same": (lambda t: _probes(t, b"CCO\n" * 50),
+                           "probe file's 50 inputs hold 1 distinct one(s) ('CCO')"),
+    "probe-one-molecule-spelt-three-ways": (lambda t: _probes(t, b"CCO\nOCC\nC(C)O\n[CH3]CO\n"),
+                                            "probe file's 4 inputs hold 1 distinct"),
+    "probe-two-distinct": (lambda t: _probes(t, b"CCO\nCCN\n" * 20), "hold 2 distinct one(s)"),
     "logme-too-few-probe-labels": (lambda t: _csv(t, lambda f: _set(f, "homo", np.nan, slice(12, None))),
                                    "metric 'logme': task 'homo' has"),
 }

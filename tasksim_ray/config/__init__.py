@@ -173,15 +173,38 @@ def says_what_to_run(raw: dict[str, Any]) -> bool:
     return bool(isinstance(data, dict) and data) or bool(isinstance(published, dict) and published.get("path"))
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names the same key twice (YAML would keep the later value without a word)."""
+
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"key '{key}' appears twice (lines {first} and {line}); keep one")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a repeated key in any mapping, naming it (dotted) and its lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKey(str(key), line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read and validate a YAML config; ``overrides`` are merged over it (dotted keys allowed)."""
     p = Path(path)
     if not p.is_file():
         raise TasksimError(f"{p}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}  # noqa: S506 (safe)
     except UnicodeDecodeError as exc:
         raise TasksimError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+    except DuplicateKey as exc:
+        raise TasksimError(f"{p}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
-from tasksim_ray.data.tasks import check_header, read_csv, read_parquet
+from tasksim_ray.data.tasks import check_header, numeric_columns, read_csv, read_parquet
 from tasksim_ray.errors import TasksimError
 
 ID_COLUMNS = ("mpid", "material_id", "jid", "id")
@@ -120,8 +120,16 @@ def _require(path: Path) -> None:
         raise TasksimError(f"{path}: file not found")
 
 
+MIN_VOLUME = 1e-3  # cubic angstrom: far below any real cell (H2 in a box is tens)
+
+
 def parse_structure(value: Any, where: str) -> Structure:
-    """A Structure from a Structure, an ``as_dict()`` dict, its JSON text, or CIF/POSCAR text."""
+    """A Structure from a Structure, an ``as_dict()`` dict, its JSON text, or CIF/POSCAR text; its
+    lattice must enclose a volume (a flat cell has no periodic neighbours: a division by zero later)."""
+    return _with_volume(_parse(value, where), where)
+
+
+def _parse(value: Any, where: str) -> Structure:
     if isinstance(value, Structure):
         return value
     try:
@@ -135,6 +143,14 @@ def parse_structure(value: Any, where: str) -> Structure:
     except Exception as exc:  # pymatgen raises many types for bad input
         raise TasksimError(f"{where}: unparseable structure ({type(exc).__name__}: {exc})") from exc
     raise TasksimError(f"{where}: unparseable structure (got {type(value).__name__})")
+
+
+def _with_volume(structure: Structure, where: str) -> Structure:
+    volume = float(abs(np.linalg.det(structure.lattice.matrix)))
+    if not np.isfinite(volume) or volume < MIN_VOLUME:
+        raise TasksimError(f"{where}: the lattice has volume {volume:.3g} A^3 (its vectors are linearly dependent "
+                           "or not finite): not a crystal")
+    return structure
 
 
 def _to_float(frame: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -159,8 +175,7 @@ def _from_frame(frame: pd.DataFrame, path: Path, structure_column: str, targets:
         raise TasksimError(f"{path}: no structure column '{structure_column}'; columns: {list(frame.columns)}")
     id_column = id_column or next((c for c in ID_COLUMNS if c in frame.columns), None)
     if targets is None:
-        targets = [c for c in frame.columns if c not in (structure_column, id_column)
-                   and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+        targets = numeric_columns(frame, {structure_column, id_column or ""}, str(path))
     missing = [t for t in targets if t not in frame.columns]
     if missing or id_column is not None and id_column not in frame.columns:
         raise TasksimError(f"{path}: missing column(s) {missing or [id_column]}; columns: {list(frame.columns)}")

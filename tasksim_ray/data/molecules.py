@@ -10,7 +10,16 @@ import pandas as pd
 
 from tasksim_ray.config import DataConfig
 from tasksim_ray.data.naming import Column, check_files, file_options, name_tasks
-from tasksim_ray.data.tasks import ID, SMILES, SOURCE, SOURCE_ROW, TaskTable, read_table
+from tasksim_ray.data.tasks import (
+    ID,
+    SMILES,
+    SOURCE,
+    SOURCE_ROW,
+    TaskTable,
+    check_unit_suffix,
+    numeric_columns,
+    read_table,
+)
 from tasksim_ray.errors import TasksimError
 
 # QM9 as shipped by qm9pack: our name -> (qm9pack column, units). Order = the filter's priority.
@@ -52,6 +61,7 @@ def _pick_targets(frame: pd.DataFrame, cfg: DataConfig, default: list[str], wher
         raise TasksimError(f"{where}: target column(s) {missing} not found; columns: {list(frame.columns)}")
     for t in targets:
         if not pd.api.types.is_numeric_dtype(frame[t]):
+            check_unit_suffix(frame[t], t, where)
             raise TasksimError(f"{where}: target column '{t}' is not numeric")
     return targets
 
@@ -93,10 +103,6 @@ def load_qm9pack(cfg: DataConfig) -> TaskTable:
     return _finish(raw, ids, raw["SMILES"], names, {n: QM9_TARGETS[n][1] for n in names}, cfg, "qm9pack")
 
 
-def _numeric_columns(frame: pd.DataFrame, exclude: set[str]) -> list[str]:
-    return [c for c in frame.columns if c not in exclude and pd.api.types.is_numeric_dtype(frame[c])]
-
-
 def load_table(cfg: DataConfig) -> TaskTable:
     """Any CSV or Parquet file with a SMILES column; targets default to every numeric column."""
     path = Path(cfg.path or "")
@@ -105,7 +111,7 @@ def load_table(cfg: DataConfig) -> TaskTable:
         raise TasksimError(f"{path}: SMILES column '{cfg.smiles_column}' not found; "
                            f"columns: {list(frame.columns)}")
     skip = {cfg.smiles_column, cfg.id_column or ""}
-    targets = _pick_targets(frame, cfg, _numeric_columns(frame, skip), str(path))
+    targets = _pick_targets(frame, cfg, numeric_columns(frame, skip, str(path)), str(path))
     if not targets:
         raise TasksimError(f"{path}: no numeric target columns")
     ids = frame[cfg.id_column] if cfg.id_column else pd.Series(np.arange(len(frame)))
@@ -123,6 +129,6 @@ def load_moleculenet(cfg: DataConfig) -> TaskTable:
     if smiles_col not in frame.columns:
         raise TasksimError(f"{path}: no 'smiles' column; columns: {list(frame.columns)}")
     id_col = cfg.id_column or ("mol_id" if "mol_id" in frame.columns else None)
-    targets = _pick_targets(frame, cfg, _numeric_columns(frame, {smiles_col, id_col or ""}), str(path))
+    targets = _pick_targets(frame, cfg, numeric_columns(frame, {smiles_col, id_col or ""}, str(path)), str(path))
     ids = frame[id_col] if id_col else pd.Series(np.arange(len(frame)))
     return _finish(frame, ids, frame[smiles_col], targets, MOLECULENET_UNITS, cfg, str(path))

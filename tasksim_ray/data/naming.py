@@ -20,6 +20,8 @@ from tasksim_ray.errors import TasksimError
 
 _UNSAFE = re.compile(r"[/\\\x00-\x1f\x7f]")
 STEM_CHARS = 20  # of a file stem in a ``<stem>:<column>`` task name
+# a task name is part of folder and file names (``<task>-<16-hex key>``, ``<task>__graph``): within 255 bytes
+MAX_NAME_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ def check_task_name(name: str, where: str) -> str:
     if not name or _UNSAFE.search(name) or ".." in name or name.startswith("."):
         raise TasksimError(f"{where}: task name {name!r} is not safe as a folder name (no '/', '\\', '..', "
                            f"leading '.' or control characters); give the column an alias")
+    if len(name.encode()) > MAX_NAME_CHARS:
+        raise TasksimError(f"{where}: task name of {len(name.encode())} bytes ('{name[:20]}...') is too long (at most "
+                           f"{MAX_NAME_CHARS}: it names the task's folders and files); give the column an alias "
+                           "(data.aliases)")
     return name
 
 

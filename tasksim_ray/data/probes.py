@@ -25,6 +25,7 @@ def qm9pack_version() -> str:
 
 
 CRYSTAL_SUFFIXES = (".json.gz", ".json", ".cif")
+MIN_PROBES = 3
 
 
 def is_crystal_file(path: Path) -> bool:
@@ -45,10 +46,29 @@ def read_probe_file(path: Path, size: int, seed: int) -> tuple[str, list[str], l
         inputs = _read_smiles(path)
         ids = [f"probe_{i:06d}" for i in range(len(inputs))]
         kind = "molecule"
+    check_distinct(inputs, kind, path)
     if len(inputs) > size:
         keep = np.sort(np.random.default_rng(seed + 1).choice(len(inputs), size=size, replace=False))
         inputs, ids = [inputs[i] for i in keep], [ids[i] for i in keep]
     return kind, inputs, ids
+
+
+def check_distinct(inputs: list[str], kind: str, path: Path) -> None:
+    """Similarity compares how task models embed different inputs: a probe set of one input repeated
+    gives every task the same constant embedding (a metric of NaN after all the training)."""
+    distinct = len(set(inputs if kind == "crystal" else map(_canonical, inputs)))
+    if distinct < MIN_PROBES <= len(inputs):  # fewer inputs than that: require_enough says so
+        raise TasksimError(f"{path}: the probe file's {len(inputs)} inputs hold {distinct} distinct one(s) "
+                           f"('{inputs[0][:40]}'); at least {MIN_PROBES} different are needed")
+
+
+def _canonical(smiles: str) -> str:
+    """RDKit's canonical SMILES ("OCC" and "CCO" are one molecule); the text itself if it does not parse."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    return Chem.MolToSmiles(mol) if mol is not None else smiles
 
 
 def _read_smiles(path: Path) -> list[str]:
@@ -78,6 +98,6 @@ def holdout_probes(table: TaskTable, test_rows: np.ndarray, size: int, seed: int
 
 
 def require_enough(frame: pd.DataFrame, n_invalid: int) -> None:
-    if len(frame) < 3:
+    if len(frame) < MIN_PROBES:
         raise TasksimError(f"probe set has {len(frame)} valid molecules after skipping "
-                           f"{n_invalid} invalid SMILES; at least 3 are needed")
+                           f"{n_invalid} invalid SMILES; at least {MIN_PROBES} are needed")

@@ -11,6 +11,7 @@ self-describing.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -171,6 +172,51 @@ def read_table(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise TasksimError(f"{path}: table has a header but no rows")
     return frame
+
+
+# a number followed by a unit: "1.85 D", "-0.25Ha", "3e2 K" (not "C6H6": a number must come first)
+_NUMBER_WITH_UNIT = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*([^\d\s.,+-].*?)\s*$")
+
+
+def numeric_columns(frame: pd.DataFrame, exclude: set[str], where: str) -> list[str]:
+    """Every numeric column but ``exclude`` (the default targets). A column of numbers with a unit
+    suffix is refused, naming it, rather than left out of the defaults in silence."""
+    out = []
+    for column in frame.columns:
+        if column in exclude or pd.api.types.is_bool_dtype(frame[column]):
+            continue
+        if pd.api.types.is_numeric_dtype(frame[column]):
+            out.append(column)
+        else:
+            check_unit_suffix(frame[column], str(column), where)
+    return out
+
+
+def check_unit_suffix(values: pd.Series, column: str, where: str) -> None:
+    """Refuse a text column whose every value is a number with one of a few unit suffixes."""
+    text = values.dropna().astype(str)
+    found = text.str.extract(_NUMBER_WITH_UNIT, expand=False)
+    if len(text) and found.notna().all() and found.nunique() <= 3:
+        raise TasksimError(f"{where}: column '{column}' holds numbers with a unit ('{text.iloc[0].strip()}'): write "
+                           f"plain numbers and give the unit in data.units ({column}: {found.iloc[0]}), or leave the "
+                           "column out with data.targets")
+
+
+def check_links(folder: Path) -> None:
+    """A data folder's symbolic links that loop (one to itself), point nowhere, or point back at the
+    folder or above it: named in one line instead of skipped in silence (a loop also makes every
+    walk of the folder fail)."""
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_symlink():
+            continue
+        try:
+            target = entry.resolve(strict=True)
+        except (OSError, RuntimeError):  # ELOOP, a dangling link
+            raise TasksimError(f"{entry}: a symbolic link that loops or points nowhere, in the data folder "
+                               f"{folder}; remove it or point it at a data file") from None
+        if target == folder.resolve() or target in folder.resolve().parents:
+            raise TasksimError(f"{entry}: a symbolic link to the data folder {folder} itself (or a folder above it); "
+                               "remove it")
 
 
 def labelled_rows(labels: np.ndarray, order: np.ndarray, limit: int | None) -> np.ndarray:

@@ -13,7 +13,7 @@ from tasksim_ray.data import probes
 from tasksim_ray.data.preprocess import filter_correlated, given_split, split_molecules
 from tasksim_ray.data.sizes import report_shortfall
 from tasksim_ray.data.sources import load_tasks
-from tasksim_ray.data.tasks import TABLE_FILE, TaskTable, check_table, labelled_rows
+from tasksim_ray.data.tasks import TABLE_FILE, TaskTable, check_links, check_table, labelled_rows
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import pack_graphs
 from tasksim_ray.featurize.inputs import featurize_rows
@@ -26,6 +26,8 @@ def _data_fingerprint(run: Run) -> Any:
     if data.source == "qm9pack":
         return {"qm9pack": probes.qm9pack_version()}
     p = Path(data.path or "")
+    if p.is_dir():
+        check_links(p)  # every data folder, whichever loader reads it, before anything runs
     files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
     return [file_fingerprint(f) for f in files if f.exists()]
 
@@ -77,8 +79,8 @@ def report_pretrain_sizes(run: Run, tasks: Stage, prep: Stage) -> None:
         return
     table = TaskTable.in_folder(tasks.path)
     split = np.load(prep.path / "split.npz")
-    parts = {"n_train": (split["folds"][t.fold], "labelled training molecules per task"),
-             "n_val": (split["val"], "labelled validation molecules per task")}
+    parts = {"n_train": (split["folds"][t.fold], f"labelled training {table.kind}s per task"),
+             "n_val": (split["val"], f"labelled validation {table.kind}s per task")}
     for key, n in asked.items():
         if n:
             rows, what = parts[key]
