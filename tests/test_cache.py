@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -121,3 +122,18 @@ def test_scratch_left_by_a_dead_writer_is_swept_young_ones_stay(tmp_path: Path) 
         (tmp / "a.txt").write_text("done")
     assert not dead.exists() and not aside.exists()
     assert busy.exists() and (final / "a.txt").read_text() == "done"
+
+
+def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    from tasksim_ray.infra.cache import write_json_atomic
+    from tasksim_ray.infra.figures import plt, save_figure
+
+    old = os.umask(0o027)
+    try:
+        write_json_atomic(tmp_path / "report.json", {"a": 1})
+        save_figure(plt.figure(), tmp_path / "figure.png")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == \
+        {"report.json": "0o640", "figure.png": "0o640", "plain.txt": "0o640"}

@@ -39,7 +39,9 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
            "--set", f"workdir={workdir / 'run'}", "--set", "train.max_epochs=2", "--set", "similarity.metrics=[rsa, cka]",
            "--set", "similarity.bootstrap.n_boot=20"]
     with log.open("w") as out:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600)
+        # a group-shared folder's umask: every file the run writes must get 0664, atomically written or not
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=600,
+                              preexec_fn=lambda: os.umask(0o002))
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     return workdir / "run", text
@@ -58,6 +60,14 @@ def test_log_shows_progress_per_model(logged_run: tuple[Path, str]) -> None:
         assert notice not in log
     page = workdir / "report" / "index.html"
     assert f"Open in a browser: {page.resolve().as_uri()}" in log
+
+
+def test_report_and_artifact_files_get_the_umask_mode(logged_run: tuple[Path, str]) -> None:
+    workdir = logged_run[0]
+    modes = {p.relative_to(workdir): p.stat().st_mode & 0o777 for p in workdir.rglob("*") if p.is_file()}
+    assert oct((workdir / "report" / "index.html").stat().st_mode & 0o777) == oct(0o664)
+    assert len(modes) > 40 and {oct(m) for m in modes.values()} == {oct(0o664)}, \
+        sorted((str(p), oct(m)) for p, m in modes.items() if m != 0o664)[:5]
 
 
 def test_report_page_is_self_contained(logged_run: tuple[Path, str]) -> None:

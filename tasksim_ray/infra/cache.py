@@ -272,11 +272,36 @@ def _remove(directory: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it for every thread meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(fd_or_path: int | str | Path) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (always 0600) the mode any other file of this process
+    gets (0666 less the umask), so an atomically written report is as readable as the rest, e.g. to
+    colleagues in a group-shared folder."""
+    mode = 0o666 & ~current_umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask_mode(fd)
         with writing(path), os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)

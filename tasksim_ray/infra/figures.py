@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib
 
-from tasksim_ray.infra.cache import writing
+from tasksim_ray.infra.cache import umask_mode, writing
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -21,6 +21,7 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
     try:
+        umask_mode(tmp)
         with writing(path):
             fig.savefig(tmp, dpi=120)
         os.replace(tmp, path)
