@@ -154,6 +154,16 @@ def spread(plan: HostPlan) -> list[Any]:
     return [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) for i in range(plan.n_hosts)]
 
 
+_hosts_named = itertools.count()
+
+
+def _host_name() -> str:
+    """``model-host-0``, ``model-host-1``, ...: the hosts' names on the Ray dashboard, numbered on
+    through this driver's life (a named actor's name is unique in the driver's namespace, and a
+    closed group's hosts may not be gone yet when the next group starts)."""
+    return f"model-host-{next(_hosts_named)}"
+
+
 class HostGroup:
     """A run's model hosts, started on first use and fed batch by batch (a bounded number in flight
     per host, so the object store holds only a few batches at a time)."""
@@ -167,7 +177,7 @@ class HostGroup:
         self.calls = 0  # map calls so far: the first one pays the start-up
         # a host whose node dies (even one placed there before Ray noticed) restarts on another node
         # and its batches run again there: embedding a batch is a pure function of it
-        self.hosts = [actor.options(num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus,
+        self.hosts = [actor.options(num_cpus=self.plan.num_cpus, num_gpus=self.plan.num_gpus, name=_host_name(),
                                     scheduling_strategy=where, max_restarts=2, max_task_retries=2)
                       .remote(budget, self.plan.threads) for where in spread(self.plan)]
 
@@ -180,7 +190,8 @@ class HostGroup:
         shape = {"CPU": self.plan.num_cpus, "GPU": self.plan.num_gpus}
         guard = PendingGuard()  # a host no node can start (a GPU that never comes) fails, not hangs
         for i, graphs in enumerate(batches):
-            pending.append(self.hosts[i % len(self.hosts)].embed.remote(graphs, models, layer))
+            host = self.hosts[i % len(self.hosts)]
+            pending.append(host.embed.options(name=f"embed:{','.join(models)}").remote(graphs, models, layer))
             if len(pending) >= limit:
                 yield resources.get(pending.pop(0), "a model host", shape, guard)
         for ref in pending:

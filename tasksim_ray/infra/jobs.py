@@ -28,7 +28,9 @@ OnDone = Callable[[str, bool], None]  # (job name, was cached): what infra.progr
 @dataclass(frozen=True)
 class Job:
     """``fn(*args, *results of after)`` as a Ray task; ``key`` names its artifact, ``name`` it in
-    progress and errors. ``after`` are refs of running jobs this one must wait for."""
+    progress and errors, ``title`` (default: ``name``) it on the Ray dashboard: what it does and for
+    which task (``pretrain:mu``), so a user watching a cluster run sees which model trains or hangs.
+    ``after`` are refs of running jobs this one must wait for."""
 
     key: str
     name: str
@@ -38,6 +40,7 @@ class Job:
     num_gpus: float = 0
     memory: int | None = None  # bytes Ray reserves for the task (None: no reservation)
     after: tuple[ray.ObjectRef, ...] = field(default=())
+    title: str | None = None
 
     @property
     def shape(self) -> dict[str, float]:
@@ -112,16 +115,17 @@ def start_jobs(jobs: Sequence[Job], results: Results,
             if on_done:
                 on_done(job.name, True)
             continue
-        remote = _remote(job.fn, job.num_cpus, job.num_gpus, job.memory)
+        extra = {"memory": job.memory} if job.memory else {}
+        remote = _remote(job.fn).options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, max_retries=1,
+                                         name=job.title or job.name, **extra)
         running[job.key] = remote.remote(*job.args, *job.after)
     return cached, running
 
 
 @cache
-def _remote(fn: Callable[..., Any], num_cpus: float, num_gpus: float, memory: int | None) -> Any:
-    """One Ray remote function per body and resources, so the body is exported once per job."""
-    extra = {"memory": memory} if memory else {}
-    return ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1, **extra)
+def _remote(fn: Callable[..., Any]) -> Any:
+    """One Ray remote function per body (exported once); each job adds its resources and name."""
+    return ray.remote(fn)
 
 
 def run_jobs(jobs: Sequence[Job], results: Results, on_done: OnDone | None = None,

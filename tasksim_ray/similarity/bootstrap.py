@@ -58,7 +58,7 @@ def bootstrap_rsa(embs: dict[str, np.ndarray], comparison: Comparison = "spearma
     if ray.is_initialized():
         n_chunks = chunks or max(1, int(ray.cluster_resources().get("CPU", 1)))
         zs_ref = ray.put(zs)
-        remote = ray.remote(_replicates).options(num_cpus=1)
+        remote = ray.remote(_replicates).options(num_cpus=1, name=f"bootstrap:{comparison}")
         parts = ray.get([remote.remote(zs_ref, comparison, list(s)) for s in np.array_split(seeds, n_chunks) if len(s)])
         sims = np.concatenate(parts)
     else:

@@ -88,16 +88,18 @@ class RSAEngine:
     def _pair(a: str, b: str) -> str:
         return "|".join(sorted((a, b)))
 
-    def ensure_vectors(self, embs: dict[str, np.ndarray], on_done: Callable[[str, bool], None] | None = None) -> None:
-        """Build the comparison vector of every key not yet cached, as memory-bounded Ray tasks."""
+    def ensure_vectors(self, embs: dict[str, np.ndarray], on_done: Callable[[str, bool], None] | None = None,
+                       tasks: dict[str, str] | None = None) -> None:
+        """Build the comparison vector of every key not yet cached, as memory-bounded Ray tasks (named
+        ``rsa-vector:<task>`` on the dashboard, ``tasks`` giving each key's task)."""
         check_embeddings(embs)
         m = next(iter(embs.values())).shape[0]
         need = RANK_BYTES_PER_ENTRY * n_pairs(m) + (64 << 20)
         parallel = max(1, min(int(self.memory_budget // max(need, 1)), int(ray.cluster_resources().get("CPU", 1))))
         reservable = int(ray.cluster_resources().get("memory", need))  # never ask for more than exists
         memory = min(need, int(self.memory_budget), reservable)
-        jobs = [Job(k, k, _build_vector, (emb, self.comparison, str(self.dir), k), num_cpus=1, memory=memory)
-                for k, emb in embs.items()]
+        jobs = [Job(k, k, _build_vector, (emb, self.comparison, str(self.dir), k), num_cpus=1, memory=memory,
+                    title=f"{VECTOR_KIND}:{(tasks or {}).get(k, k)}") for k, emb in embs.items()]
         norms = run_jobs(jobs, ManifestResults(self.vectors, "norm2"), on_done, max_running=parallel)
         self._pairs |= {self._pair(k, k): n for k, n in zip(embs, norms)}
         write_json_atomic(self._pairs_path, self._pairs)
@@ -122,8 +124,9 @@ class RSAEngine:
         step = max(1, self.block_bytes // (8 * (len(rows) + len(cols))))
         row_paths = [str(self._vec_path(k)) for k in rows]
         col_paths = [str(self._vec_path(k)) for k in cols]
-        block = ray.remote(_gram_block).options(num_cpus=1)
-        parts = [block.remote(row_paths, col_paths, lo, min(lo + step, size)) for lo in range(0, size, step)]
+        block = ray.remote(_gram_block)
+        parts = [block.options(num_cpus=1, name=f"rsa-gram:{lo}-{min(lo + step, size)}")
+                 .remote(row_paths, col_paths, lo, min(lo + step, size)) for lo in range(0, size, step)]
         gram = np.zeros((len(rows), len(cols)))
         while parts:
             done, parts = ray.wait(parts, num_returns=1)
@@ -147,5 +150,5 @@ def rsa_similarity(inputs: SimilarityInputs, comparison: Comparison = "spearman"
     keys = {t: artifact_key(VECTOR_KIND, cache.keys[t]) for t in inputs.embeddings}  # a vector per embedding
     names = {k: t for t, k in keys.items()}
     on_done = (lambda key, cached: cache.on_done(names[key], cached)) if cache.on_done else None
-    engine.ensure_vectors({keys[t]: e for t, e in inputs.embeddings.items()}, on_done=on_done)
+    engine.ensure_vectors({keys[t]: e for t, e in inputs.embeddings.items()}, on_done=on_done, tasks=names)
     return engine.matrix(list(keys.values()))

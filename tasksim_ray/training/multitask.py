@@ -100,7 +100,8 @@ def submit_subsets(store_ref: ray.ObjectRef, jobs: list[tuple[SubsetData, tuple[
     fine-tuning cells can wait on exactly theirs."""
     dirs = [subset_dir(root, data, model_cfg, budget, split, seed) for data, split in jobs]
     runs = [Job(d.name, d.name, pretrain_subset, (store_ref, data, model_cfg, budget, split, seed, str(d),
-                                                   max(1, int(num_cpus))), num_cpus, num_gpus)
+                                                   max(1, int(num_cpus))), num_cpus, num_gpus,
+                title=f"pretrain-subset:{'+'.join(data.tasks)} {split[0]}x{split[1]}")
             for d, (data, split) in zip(dirs, jobs)]
     _, running = start_jobs(runs, ManifestResults(Artifacts(root, "subset-model"), "metrics"))
     return dirs, {str(root / key): ref for key, ref in running.items()}

@@ -83,6 +83,6 @@ def pretrain_all(store: dict[str, torch.Tensor], tasks: list[TaskData], model_cf
                                      train_cfg.model_dump(exclude={"num_cpus", "num_gpus"}), seed) for d in tasks]
     store_ref = ray.put(store) if not all(results.done(k) for k in keys) else None  # shipped once, if needed
     jobs = [Job(key, d.task, train_one, (store_ref, d, model_cfg, train_cfg, seed, str(models_root / key)),
-                train_cfg.num_cpus, train_cfg.num_gpus) for d, key in zip(tasks, keys)]
+                train_cfg.num_cpus, train_cfg.num_gpus, title=f"pretrain:{d.task}") for d, key in zip(tasks, keys)]
     metrics = run_jobs(jobs, results, on_done)
     return {d.task: PretrainedModel(d.task, models_root / key, m) for d, key, m in zip(tasks, keys, metrics)}

@@ -231,7 +231,8 @@ def run_cells(store_ref: ray.ObjectRef, jobs: list[tuple[CellData, Recipe]], set
     threads = max(1, int(num_cpus))
     cells = [Job(cell_key(cell, recipe, settings), f"{cell.target} <- {recipe.label} n={cell.size} fold {cell.fold}",
                  run_cell, (store_ref, cell, recipe, settings, threads), num_cpus, num_gpus,
-                 after=tuple(after[c] for c in recipe.checkpoints if after and c in after))
+                 after=tuple(after[c] for c in recipe.checkpoints if after and c in after),
+                 title=f"cell:{cell.target}<-{recipe.label} n={cell.size} fold {cell.fold}")
              for cell, recipe in jobs]
     results = run_jobs(cells, JsonResults(Artifacts(cells_dir, "cell")), on_done)
     # the same cell can serve several labels (a variant equal to the default recipe): label by the job
