@@ -44,3 +44,25 @@ def test_config_outside_the_project_is_refused(tmp_path: Path) -> None:
 def test_job_command_quotes_every_argument() -> None:
     cmd = entrypoint("run_pipeline", "cfg.yaml; touch X", ["--set", "name=a b"])
     assert shlex.split(cmd) == ["python", "jobs/run_pipeline.py", "cfg.yaml; touch X", "--set", "name=a b"]
+
+
+@pytest.mark.parametrize(("yaml_text", "args", "kept"), [
+    ("workdir: runs/x\n", [], False),
+    ("name: x\n", [], False),  # the default workdir is relative too
+    ("workdir: runs/x\n", ["--set", "workdir=/shared/runs/x"], True),
+    ("workdir: runs/x\n", ["--set=workdir=~/runs/x"], True),
+    ("workdir: /shared/x\n", ["--set", "workdir=rel"], False),
+    ("workdir: runs/x\nstorage:\n  uri: s3://bucket/x\n", [], True),
+    ("workdir: runs/x\n", ["--set", "storage.uri=gs://bucket/x"], True),
+])
+def test_a_job_whose_results_would_be_deleted_is_refused(tmp_path: Path, yaml_text: str, args: list[str],
+                                                         kept: bool) -> None:
+    from tasksim_ray.infra.submit import check_results_kept
+
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    if kept:
+        check_results_kept(tmp_path / "c.yaml", args)
+    else:
+        with pytest.raises(TasksimError, match=r"is relative, so a submitted job would write its report .* set "
+                                               r"storage.uri, or an absolute workdir"):
+            check_results_kept(tmp_path / "c.yaml", args)

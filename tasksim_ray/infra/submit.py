@@ -43,14 +43,49 @@ def _secret(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in SECRET_NAMES)
 
 
-def _config_files(project: Path, config: Path) -> list[Path]:
-    """The config, and the data paths it names that lie inside the project (cluster nodes need them)."""
+def _raw_config(config: Path) -> dict[str, Any]:
     import yaml
 
     try:
         raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise TasksimError(f"{config}: cannot read the config to submit ({type(exc).__name__})") from None
+    return raw if isinstance(raw, dict) else {}
+
+
+def _sets(args: list[str] | None) -> dict[str, str]:
+    """The job's ``--set KEY=VALUE`` pairs (either spelling), as text."""
+    out, items = {}, list(args or [])
+    for i, item in enumerate(items):
+        if item == "--set" and i + 1 < len(items):
+            pair = items[i + 1]
+        elif item.startswith("--set="):
+            pair = item.removeprefix("--set=")
+        else:
+            continue
+        key, _, value = pair.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def check_results_kept(config: Path, args: list[str] | None) -> None:
+    """A job runs in a temporary copy of the uploaded project on the head node, which Ray deletes: a
+    relative workdir there takes the report and every cached artifact with it. Refused in one line
+    unless results go to ``storage.uri`` or to an absolute workdir (storage the nodes share)."""
+    raw, sets = _raw_config(config), _sets(args)
+    storage = raw.get("storage") if isinstance(raw.get("storage"), dict) else {}
+    workdir = str(sets.get("workdir", raw.get("workdir", "runs/tasksim")))
+    if sets.get("storage.uri", storage.get("uri")) or Path(workdir).expanduser().is_absolute():
+        return
+    raise TasksimError(f"{config}: workdir '{workdir}' is relative, so a submitted job would write its report and "
+                       "artifacts into its temporary working directory on the head node, which Ray deletes; set "
+                       "storage.uri, or an absolute workdir on storage the cluster shares "
+                       "(--arg=--set --arg=workdir=/shared/runs/NAME)")
+
+
+def _config_files(project: Path, config: Path) -> list[Path]:
+    """The config, and the data paths it names that lie inside the project (cluster nodes need them)."""
+    raw = _raw_config(config)
     found = [config]
     for section, key in CONFIG_PATHS:
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
@@ -102,13 +137,20 @@ def runtime_env(working_dir: Path, pip: list[str] | None = None, image: str | No
     return env
 
 
-def _submit_when_ready(client: Any, entrypoint: str, env: dict[str, Any], wait_s: float = 120) -> str:
+def job_metadata(project: Path, verb: str, config: str) -> dict[str, str]:
+    """What the Ray dashboard's job list shows beside the job: the config's name, the verb, the file."""
+    name = _raw_config(project / config).get("name", Path(config).stem)
+    return {"tasksim_name": str(name), "tasksim_verb": verb, "tasksim_config": config}
+
+
+def _submit_when_ready(client: Any, entrypoint: str, env: dict[str, Any], metadata: dict[str, str],
+                       wait_s: float = 120) -> str:
     """Submit, retrying while the head's job agent is still starting (a fresh cluster answers
     'No available agent to submit job' for its first seconds)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return client.submit_job(entrypoint=entrypoint, runtime_env=env)
+            return client.submit_job(entrypoint=entrypoint, runtime_env=env, metadata=metadata)
         except RuntimeError as exc:
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
                 raise TasksimError(f"job submission failed: {exc}") from None
@@ -128,6 +170,7 @@ def submit(address: str, verb: str, config: str, args: list[str] | None = None, 
     project = (project or Path.cwd()).resolve()
     if not (project / "jobs" / f"{verb}.py").is_file():
         raise TasksimError(f"{project}/jobs/{verb}.py: no such job entry point")
+    check_results_kept(project / config, args)  # before the cluster is asked anything
     try:
         client = JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -137,7 +180,8 @@ def submit(address: str, verb: str, config: str, args: list[str] | None = None, 
         on_upload(files)
     staging = stage_upload(project, files)
     try:
-        job_id = _submit_when_ready(client, entrypoint(verb, config, args), runtime_env(staging, pip, image))
+        job_id = _submit_when_ready(client, entrypoint(verb, config, args), runtime_env(staging, pip, image),
+                                    job_metadata(project, verb, config))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     done = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
