@@ -25,11 +25,14 @@ from tasksim_ray.transfer import cells
 
 from .conftest import TINY_CONFIG
 
+# the smallest run that still pretrains, embeds on two hosts and fine-tunes cells, one torch thread
+# per job and per host: on 2 cores, three raylets share the machine with it
 SETS: dict[str, Any] = {
-    "ray.pending_timeout_s": 60, "embed.hosts": 2,
+    "ray.pending_timeout_s": 60, "embed.hosts": 2, "embed.threads": 1,
     "data.targets": ["mu", "alpha", "homo", "lumo"], "train.max_epochs": 3, "train.patience": 3,
-    "transfer.tasks": ["mu", "alpha"], "transfer.folds": 2, "transfer.finetune.max_epochs": 5,
-    "transfer.finetune.patience": 5}
+    "train.n_train": 150, "train.n_val": 20, "model.hidden_dim": 16, "model.ffn_hidden_dim": 16,
+    "transfer.tasks": ["mu", "alpha"], "transfer.folds": 2,
+    "transfer.finetune.max_epochs": 5, "transfer.finetune.patience": 5}
 
 
 def logged(fn: Any, log: str, key_of: Any) -> Any:
