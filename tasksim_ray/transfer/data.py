@@ -114,6 +114,12 @@ def report_transfer_sizes(run: Run, tasks: Stage, prep: Stage) -> None:
                      explicit=was_set(tc.budget, "pool_per_task"))
     report_shortfall("transfer.moe.k", tc.moe.k, len(kept) - 1, "experts (the other tasks' models) per target",
                      explicit=was_set(tc.moe, "k"))
+    pools = {s: min(tc.budget.pool_per_task, labelled(s, split["folds"][cfg.train.fold]))
+             for s in tc.ptft.pt_sources if s in kept}
+    if pools:  # the PT/FT sweep's sizes label its curves as the learning-curve sizes do theirs
+        report_shortfall("transfer.ptft.pt_sizes", max(tc.ptft.pt_sizes), pools,
+                         f"{table.kind}s in a source's pretraining pool (transfer.budget.pool_per_task caps it)",
+                         defines_result=True)
     report_shortfall("transfer.sizes", tc.sizes[-1],
                      {f"{t} fold {f}": labelled(t, split["folds"][f]) for t in targets for f in range(tc.folds)},
                      f"labelled training {table.kind}s per target and fold", defines_result=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tasksim_ray.data.sizes import report_shortfall
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import stable_hash
 from tasksim_ray.training.multitask import submit_subsets
@@ -51,9 +52,8 @@ def sized_subset(data: TransferData, task: str, n: int) -> SubsetData:
     """``task``'s pretraining data cut to the first ``n`` crystals of its pool (a random sample of its
     training split), validated as its per-task model is."""
     p = data.pool(task)
-    if len(p.rows) < n:
-        raise TasksimError(f"transfer.ptft.pt_sizes: task '{task}' has {len(p.rows)} pretraining crystals "
-                           f"(transfer.budget.pool_per_task caps the pool); {n} asked")
+    report_shortfall("transfer.ptft.pt_sizes", n, {task: len(p.rows)},
+                     "pretraining crystals (transfer.budget.pool_per_task caps the pool)", defines_result=True)
     cut = TaskPool(task, p.rows[:n], p.pos[:n], p.y[:n], p.val_rows, p.val_pos, p.val_y)
     return combine_pools(stable_hash(data.table.fingerprint(task, cut.rows, cut.val_rows)), [cut])
 
