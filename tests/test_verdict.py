@@ -1,0 +1,77 @@
+"""Verdicts against a paper by the stated rule: constructed cells through each of the three outcomes,
+paired by seed, Welch's without per-seed values, trends, and the side-by-side table's verdict column."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasksim_ray.papers import lookup
+from tasksim_ray.papers.compare import Measured, beats, compare
+from tasksim_ray.papers.verdict import all_of, better, outcome, paired, trend, welch
+
+
+def test_the_rule_on_intervals() -> None:
+    assert outcome((0.1, 2.0)) == "agrees"
+    assert outcome((-2.0, -0.1)) == "disagrees"
+    assert outcome((-0.1, 2.0)) == "not resolved"
+    assert outcome(None) == "not resolved"
+
+
+def test_paired_cells_through_each_outcome() -> None:
+    scratch = [0.30, 0.32, 0.31, 0.29, 0.33]  # MAE, lower is better; the paper: pretrained beats scratch
+    assert better("PT beats scratch", [s - 0.05 for s in scratch], scratch, False).outcome == "agrees"
+    assert better("PT beats scratch", [s + 0.05 for s in scratch], scratch, False).outcome == "disagrees"
+    mixed = [s + d for s, d in zip(scratch, [-0.04, 0.05, -0.03, 0.04, 0.0])]
+    v = better("PT beats scratch", mixed, scratch, False)
+    assert v.outcome == "not resolved" and v.ci[0] < 0 < v.ci[1]
+    # "agree: yes" by the mean alone, but an interval containing 0: not resolved
+    lean = [s + d for s, d in zip(scratch, [-0.05, 0.03, -0.04, 0.02, -0.01])]
+    v = better("PT beats scratch", lean, scratch, False)
+    assert v.estimate > 0 and v.outcome == "not resolved"
+    assert paired("one seed", [0.5]).outcome == "not resolved" and paired("one seed", [0.5]).ci is None
+
+
+def test_welch_from_means_and_stds() -> None:
+    assert welch("a beats b", (1.0, 0.1, 5), (0.5, 0.1, 5)).outcome == "agrees"
+    assert welch("a beats b", (0.5, 0.1, 5), (1.0, 0.1, 5)).outcome == "disagrees"
+    assert welch("a beats b", (1.0, 0.5, 5), (0.9, 0.5, 5)).outcome == "not resolved"
+    assert welch("a beats b", (1.0, None, 5), (0.5, 0.1, 5)).outcome == "not resolved"
+
+
+def test_trend_and_all_of() -> None:
+    up = [[1.0, 1.1, 0.9], [2.0, 2.2, 1.9], [3.0, 3.1, 2.8]]
+    assert trend("gain grows with PT size", up, increasing=True).outcome == "agrees"
+    assert trend("gain falls with PT size", up, increasing=False).outcome == "disagrees"
+    flat = [[1.0, 1.2, 0.8], [1.1, 0.9, 1.0], [3.0, 3.1, 2.8]]
+    assert trend("gain grows with PT size", flat, increasing=True).outcome == "not resolved"
+    a, d = paired("x", [1, 1.1, 0.9]), paired("y", [-1, -1.1, -0.9])
+    assert all_of("both", [a, a]).outcome == "agrees" and all_of("both", [a, d]).outcome == "disagrees"
+
+
+def test_side_by_side_rows_carry_the_verdict() -> None:
+    table = lookup("001/table3")
+    row = table.rows[0]
+    best = table.best(row.key)[0]  # the paper's winner of the row
+    other = next(c.key for c in table.columns if c.compete and c.key != best and table.cell(row.key, c.key))
+    name = {c.key: c.ours or c.key for c in table.columns}
+    hib = table.higher_is_better_for(row.key)
+    good, bad = (2.0, 1.0) if hib else (1.0, 2.0)
+
+    def ours(win: float, lose: float, spread: float) -> dict:
+        seeds = [-spread, spread, 0.0, -spread / 2, spread / 2]
+        return {(row.ours, name[best]): Measured(win, None, 5, tuple(win + s for s in seeds)),
+                (row.ours, name[other]): Measured(lose, None, 5, tuple(lose + s for s in seeds[::-1]))}
+
+    cases = {"agrees": ours(good, bad, 0.01), "disagrees": ours(bad, good, 0.01),
+             "not resolved": ours(good, good + 1e-3 * (-1 if hib else 1), 0.5)}
+    for outcome_name, results in cases.items():
+        v = compare(table, results).rows[0].verdict
+        assert v is not None and v.outcome == outcome_name, (outcome_name, v)
+    md = compare(table, cases["agrees"]).to_markdown()
+    assert "| agrees |" in md and "Verdicts: 1 agree, 0 disagree, 0 not resolved (of 1)" in md
+
+
+@pytest.mark.parametrize("values", [None, (1.0,)])
+def test_a_single_seed_is_never_a_verdict(values: tuple[float, ...] | None) -> None:
+    a, b = Measured(1.0, None, 1, values), Measured(2.0, None, 1, values)
+    assert beats("a beats b", a, b, False).outcome == "not resolved"
