@@ -75,3 +75,25 @@ def test_side_by_side_rows_carry_the_verdict() -> None:
 def test_a_single_seed_is_never_a_verdict(values: tuple[float, ...] | None) -> None:
     a, b = Measured(1.0, None, 1, values), Measured(2.0, None, 1, values)
     assert beats("a beats b", a, b, False).outcome == "not resolved"
+
+
+def _ptft_result() -> dict:
+    per = {r: {"100": {"mean": m, "std": 0.01, "seeds": 3, "values": [m - 0.01, m, m + 0.01]}}
+           for r, m in {"scratch": 0.5, "src": 0.45, "MPT all x4": 0.4}.items()}
+    gains = {"src": [9.0, 10.0, 11.0], "MPT all x4": [19.0, 20.0, 21.0]}
+    return {"sizes": [100], "size": 100, "mpt": "MPT all x4", "label_std": {"t": 2.0}, "label_range": {"t": 10.0},
+            "per_target": {"t": {"ood": False, "per_size": per, "fold_gain": gains, "best_pairwise": "src"}}}
+
+
+def test_ptft_rows_in_the_paper_units_and_its_verdicts() -> None:
+    from tasksim_ray.transfer.studies.ptft import PTFTStudy, verdict_lines
+
+    rows = PTFTStudy("ptft").paper_rows(_ptft_result())
+    # paper 004: standardised, then min-max normalised = the MAE over the training label range
+    assert rows["t@100/paper"]["mpt"]["mean"] == pytest.approx(0.04)
+    assert rows["t@100/paper"]["scratch"]["std"] == pytest.approx(0.001)
+    assert rows["t@100/std"]["mpt"]["mean"] == pytest.approx(0.2)
+    md = "\n".join(verdict_lines(_ptft_result()))
+    assert "t: MPT beats scratch: **agrees**" in md and "t: PT-FT from src beats scratch: **agrees**" in md
+    assert "MPT beats the best pairwise source (src, chosen on these folds): **agrees**" in md
+    assert "Verdicts: 3 agree, 0 disagree, 0 not resolved (of 3)" in md

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from tasksim_ray.errors import TasksimError
+from tasksim_ray.papers.verdict import RULE, paired, tally
 from tasksim_ray.infra.cache import read_manifest, stable_hash
 from tasksim_ray.training.multitask import all_labels_run, subset_model, submit_subsets
 from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
@@ -209,7 +210,7 @@ class PTFTStudy(Study):
 
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
         figures: dict[str, Path] = {}
-        md = ptft_markdown(out, result, figures) + sweeps_markdown(result)
+        md = ptft_markdown(out, result, figures) + verdict_lines(result) + sweeps_markdown(result)
         shown = {t: {k: e["curves"][k] for k in ("scratch", e["best_pairwise"], result["mpt"])}
                  for t, e in result["per_target"].items()}
         figures |= curve_figures(out, "ptft", shown, ctx.data.units)
@@ -248,8 +249,9 @@ def _per_size(curves: Curves, target: str, label: str, sizes: list[int]) -> dict
     """Test MAE per fine-tuning size: mean, std (numpy's) and number of folds."""
     out = {}
     for n in sizes:
-        v = np.array([c["test_mae"] for c in curves[(target, label)]["cells"] if c["size"] == n])
-        out[str(n)] = {"mean": float(v.mean()), "std": float(v.std()), "seeds": int(v.size)}
+        cells = sorted((c for c in curves[(target, label)]["cells"] if c["size"] == n), key=lambda c: c["fold"])
+        v = np.array([c["test_mae"] for c in cells])
+        out[str(n)] = {"mean": float(v.mean()), "std": float(v.std()), "seeds": int(v.size), "values": v.tolist()}
     return out
 
 
@@ -293,12 +295,36 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
     md += ["", f"MPT beats the best pairwise source on {r['mpt_beats_best_pairwise']} of "
                f"{r['in_distribution_targets']} in-distribution targets."]
     md += volume_lines(r)
+    md += ["", "Beside paper 004's tables, MAEs are in its units: labels standardised, then min-max normalised (its "
+               "section 2), i.e. the MAE divided by the target's label range on its training split (rows "
+               "`<target>@<size>/paper`): " + ", ".join(f"{t} {v:.4g}" for t, v in r.get("label_range", {}).items())
+           + "."]
     for t, x in r["per_target"].items():
         if x["ood"]:
             md.append(f"MPT for {t} pretrained on: {', '.join(x['mpt_sources'])}"
                       + (f" (left out by task group: {', '.join(x['excluded_by_group'])})" if x["excluded_by_group"]
                          else "") + ".")
     return [*md, ""]
+
+
+def verdict_lines(r: dict[str, Any]) -> list[str]:
+    """Paper 004's claims on our folds, by the verdict rule: each named pair's PT-FT beats scratch (its Fig. 4),
+    MPT beats scratch and MPT beats the best pairwise source (Fig. 6c in distribution, Table 1 on the OOD
+    target); gains at the largest fine-tuning size, paired by fold."""
+    if not any("fold_gain" in x for x in r["per_target"].values()):
+        return []
+    mpt, found = r["mpt"], []
+    for t, x in r["per_target"].items():
+        g = {k: np.array(v) for k, v in x["fold_gain"].items()}
+        tag = " (OOD)" if x["ood"] else ""
+        found += [paired(f"{t}{tag}: MPT beats scratch", g[mpt]),
+                  paired(f"{t}{tag}: MPT beats the best pairwise source ({x['best_pairwise']}, chosen on these folds)",
+                         g[mpt] - g[x["best_pairwise"]])]
+        if not x["ood"]:
+            found += [paired(f"{t}: PT-FT from {s} beats scratch", g[s]) for s in g if s != mpt]
+    return ["## Verdicts against paper 004", "", RULE + " Differences: test-MAE gain over scratch at "
+            f"{r['size']} fine-tuning points (%), per fold.", "", f"Verdicts: {tally(found)}.", "",
+            *[f"- {v.line()}" for v in found], ""]
 
 
 def volume_lines(r: dict[str, Any]) -> list[str]:
