@@ -97,3 +97,22 @@ def test_ptft_rows_in_the_paper_units_and_its_verdicts() -> None:
     assert "t: MPT beats scratch: **agrees**" in md and "t: PT-FT from src beats scratch: **agrees**" in md
     assert "MPT beats the best pairwise source (src, chosen on these folds): **agrees**" in md
     assert "Verdicts: 3 agree, 0 disagree, 0 not resolved (of 3)" in md
+
+
+def test_budget_verdicts_pair_the_pick_with_all_others_and_the_mixture() -> None:
+    from tasksim_ray.transfer.studies.budget import budget_verdicts, verdict_lines
+
+    def target(picked: list[float], others: list[float], mix: list[float]) -> dict:
+        return {"fold_gain": {"picked": picked, "all_others": others, "mixture": mix},
+                "mixture": {"aligned": "a", "misaligned": "z", "labels": [20, 10], "gain": sum(mix) / len(mix)}}
+
+    result = {"pick_metric": "csi", "split": [400, 10], "mixture_share": 1 / 3, "n_vs_e": {},
+              "targets": {"t1": target([10, 11, 12], [1, 2, 3], [12, 13, 14]),
+                          "t2": target([10, 10.5, 11], [2, 2.5, 3], [9, 11, 10.5]),
+                          "t3": target([5, 6, 7], [1, 1, 2], [20, 19, 21])}}
+    found = {v.claim: v for v in budget_verdicts(result)}
+    assert found["t1: the csi pick alone beats all others under the same budget"].outcome == "agrees"
+    assert found["t1: the csi pick alone beats aligned + misaligned"].outcome == "disagrees"
+    assert found["t2: the csi pick alone beats aligned + misaligned"].outcome == "not resolved"
+    assert found["over targets: the csi pick alone beats all others under the same budget"].outcome == "agrees"
+    assert "Verdicts: 4 agree, 2 disagree, 2 not resolved (of 8)" in "\n".join(verdict_lines(result))

@@ -117,6 +117,10 @@ class BudgetConfig(_Strict):
     """Pretraining learning rate."""
     batch_size: int = Field(default=50, gt=0)
     """Pretraining batch size (the global batch with several workers)."""
+    mixture: float | None = Field(default=None, gt=0, lt=1)
+    """Budget study: also pretrain paper 002's mixture, the picked (aligned) source plus the least aligned source,
+    this share of the labels from the latter (the paper: 1M OC22 added to 2M ANI-1x, 1/3), under the same budget;
+    null: no mixture arm."""
     loss: Literal["mse", "l1"] = "mse"
     """Pretraining loss on the standardised labels, missing labels masked: `mse`, or `l1` (the ALIGNN PT/FT
     paper's Eq. 1)."""
