@@ -3,8 +3,10 @@ paired by seed, Welch's without per-seed values, trends, and the side-by-side ta
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from tasksim_ray.data.transforms import LabelTransform
 from tasksim_ray.papers import lookup
 from tasksim_ray.papers.compare import Measured, beats, compare
 from tasksim_ray.papers.verdict import all_of, better, outcome, paired, trend, welch
@@ -81,7 +83,9 @@ def _ptft_result() -> dict:
     per = {r: {"100": {"mean": m, "std": 0.01, "seeds": 3, "values": [m - 0.01, m, m + 0.01]}}
            for r, m in {"scratch": 0.5, "src": 0.45, "MPT all x4": 0.4}.items()}
     gains = {"src": [9.0, 10.0, 11.0], "MPT all x4": [19.0, 20.0, 21.0]}
-    return {"sizes": [100], "size": 100, "mpt": "MPT all x4", "label_std": {"t": 2.0}, "label_range": {"t": 10.0},
+    return {"sizes": [100], "size": 100, "mpt": "MPT all x4", "label_std": {"t": 2.0},
+            "paper_transform": {"t": LabelTransform.fit(["standardise", "min-max"],
+                                                        np.linspace(-3.0, 7.0, 11)).to_dict()},
             "per_target": {"t": {"ood": False, "per_size": per, "fold_gain": gains, "best_pairwise": "src"}}}
 
 
@@ -93,6 +97,7 @@ def test_ptft_rows_in_the_paper_units_and_its_verdicts() -> None:
     assert rows["t@100/paper"]["mpt"]["mean"] == pytest.approx(0.04)
     assert rows["t@100/paper"]["scratch"]["std"] == pytest.approx(0.001)
     assert rows["t@100/std"]["mpt"]["mean"] == pytest.approx(0.2)
+    assert rows["t@100/paper"]["mpt"]["values"] == pytest.approx([0.039, 0.04, 0.041])
     md = "\n".join(verdict_lines(_ptft_result()))
     assert "t: MPT beats scratch: **agrees**" in md and "t: PT-FT from src beats scratch: **agrees**" in md
     assert "MPT beats the best pairwise source (src, chosen on these folds): **agrees**" in md
@@ -116,3 +121,24 @@ def test_budget_verdicts_pair_the_pick_with_all_others_and_the_mixture() -> None
     assert found["t2: the csi pick alone beats aligned + misaligned"].outcome == "not resolved"
     assert found["over targets: the csi pick alone beats all others under the same budget"].outcome == "agrees"
     assert "Verdicts: 4 agree, 2 disagree, 2 not resolved (of 8)" in "\n".join(verdict_lines(result))
+
+
+@pytest.mark.parametrize("names", [["standardise"], ["min-max"], ["log"], ["log1p"], ["log", "standardise"],
+                                   ["standardise", "min-max"], ["log1p", "standardise", "min-max"]])
+def test_label_transforms_round_trip_and_are_fitted_on_training_labels(names: list[str]) -> None:
+    train = np.array([0.5, 1.0, 2.0, 4.0, 8.0, np.nan])
+    t = LabelTransform.fit(names, train)
+    test = np.array([0.7, 3.0, 20.0])
+    assert LabelTransform.from_dict(t.to_dict()).inverse(t.forward(test)) == pytest.approx(test)
+    if names[-1] == "min-max":  # fitted on the training labels: they span [0, 1], a test label may not
+        z = t.forward(train[:-1])
+        assert z.min() == pytest.approx(0.0) and z.max() == pytest.approx(1.0) and t.forward(test)[-1] > 1
+
+
+def test_the_paper_004_transform_scales_an_mae_by_the_training_range() -> None:
+    t = LabelTransform.fit(["standardise", "min-max"], np.array([2.0, 4.0, 6.0, 12.0]))
+    assert t.mae_scale() == pytest.approx(1 / 10)  # standardise then min-max = (y - min) / (max - min)
+    pred, true = np.array([3.0, 5.0]), np.array([4.0, 7.0])
+    assert np.abs(t.forward(pred) - t.forward(true)).mean() == pytest.approx(np.abs(pred - true).mean() * t.mae_scale())
+    with pytest.raises(Exception, match="no single scale"):
+        LabelTransform.fit(["log"], np.array([1.0, 2.0])).mae_scale()

@@ -326,6 +326,10 @@ class PTFTConfig(_Strict):
     """MPT pretrains on every label of the union of its sources' pools each epoch, for this many epochs, so it
     sees at least as much data as any pairwise source (the paper: all 132,270 datapoints); null: the first split
     of `budget`."""
+    paper_transform: list[Literal["standardise", "min-max", "log", "log1p"]] = ["standardise", "min-max"]
+    """The label transform of the paper's reported MAEs (`tasksim_ray.data.transforms`), fitted on each target's
+    training split: rows beside the paper (`<target>@<size>/paper`) are in its units (paper 004: standardised, then
+    min-max normalised)."""
     mpt_loss: Literal["mse", "l1"] = "mse"
     """MPT's pretraining loss (the paper's Eq. 1: `l1`)."""
     mpt_batch_size: int | None = Field(default=None, gt=0)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tasksim_ray.data.transforms import LabelTransform
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.papers.verdict import RULE, paired, tally
 from tasksim_ray.infra.cache import read_manifest, stable_hash
@@ -169,7 +170,7 @@ class PTFTStudy(Study):
                 "mpt_added_layers": tc.ptft.mpt_added_layers, "task_groups": dict(tc.task_groups),
                 "size": largest, "sizes": list(tc.sizes), "folds": folds, "auc_gain": auc_gain.tolist(),
                 "label_std": {t: float(np.nanstd(ctx.data.table.labels(t))) for t in targets},
-                "label_range": {t: _train_range(ctx.data, t) for t in targets},
+                "paper_transform": {t: _paper_transform(ctx, t).to_dict() for t in targets},
                 "mpt_loss": tc.ptft.mpt_loss, "mpt_epochs": tc.ptft.mpt_epochs,
                 "mpt_batch_size": tc.ptft.mpt_batch_size or tc.budget.batch_size,
                 "finetune_batch_size": tc.finetune.batch_size,
@@ -229,20 +230,23 @@ class PTFTStudy(Study):
                 rows[f"{t}@{size}"] = {("mpt" if r == result["mpt"] else r): x[str(size)]
                                        for r, x in e["per_size"].items()}
                 rows[f"{t}@{size}/std"] = {r: x | {"mean": x["mean"] / scale, "std": x["std"] / scale}
+                                           | ({"values": [v / scale for v in x["values"]]} if "values" in x else {})
                                            for r, x in rows[f"{t}@{size}"].items()}
-                span = result.get("label_range", {}).get(t)
-                if span:  # paper 004's units: standardised, then min-max normalised (fitted on the training split)
-                    rows[f"{t}@{size}/paper"] = {r: x | {"mean": x["mean"] / span, "std": x["std"] / span}
+                fitted = result.get("paper_transform", {}).get(t)
+                if fitted:  # the paper's units (paper 004: standardised, then min-max; fitted on the training split)
+                    k = LabelTransform.from_dict(fitted).mae_scale()
+                    rows[f"{t}@{size}/paper"] = {r: x | {"mean": x["mean"] * k, "std": x["std"] * k}
+                                                 | ({"values": [v * k for v in x["values"]]} if "values" in x else {})
                                                  for r, x in rows[f"{t}@{size}"].items()}
             rows[t] = rows[f"{t}@{result['size']}"]
         return rows
 
 
-def _train_range(data: TransferData, task: str) -> float:
-    """max - min of the task's labels on its pretraining pool (training-split rows): standardising and then
-    min-max normalising, paper 004's transform, divides an MAE by this range."""
-    y = data.table.labels(task)[data.rows[task]["pool"]]
-    return float(np.nanmax(y) - np.nanmin(y))
+def _paper_transform(ctx: Context, task: str) -> LabelTransform:
+    """``ptft.paper_transform`` fitted on the task's pretraining pool (training-split rows only)."""
+    assert isinstance(ctx.data, TransferData)
+    y = ctx.data.table.labels(task)[ctx.data.rows[task]["pool"]]
+    return LabelTransform.fit(ctx.run.cfg.transfer.ptft.paper_transform, y, "transfer.ptft.paper_transform")
 
 
 def _per_size(curves: Curves, target: str, label: str, sizes: list[int]) -> dict[str, dict[str, Any]]:
@@ -295,10 +299,13 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
     md += ["", f"MPT beats the best pairwise source on {r['mpt_beats_best_pairwise']} of "
                f"{r['in_distribution_targets']} in-distribution targets."]
     md += volume_lines(r)
-    md += ["", "Beside paper 004's tables, MAEs are in its units: labels standardised, then min-max normalised (its "
-               "section 2), i.e. the MAE divided by the target's label range on its training split (rows "
-               "`<target>@<size>/paper`): " + ", ".join(f"{t} {v:.4g}" for t, v in r.get("label_range", {}).items())
-           + "."]
+    if r.get("paper_transform"):
+        names = " then ".join(LabelTransform.from_dict(next(iter(r["paper_transform"].values()))).names)
+        md += ["", f"Beside paper 004's tables, MAEs are in its units: the labels' {names} (its section 2), fitted on "
+                   "each target's training split, so an MAE is multiplied by (rows `<target>@<size>/paper`): "
+               + ", ".join(f"{t} {LabelTransform.from_dict(v).mae_scale():.4g}"
+                           for t, v in r["paper_transform"].items())
+               + "."]
     for t, x in r["per_target"].items():
         if x["ood"]:
             md.append(f"MPT for {t} pretrained on: {', '.join(x['mpt_sources'])}"
