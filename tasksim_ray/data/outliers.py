@@ -11,6 +11,7 @@ missing, so the row leaves that task only) or ``error`` (refuse the table, namin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class Outlier:
     position: int  # row position in the table
 
     def describe(self) -> str:
-        where = f"{self.source}, data row {self.source_row + 1}"
+        where = f"{Path(self.source).name}, data row {self.source_row + 1}"
         return f"row '{self.row_id}' ({where}) = {self.value:.4g} (z {self.z:.3g})"
 
 
