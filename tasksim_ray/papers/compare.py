@@ -300,13 +300,14 @@ class FactComparison:
 
     def to_markdown(self) -> str:
         lines = [f"**{self.facts.id}**: stated in `{self.facts.paper}`", "",
-                 "| fact | paper | ours | agree |", "|---|---|---|---|"]
+                 "| fact | paper | ours | same |", "|---|---|---|---|"]
         for fact, mine, agrees in self.rows:
             paper = fact.printed if fact.printed is not None else _show(fact.value)
             lines.append(f"| {fact.key} | {paper} | {'' if mine is None else _show(mine)} | "
                          f"{'' if agrees is None else ('yes' if agrees else 'no')} |")
         same, known = self.agreement
-        return "\n".join([*lines, "", f"Agreement: {same} of {known} facts measured.", ""])
+        return "\n".join([*lines, "", f"The same as the paper: {same} of {known} facts measured (settings and "
+                                       "stated values, compared as given; not a verdict).", ""])
 
     def to_dict(self) -> dict[str, Any]:
         same, known = self.agreement
