@@ -178,10 +178,12 @@ class BudgetStudy(Study):
             if t in self.mixtures:
                 label = f"{MIX} {first}"
                 mix = 100 * fold_gains(base, curves[(t, label)]["fold_auc"])
-                entries[label] = curve_entry(curves, t, label)
+                model = subset_model(Path(self.mixtures[t]["dir"]))
+                entries[label] = curve_entry(curves, t, label) | {
+                    "pretrain_tasks": list(model.tasks), "labels_used": model.metrics["labels_used"],
+                    "samples_seen": model.metrics["samples_seen"]}
                 per_target[t]["mixture"] = {k: v for k, v in self.mixtures[t].items() if k != "dir"} | {
-                    "gain": float(mix.mean()), "samples_seen": subset_model(Path(self.mixtures[t]["dir"])).metrics[
-                        "samples_seen"]}
+                    "gain": float(mix.mean()), "samples_seen": model.metrics["samples_seen"]}
                 per_target[t]["fold_gain"]["mixture"] = mix.tolist()
         out = {"split": list(self.split), "splits": [list(s) for s in self.splits], "pick_metric": metric,
                "pick_metrics": self.metrics, "targets": per_target, "names": sources,
