@@ -121,6 +121,11 @@ def test_budget_verdicts_pair_the_pick_with_all_others_and_the_mixture() -> None
     assert found["t2: the csi pick alone beats aligned + misaligned"].outcome == "not resolved"
     assert found["over targets: the csi pick alone beats all others under the same budget"].outcome == "agrees"
     assert "Verdicts: 4 agree, 2 disagree, 2 not resolved (of 8)" in "\n".join(verdict_lines(result))
+    # the page's old "agree: yes" for N vs E rested on an interval holding 0: by the rule, not resolved
+    result["n_vs_e"] = {"100x40": {"csi pick": {"vs_first": {"mean": -2.1, "ci": [-6.5, 2.2]}, "n": 12}}}
+    n_vs_e = budget_verdicts(result)[-1]
+    assert n_vs_e.claim.startswith("over targets: fewer samples for more epochs (100x40) beats 400x10")
+    assert n_vs_e.outcome == "not resolved" and n_vs_e.n == 12
 
 
 @pytest.mark.parametrize("names", [["standardise"], ["min-max"], ["log"], ["log1p"], ["log", "standardise"],
