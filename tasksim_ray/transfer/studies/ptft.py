@@ -296,8 +296,9 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
         md.append(f"| {t}{' (OOD)' if x['ood'] else ''} | {x['best_pairwise']} ({gain(x['best_pairwise_gain'])}) | "
                   f"{gain(x['mpt_gain'])} | {diff} | {'yes' if d['differ'] else 'no'} | "
                   f"{'yes' if x['mpt_beats_every_pairwise'] else 'no'} |")
-    md += ["", f"MPT beats the best pairwise source on {r['mpt_beats_best_pairwise']} of "
-               f"{r['in_distribution_targets']} in-distribution targets."]
+    if r["in_distribution_targets"]:
+        md += ["", f"MPT beats the best pairwise source on {r['mpt_beats_best_pairwise']} of "
+                   f"{r['in_distribution_targets']} in-distribution targets."]
     md += volume_lines(r)
     if r.get("paper_transform"):
         names = " then ".join(LabelTransform.from_dict(next(iter(r["paper_transform"].values()))).names)
