@@ -109,7 +109,8 @@ def test_budget_study_scores_csi_as_single_source_pick(first_run: PipelineResult
 
     cfg = load_config(CONFIG, {"workdir": str(workdir), "similarity.dataset_features.model": "chgnet",
                                "similarity.metrics": ["rsa", "cka", "csi", "csi_graph"],
-                               "transfer.budget": {"total": 120, "splits": [[60, 2], [30, 4]], "pool_per_task": 40},
+                               "transfer.budget": {"total": 120, "splits": [[60, 2], [30, 4]], "pool_per_task": 40,
+                                                   "mixture": 0.3333},
                                "transfer.paper_tables": [{"table": "002/facts", "study": "budget"}]})
     out = run_transfer(cfg, ["budget"])
     r = out["studies"]["budget"]
@@ -122,7 +123,10 @@ def test_budget_study_scores_csi_as_single_source_pick(first_run: PipelineResult
         arms = {k: v for k, v in e["curves"].items() if k != "scratch"}
         picks = {e["picks"][m]["source"] for m in r["pick_metrics"]}
         assert sorted(arms) == sorted([f"{s} 60x2" for s in others] + ["all others 60x2", "all others 30x4"]
-                                      + [f"{s} 30x4" for s in picks])
+                                      + [f"{s} 30x4" for s in picks] + ["aligned + misaligned 60x2"])
+        mix = e["mixture"]  # paper 002's mixture: the pick plus the last-ranked source, 1/3 of the labels from it
+        assert mix["aligned"] == e["picked"] and mix["misaligned"] != mix["aligned"] and mix["samples_seen"] == 120
+        assert mix["labels"][1] == round(mix["labels"][0] / 2) and len(e["fold_gain"]["mixture"]) == 1
         assert {v["samples_seen"] for v in arms.values()} == {120}  # one budget for every arm
         assert np.isfinite(e["picked_vs_all_others"]["mean"])
         # the expected random source is the mean over the target's single sources; the hindsight best their max
@@ -143,6 +147,7 @@ def test_budget_study_scores_csi_as_single_source_pick(first_run: PipelineResult
     assert Path(out["paths"]["budget_recommendation_md"]).is_file() and Path(out["paths"]["budget_gain"]).is_file()
     md = Path(out["paths"]["markdown"]).read_text()
     assert "Budget study" in md and "random single source (expected)" in md and "N vs E" in md
+    assert "## Verdicts against paper 002" in md and "alone beats aligned + misaligned: **" in md
 
 
 

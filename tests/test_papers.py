@@ -255,7 +255,7 @@ def test_compare_gives_delta_sigma_winners_and_agreement() -> None:
     assert (cmp.agreement, cmp.compared) == (1, 2)
     assert cmp.omitted == ("my_extra_task",)
     md = cmp.to_markdown()
-    assert "Winner agreement: 1 of 2 rows compared (16 of 19 rows not run)." in md
+    assert "Same winner by means: 1 of 2 rows compared (16 of 19 rows not run)." in md
     assert "| PhonDOS peak | not run |" in md and "my_extra_task" not in md.split("Not in")[0]
     assert "| 0.120 ± 0.010 | 0.114 ± 0.006 | +1.00 |" in md  # ours at the paper's decimals
 

@@ -204,3 +204,14 @@ def test_budget_sampler_rejects_bad_arguments() -> None:
         BudgetSampler([np.arange(3), np.array([], dtype=int)], 4)
     with pytest.raises(ValueError, match="n_per_epoch"):
         BudgetSampler([np.arange(3)], 0)
+
+
+def test_masked_l1_is_the_mean_absolute_error_over_present_labels() -> None:
+    from tasksim_ray.training.objectives import masked_l1
+
+    pred = torch.tensor([[1.0, 2.0], [3.0, 5.0]], requires_grad=True)
+    y = torch.tensor([[2.0, float("nan")], [1.0, 5.5]])
+    loss = masked_l1(pred, y)
+    assert loss.item() == pytest.approx((1.0 + 2.0 + 0.5) / 3)
+    loss.backward()
+    assert pred.grad is not None and pred.grad[0, 1].item() == 0.0  # a missing label gets no gradient

@@ -146,6 +146,12 @@ class DataConfig(_Strict):
     """Where train/validation/test rows come from."""
     max_molecules: int | None = Field(default=None, gt=0)
     """Keep a seeded sample of at most this many rows of the table (null: all)."""
+    outliers: Literal["keep", "drop", "error"] = "keep"
+    """Labels far outside the rest of their task (robust z above `outlier_z`, `tasksim_ray.data.outliers`): one
+    warning line per task either way; `keep` them, `drop` them (the row leaves that task) or refuse the table
+    (`error`)."""
+    outlier_z: float = Field(default=20.0, gt=0)
+    """The robust z, |y - median| / (1.4826 MAD), above which a label is an outlier."""
 
     _source_registered = field_validator("source")(lambda v: registered(SOURCES, v))
     _targets_once = field_validator("targets")(lambda v: listed_once(v))

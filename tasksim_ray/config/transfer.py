@@ -117,6 +117,13 @@ class BudgetConfig(_Strict):
     """Pretraining learning rate."""
     batch_size: int = Field(default=50, gt=0)
     """Pretraining batch size (the global batch with several workers)."""
+    mixture: float | None = Field(default=None, gt=0, lt=1)
+    """Budget study: also pretrain paper 002's mixture, the picked (aligned) source plus the least aligned source,
+    this share of the labels from the latter (the paper: 1M OC22 added to 2M ANI-1x, 1/3), under the same budget;
+    null: no mixture arm."""
+    loss: Literal["mse", "l1"] = "mse"
+    """Pretraining loss on the standardised labels, missing labels masked: `mse`, or `l1` (the ALIGNN PT/FT
+    paper's Eq. 1)."""
     workers: int = Field(default=1, ge=1)
     """Above 1: data-parallel pretraining on this many Ray Train workers (DDP), same global batch."""
     worker_cpus: float = Field(default=1.0, gt=0)
@@ -315,6 +322,18 @@ class PTFTConfig(_Strict):
     """Epochs of each sweep pretraining (exactly that many; the best validation epoch is kept)."""
     mpt_added_layers: int = Field(default=0, ge=0)
     """Hidden layers added before the fresh head when fine-tuning from MPT (the paper: 2)."""
+    mpt_epochs: int | None = Field(default=None, ge=1)
+    """MPT pretrains on every label of the union of its sources' pools each epoch, for this many epochs, so it
+    sees at least as much data as any pairwise source (the paper: all 132,270 datapoints); null: the first split
+    of `budget`."""
+    paper_transform: list[Literal["standardise", "min-max", "log", "log1p"]] = ["standardise", "min-max"]
+    """The label transform of the paper's reported MAEs (`tasksim_ray.data.transforms`), fitted on each target's
+    training split: rows beside the paper (`<target>@<size>/paper`) are in its units (paper 004: standardised, then
+    min-max normalised)."""
+    mpt_loss: Literal["mse", "l1"] = "mse"
+    """MPT's pretraining loss (the paper's Eq. 1: `l1`)."""
+    mpt_batch_size: int | None = Field(default=None, gt=0)
+    """MPT's pretraining batch size (null: `budget.batch_size`; the paper: 64 above 1,000 points, 16 below)."""
 
     @model_validator(mode="after")
     def _sweep(self) -> PTFTConfig:

@@ -1,5 +1,7 @@
 """Ours beside the paper's: per cell both means and stds and the difference in the paper's std,
-per row whether the winner agrees, and the agreement count; facts side by side likewise.
+per row the paper's winner tested against ours by the verdict rule (:mod:`.verdict`: agrees,
+disagrees or not resolved on a 95% interval, paired by seed where per-seed ``values`` are given), and
+the count of each; facts side by side likewise.
 
 A study report calls :func:`side_by_side` once per id its config names (the coordinator's hook,
 e.g. ``transfer.paper_tables: [001/table3]``), with the per-task results it already has::
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.papers.schema import Cell, Column, Fact, FactSet, PaperTable, Row, relative_improvement, winners
 from tasksim_ray.papers.store import lookup
+from tasksim_ray.papers.verdict import RULE, Verdict, all_of, better, tally, welch
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Measured:
     mean: float
     std: float | None = None
     n: int | None = None
+    values: tuple[float, ...] | None = None  # per seed/fold, in seed order: verdicts pair on them
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class CellComparison:
     delta_sigma: float | None  # (ours - paper) / paper std
     relative: float | None  # (ours - paper) / |paper|
     sign_agrees: bool | None  # derived columns (relative improvements): same sign as the paper's
+    verdict: Verdict | None = None  # derived columns: the paper's sign tested on ours (model vs baseline)
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class RowComparison:
     paper_best: tuple[str, ...]  # the paper's best of all its competing columns (its bold)
     paper_winner: tuple[str, ...]  # the paper's best among the competing columns both have
     our_winner: tuple[str, ...]
-    agrees: bool | None  # None: fewer than two competing columns to compare
+    agrees: bool | None  # the same winner by means; None: fewer than two competing columns to compare
+    verdict: Verdict | None = None  # the paper's winner beats each other column of ours, by the rule
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,10 @@ class Comparison:
         return sum(r.agrees is not None for r in self.rows)
 
     @property
+    def verdicts(self) -> list[Verdict]:
+        return [v for r in self.rows for v in [r.verdict, *(c.verdict for c in r.cells)] if v is not None]
+
+    @property
     def sign_agreement(self) -> tuple[int, int]:
         signs = [c.sign_agrees for r in self.rows for c in r.cells if c.sign_agrees is not None]
         return sum(signs), len(signs)
@@ -87,6 +97,7 @@ class Comparison:
         return {"table": t.id, "paper": t.paper, "name": t.name, "metric": t.metric,
                 "higher_is_better": t.higher_is_better, "winner_agreement": self.agreement,
                 "rows_compared": self.compared, "sign_agreement": signs, "signs_compared": signed,
+                "verdicts": tally(self.verdicts), "rule": RULE,
                 "not_run": [r.row.key for r in self.rows if r.task is None], "omitted": list(self.omitted),
                 "rows": [_row_dict(r) for r in self.rows]}
 
@@ -96,7 +107,9 @@ def _measured(value: Any, where: str) -> Measured:
         return value
     if isinstance(value, Mapping):
         n = value.get("n", value.get("seeds"))
-        return Measured(float(value["mean"]), _opt_float(value.get("std")), None if n is None else int(n))
+        values = value.get("values")
+        return Measured(float(value["mean"]), _opt_float(value.get("std")), None if n is None else int(n),
+                        None if values is None else tuple(float(v) for v in values))
     try:
         mean, std, n = value
     except (TypeError, ValueError):
@@ -132,25 +145,46 @@ def _derived(table: PaperTable, row: Row, col_key: str, ours: Mapping[str, Measu
     return Measured(relative_improvement(ours[d.baseline].mean, ours[d.model].mean, hib, d.percent))
 
 
-def _cell(col: Column, paper: Cell | None, mine: Measured | None) -> CellComparison:
+def _cell(col: Column, paper: Cell | None, mine: Measured | None, row: str = "",
+          ours: Mapping[str, Measured] | None = None, hib: bool = False) -> CellComparison:
     if paper is None or mine is None:
         return CellComparison(col.key, paper, mine, None, None, None)
     dsig = (mine.mean - paper.mean) / paper.std if paper.std else None
     rel = (mine.mean - paper.mean) / abs(paper.mean) if paper.mean else None
     sign = math.copysign(1, mine.mean) == math.copysign(1, paper.mean) if col.derived else None
-    return CellComparison(col.key, paper, mine, dsig, rel, sign)
+    verdict = None
+    if col.derived and ours and col.derived.baseline in ours and col.derived.model in ours and paper.mean != 0:
+        model, base = col.derived.model, col.derived.baseline
+        first, second = (model, base) if paper.mean > 0 else (base, model)
+        verdict = beats(f"{row}: {first} beats {second}", ours[first], ours[second], hib)
+    return CellComparison(col.key, paper, mine, dsig, rel, sign, verdict)
+
+
+def beats(claim: str, a: Measured, b: Measured, higher_is_better: bool) -> Verdict:
+    """The verdict on "``a`` beats ``b``": paired by seed when both have per-seed values of one length,
+    else Welch's from means, stds and counts."""
+    if a.values and b.values and len(a.values) == len(b.values):
+        return better(claim, a.values, b.values, higher_is_better)
+    first, second = (a, b) if higher_is_better else (b, a)
+    return welch(claim, (first.mean, first.std, first.n), (second.mean, second.std, second.n))
 
 
 def _compare_row(table: PaperTable, row: Row, task: str | None, substitute: bool,
                  ours: Mapping[str, Measured]) -> RowComparison:
-    cells = [_cell(c, table.cell(row.key, c.key), ours.get(c.key) or _derived(table, row, c.key, ours))
-             for c in table.columns]
+    hib = table.higher_is_better_for(row.key)
+    cells = [_cell(c, table.cell(row.key, c.key), ours.get(c.key) or _derived(table, row, c.key, ours), row.key,
+                   ours, hib) for c in table.columns]
     paper = {c.column: c.paper.mean for c in cells if c.paper and c.ours and table.column(c.column).compete}
     mine = {c.column: c.ours.mean for c in cells if c.paper and c.ours and table.column(c.column).compete}
-    hib = table.higher_is_better_for(row.key)
     paper_w, our_w = winners(paper, hib), winners(mine, hib)
     agrees = bool(set(paper_w) & set(our_w)) if table.winner and len(paper) >= 2 else None
-    return RowComparison(row, task, substitute, tuple(cells), table.best(row.key), paper_w, our_w, agrees)
+    verdict = None
+    if agrees is not None and len(paper_w) == 1:  # a tie in the paper claims no winner
+        w = paper_w[0]
+        label = {c.key: c.label for c in table.columns}
+        verdict = all_of(f"{row.label}: {label[w]} best", [beats(f"{label[w]} beats {label[c]}", ours[w], ours[c], hib)
+                                                            for c in paper if c != w])
+    return RowComparison(row, task, substitute, tuple(cells), table.best(row.key), paper_w, our_w, agrees, verdict)
 
 
 def compare(table: PaperTable, ours: Mapping[Any, Any], aliases: Mapping[str, str] | None = None,
@@ -209,9 +243,10 @@ def _table_markdown(cmp: Comparison) -> str:
     head = ["row", "our task"]
     for col in t.columns:
         head += [f"{col.label} ours", f"{col.label} paper", "Δ/σ"]
-    head += ["winner ours", "winner paper", "agree"]
+    head += ["winner ours", "winner paper", "verdict"]
     lines = [f"**{t.id}**: {t.name} of `{t.paper}` ({t.metric}; {direction}). Δ/σ = (ours − paper) / paper std; "
-             "(±x%) where the paper gives no std; derived columns compare signs.", "",
+             "(±x%) where the paper gives no std; derived columns compare signs. Verdict: the paper's winner "
+             "against each other column of ours. " + RULE, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     label = {c.key: c.label for c in t.columns}
     for r in cmp.rows:
@@ -223,14 +258,15 @@ def _table_markdown(cmp: Comparison) -> str:
             pct = c.paper is not None and c.paper.printed.endswith("%") or bool(t.column(c.column).derived)
             cells += [_fmt(c.ours.mean, c.ours.std, c.paper, pct) if c.ours else "",
                       c.paper.printed if c.paper else "—", _delta(c)]
-        agree = "" if r.agrees is None else ("yes" if r.agrees else "no")
+        agree = "" if r.verdict is None else r.verdict.outcome
         cells += [", ".join(label[k] for k in r.our_winner) if r.agrees is not None else "",
                   ", ".join(label[k] for k in r.paper_winner) if r.agrees is not None else "", agree]
         lines.append("| " + " | ".join(cells) + " |")
     signs, signed = cmp.sign_agreement
-    lines += ["", f"Winner agreement: {cmp.agreement} of {cmp.compared} rows compared "
-                  f"({sum(r.task is None for r in cmp.rows)} of {len(cmp.rows)} rows not run)."
-              + (f" Sign agreement: {signs} of {signed}." if signed else "")]
+    lines += ["", f"Verdicts: {tally(cmp.verdicts)}. Same winner by means: {cmp.agreement} of {cmp.compared} rows "
+                  f"compared ({sum(r.task is None for r in cmp.rows)} of {len(cmp.rows)} rows not run)."
+              + (f" Same sign by means: {signs} of {signed}." if signed else "")]
+    lines += [f"- {v.line()}" for v in cmp.verdicts]
     if cmp.omitted:
         lines.append(f"Not in the paper's table (omitted): {', '.join(cmp.omitted)}.")
     return "\n".join(lines) + "\n"
@@ -241,13 +277,14 @@ def _cell_dict(c: CellComparison) -> dict[str, Any]:
     return {"column": c.column, "paper_printed": p.printed if p else None, "paper_mean": p.mean if p else None,
             "paper_std": p.std if p else None, "paper_n": p.n if p else None, "units": p.units if p else None,
             "ours_mean": o.mean if o else None, "ours_std": o.std if o else None, "ours_n": o.n if o else None,
-            "delta_sigma": c.delta_sigma, "relative": c.relative, "sign_agrees": c.sign_agrees}
+            "delta_sigma": c.delta_sigma, "relative": c.relative, "sign_agrees": c.sign_agrees,
+            "verdict": c.verdict.to_dict() if c.verdict else None}
 
 
 def _row_dict(r: RowComparison) -> dict[str, Any]:
     return {"row": r.row.key, "label": r.row.label, "task": r.task, "substitute": r.substitute,
             "paper_best": list(r.paper_best), "paper_winner": list(r.paper_winner), "our_winner": list(r.our_winner),
-            "agrees": r.agrees,
+            "agrees": r.agrees, "verdict": r.verdict.to_dict() if r.verdict else None,
             "cells": [_cell_dict(c) for c in r.cells]}
 
 
@@ -263,13 +300,14 @@ class FactComparison:
 
     def to_markdown(self) -> str:
         lines = [f"**{self.facts.id}**: stated in `{self.facts.paper}`", "",
-                 "| fact | paper | ours | agree |", "|---|---|---|---|"]
+                 "| fact | paper | ours | same |", "|---|---|---|---|"]
         for fact, mine, agrees in self.rows:
             paper = fact.printed if fact.printed is not None else _show(fact.value)
             lines.append(f"| {fact.key} | {paper} | {'' if mine is None else _show(mine)} | "
                          f"{'' if agrees is None else ('yes' if agrees else 'no')} |")
         same, known = self.agreement
-        return "\n".join([*lines, "", f"Agreement: {same} of {known} facts measured.", ""])
+        return "\n".join([*lines, "", f"The same as the paper: {same} of {known} facts measured (settings and "
+                                       "stated values, compared as given; not a verdict).", ""])
 
     def to_dict(self) -> dict[str, Any]:
         same, known = self.agreement

@@ -45,7 +45,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     ddp = prepare_model(model)
     opts = FitOptions(split[1], None, max(1, budget.batch_size // world), budget.lr,  # the one-worker global batch
                       sampler=ShardSampler(sampler, rank, world), on_epoch_end=train.report,
-                      stage="subset-pretrain", task="+".join(data.tasks))
+                      stage="subset-pretrain", task="+".join(data.tasks), loss=budget.loss)
     result = fit(ddp, flat, y, [graphs[i] for i in data.val_pos], data.val_y, opts, seed, mean, std,
                  next(model.parameters()).device)
     if rank == 0:

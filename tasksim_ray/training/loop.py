@@ -33,7 +33,7 @@ from torch_geometric.loader import DataLoader
 from tasksim_ray.config import TrainConfig
 from tasksim_ray.errors import TrainingDiverged
 from tasksim_ray.infra.metrics import epoch_done
-from tasksim_ray.training.objectives import masked_mse
+from tasksim_ray.training.objectives import masked_l1, masked_mse
 
 Inputs = Sequence[Data] | Tensor  # graphs, or one precomputed feature row per sample (``batch.feat``)
 
@@ -59,6 +59,7 @@ class FitOptions:
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
     schedule: Literal["none", "cosine"] = "none"
     eta_min: float = 0.0
+    loss: Literal["mse", "l1"] = "mse"  # on standardised labels, missing ones masked
     penalty: Callable[[Tensor | None], Tensor] | None = None  # receives the batch's features (None under DDP)
     on_epoch_start: Callable[[int], None] | None = None
     on_epoch_end: Callable[[dict[str, float]], None] | None = None  # the epoch's record: metrics, reports
@@ -199,7 +200,8 @@ class Trainer:
         y_std = (as_matrix(y_train) - self.mean) / self.std
         self.batches = TrainBatches(train, y_std, opts.batch_size, opts.sampler, self.generator)
         # with every label present the masked loss equals the plain one, which is fewer ops per step
-        self.loss = masked_mse if np.isnan(y_std).any() else F.mse_loss
+        self.loss = (masked_l1 if opts.loss == "l1" else
+                     masked_mse if np.isnan(y_std).any() else F.mse_loss)
         self.optimizer = (opts.make_optimizer(self.net) if opts.make_optimizer else
                           torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=opts.lr,
                                            weight_decay=opts.weight_decay))

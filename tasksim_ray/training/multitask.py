@@ -59,7 +59,7 @@ def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg:
     hp = model_hparams(model_cfg) | {"n_tasks": n_tasks}
     model = build_model(model_cfg.backbone, hp)
     opts = FitOptions(epochs, None, budget.batch_size, budget.lr, sampler=sampler, stage="subset-pretrain",
-                      task="+".join(data.tasks))
+                      task="+".join(data.tasks), loss=budget.loss)
     result = fit(model, flat_graphs, y_train, [graphs[i] for i in data.val_pos], data.val_y, opts, seed,
                  mean, std, device)
     info = subset_model_info(model_cfg, data, mean, std, subset_metrics(result, data, split, sampler))
@@ -70,6 +70,8 @@ def pretrain_subset(store: dict[str, torch.Tensor], data: SubsetData, model_cfg:
 def subset_key(data: SubsetData, model_cfg: ModelConfig, budget: BudgetConfig, split: tuple[int, int],
                seed: int) -> str:
     settings = budget.model_dump(include={"sampling", "temperature", "lr", "batch_size"})
+    if budget.loss != "mse":  # the loss keys a checkpoint only where it is not the original one
+        settings["loss"] = budget.loss
     if budget.workers > 1:  # data-parallel training is not bit-identical to one worker
         settings["workers"] = budget.workers
     return artifact_key("subset-model", backbone_version(model_cfg.backbone), data.tasks, data.content_key,

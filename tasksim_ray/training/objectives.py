@@ -29,6 +29,15 @@ def masked_mse(pred: Tensor, y: Tensor) -> Tensor:
     return diff.pow(2).sum() / present.sum().clamp(min=1)
 
 
+def masked_l1(pred: Tensor, y: Tensor) -> Tensor:
+    """Mean absolute error over the labels that are present: the multi-property loss of the ALIGNN PT/FT
+    paper (its Eq. 1), which, unlike the squared error, does not let a few large residuals dominate."""
+    if pred.shape != y.shape:
+        raise ValueError(f"pred has shape {tuple(pred.shape)} but y has shape {tuple(y.shape)}")
+    present = ~torch.isnan(y)
+    return torch.where(present, pred - y, 0.0).abs().sum() / present.sum().clamp(min=1)
+
+
 def reference_weights(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, Tensor]:
     """Detached copies of the named parameters (all if ``names`` is None): the pretrained w0 that L2-SP pulls towards.
 

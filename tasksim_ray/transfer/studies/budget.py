@@ -26,16 +26,21 @@ import numpy as np
 from scipy import stats
 
 from tasksim_ray.config import PipelineConfig
+from tasksim_ray.papers.verdict import RULE, Verdict, outcome, paired, tally
 from tasksim_ray.registry import METRICS
-from tasksim_ray.training.multitask import subset_model
+from tasksim_ray.infra.cache import stable_hash
+from tasksim_ray.training.multitask import submit_subsets, subset_model
+from tasksim_ray.training.subsets import TaskPool, combine_pools
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import fold_gains, gain_matrix, paired_difference
 from tasksim_ray.transfer.cells import Recipe
+from tasksim_ray.transfer.data import TransferData
 from tasksim_ray.transfer.report import write_recommendation
 from tasksim_ray.transfer.study import SCRATCH, Context, Done, Job, Section, Study, curve_entry, curve_jobs, \
     recommendation
 
 ALL = "all others"
+MIX = "aligned + misaligned"
 CONTROLS = {"all_others": "all others (same budget)", "random": "random single source (expected)",
             "best_other_folds": "best single source on the other folds", "best": "best single source (hindsight)"}
 
@@ -107,8 +112,35 @@ class BudgetStudy(Study):
         # a source alone under one split runs once for all targets
         self.dirs = ctx.pretrain([(tasks, split) for _, _, tasks, split in arms])
         jobs = [j for t in targets for j in curve_jobs(ctx, t, [SCRATCH])]
-        return jobs + [j for (t, name, _, split), d in zip(arms, self.dirs)
-                       for j in curve_jobs(ctx, t, [Recipe("finetune", f"{name} {tag(split)}", (str(d),))])]
+        jobs += [j for (t, name, _, split), d in zip(arms, self.dirs)
+                 for j in curve_jobs(ctx, t, [Recipe("finetune", f"{name} {tag(split)}", (str(d),))])]
+        return jobs + self._mixture_jobs(ctx, targets, sources, first)
+
+    def _mixture_jobs(self, ctx: Context, targets: list[str], sources: list[str], split: tuple[int, int]) -> list[Job]:
+        """Paper 002's mixture per target: the headline pick (aligned) plus the source ranked last (misaligned),
+        the latter's pool cut so that it is ``budget.mixture`` of the labels, sampled in proportion, same budget."""
+        tc = ctx.run.cfg.transfer
+        self.mixtures: dict[str, dict[str, Any]] = {}
+        if tc.budget.mixture is None:
+            return []
+        assert isinstance(ctx.data, TransferData)
+        budget = tc.budget.model_copy(update={"sampling": "proportional"})
+        share, cfg, jobs = tc.budget.mixture, ctx.run.cfg, []
+        for t in targets:
+            aligned = self.picks[self.metrics[0]][t]
+            misaligned = ranked_sources(ctx, self.metrics[0], t, [s for s in sources if s != t])[-1]
+            a, m = ctx.data.pool(aligned), ctx.data.pool(misaligned)
+            n = min(len(m.rows), max(1, round(len(a.rows) * share / (1 - share))))
+            cut = TaskPool(m.task, m.rows[:n], m.pos[:n], m.y[:n], m.val_rows, m.val_pos, m.val_y)
+            key = stable_hash("mixture", ctx.data.table.fingerprint(aligned, a.rows, a.val_rows),
+                              ctx.data.table.fingerprint(misaligned, cut.rows, cut.val_rows))
+            dirs, pending = submit_subsets(ctx.store_ref, [(combine_pools(key, [a, cut]), split)], cfg.model, budget,
+                                           cfg.seed, ctx.run.artifacts / "subset-models", tc.num_cpus, tc.num_gpus)
+            ctx.pending |= pending
+            self.mixtures[t] = {"aligned": aligned, "misaligned": misaligned, "labels": [len(a.rows), n],
+                                "dir": str(dirs[0])}
+            jobs += curve_jobs(ctx, t, [Recipe("finetune", f"{MIX} {tag(split)}", (str(dirs[0]),))])
+        return jobs
 
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
         targets, sources, curves = ctx.data.targets, ctx.data.sources, done.curves
@@ -141,12 +173,24 @@ class BudgetStudy(Study):
                              "picked_vs_all_others": picks[metric]["vs_all_others"]}
             if "best_other_folds" in ctrl:
                 per_target[t]["best_other_folds_gain"] = float(ctrl["best_other_folds"].mean())
+            per_target[t]["fold_gain"] = {"picked": gains[(t, f"{self.picks[metric][t]} {first}")].tolist(),
+                                          "all_others": ctrl["all_others"].tolist()}
+            if t in self.mixtures:
+                label = f"{MIX} {first}"
+                mix = 100 * fold_gains(base, curves[(t, label)]["fold_auc"])
+                model = subset_model(Path(self.mixtures[t]["dir"]))
+                entries[label] = curve_entry(curves, t, label) | {
+                    "pretrain_tasks": list(model.tasks), "labels_used": model.metrics["labels_used"],
+                    "samples_seen": model.metrics["samples_seen"]}
+                per_target[t]["mixture"] = {k: v for k, v in self.mixtures[t].items() if k != "dir"} | {
+                    "gain": float(mix.mean()), "samples_seen": model.metrics["samples_seen"]}
+                per_target[t]["fold_gain"]["mixture"] = mix.tolist()
         out = {"split": list(self.split), "splits": [list(s) for s in self.splits], "pick_metric": metric,
                "pick_metrics": self.metrics, "targets": per_target, "names": sources,
                "controls": {m: {c: wins([gains[(t, f'{self.picks[m][t]} {first}')] for t in targets],
                                         [fold_ctrl[t][c] for t in targets])
                                 for c in CONTROLS if c in fold_ctrl[targets[0]]} for m in self.metrics},
-               "n_vs_e": self._n_vs_e(targets, gains)}
+               "n_vs_e": self._n_vs_e(targets, gains), "mixture_share": ctx.run.cfg.transfer.budget.mixture}
         if len(self.metrics) > 1:  # node vs graph level (or any two pick metrics): whose pick gains more?
             a, b = self.metrics[:2]
             out["pick_vs_pick"] = {"metrics": [a, b], "same_source": sum(self.picks[a][t] == self.picks[b][t]
@@ -210,7 +254,7 @@ class BudgetStudy(Study):
         md += ["", f"The picked source alone beats all others under the same budget for "
                    f"{result['picked_beats_all_others']} of {len(result['targets'])} targets; it is the measured best "
                    f"single source for {result['picked_is_best']}.", ""]
-        md += control_lines(result, metrics) + n_vs_e_lines(result)
+        md += control_lines(result, metrics) + n_vs_e_lines(result) + verdict_lines(result)
         return Section(md, figures)
 
     def paper_rows(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -220,15 +264,47 @@ class BudgetStudy(Study):
         n, e = result["split"]
         rows: dict[str, Any] = {"pretrain_samples": n, "pretrain_epochs": e,
                                 "n_sweep": sorted({s[0] for s in result.get("splits", [result["split"]])})}
-        fewer = [k for k in result.get("n_vs_e", {}) if int(k.split("x")[0]) < n]
-        row = result["n_vs_e"][fewer[0]].get(f"{result['pick_metric']} pick") if fewer else None
-        if row and row["vs_first"]:
-            lo, hi = row["vs_first"]["ci"]
-            rows["aligned_n_vs_e"] = (
-                "for highly aligned data, fewer samples for more epochs is competitive or better" if hi >= 0 else
-                f"fewer samples for more epochs is worse for the picked source ({row['vs_first']['mean']:+.1f} "
-                f"[{lo:.1f}, {hi:.1f}] gain points)")
-        return rows
+        return rows  # its N-vs-E statement is a claim: a verdict (verdict_lines), not a fact compared as text
+
+
+def budget_verdicts(result: dict[str, Any]) -> list[Verdict]:
+    """Paper 002's claims on our targets by the verdict rule: the aligned (picked) source alone beats the same
+    budget over all others, and beats the paper's aligned + misaligned mixture (per target paired by fold;
+    over targets a t interval on their mean differences); for the aligned source, fewer samples for more
+    epochs at the same C is better (over targets)."""
+    pick, targets = f"{result['pick_metric']} pick", result["targets"]
+    found: list[Verdict] = []
+    for other, name in (("all_others", "all others under the same budget"), ("mixture", "aligned + misaligned")):
+        have = {t: x["fold_gain"] for t, x in targets.items() if other in x.get("fold_gain", {})}
+        if not have:
+            continue
+        diffs = {t: np.array(g["picked"]) - np.array(g[other]) for t, g in have.items()}
+        found.append(paired(f"over targets: the {pick} alone beats {name}", [d.mean() for d in diffs.values()]))
+        found += [paired(f"{t}: the {pick} alone beats {name}", d) for t, d in diffs.items()]
+    for split, row in result.get("n_vs_e", {}).items():
+        if int(split.split("x")[0]) < result["split"][0] and pick in row and row[pick]["vs_first"]:
+            d = row[pick]["vs_first"]
+            lo, hi = d["ci"]
+            found.append(Verdict(f"over targets: fewer samples for more epochs ({split}) beats "
+                                 f"{tag(result['split'])} for the {pick}", outcome((lo, hi)), d["mean"], (lo, hi),
+                                 row[pick]["n"]))
+    return found
+
+
+def verdict_lines(result: dict[str, Any]) -> list[str]:
+    found = budget_verdicts(result)
+    if not found:
+        return []
+    mixed = {t: x["mixture"] for t, x in result["targets"].items() if "mixture" in x}
+    md = ["## Verdicts against paper 002", "", RULE + " Differences: gain points (relative AUC improvement over "
+          "scratch, %).", ""]
+    if mixed:
+        md += [f"Paper 002's mixture (misaligned data {result.get('mixture_share', 0):.2f} of the labels; the paper "
+               "adds 1M OC22 to 2M ANI-1x, 1/3) under the same budget: per target the pick plus the source ranked "
+               "last, labels (aligned, misaligned): "
+               + "; ".join(f"{t}: {m['aligned']} + {m['misaligned']} ({m['labels'][0]}, {m['labels'][1]}), gain "
+                           f"{m['gain']:.1f}" for t, m in mixed.items()) + ".", ""]
+    return md + [f"Verdicts: {tally(found)}.", "", *[f"- {v.line()}" for v in found], ""]
 
 
 def control_lines(result: dict[str, Any], metrics: list[str]) -> list[str]:

@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 
 from tasksim_ray.data.sizes import report_shortfall
+from tasksim_ray.data.transforms import LabelTransform
 from tasksim_ray.errors import TasksimError
-from tasksim_ray.infra.cache import stable_hash
-from tasksim_ray.training.multitask import submit_subsets
+from tasksim_ray.papers.verdict import RULE, paired, tally
+from tasksim_ray.infra.cache import read_manifest, stable_hash
+from tasksim_ray.training.multitask import all_labels_run, subset_model, submit_subsets
 from tasksim_ray.training.subsets import SubsetData, TaskPool, combine_pools
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import fold_gains, mean_se, paired_difference
@@ -84,13 +86,39 @@ class PTFTStudy(Study):
                             for t in targets}
         self.mine = mine = {t: [s for a, s in p.pairs or [] if a == t] if t in paired else self.mpt_sources[t]
                             for t in targets}
-        self.split = split = tc.budget.resolved()[0]
-        self.label = f"{MPT} {split[0]}x{split[1]}"
-        dirs = ctx.pretrain([(self.mpt_sources[t], split) for t in targets])
+        dirs = self._mpt_pretrain(ctx, targets)
         head = tc.finetune.model_copy(update={"added_layers": p.mpt_added_layers}) if p.mpt_added_layers else None
         mpt = {t: Recipe("finetune", self.label, (str(d),), finetune=head) for t, d in zip(targets, dirs)}
         jobs = [j for t in targets for j in curve_jobs(ctx, t, [SCRATCH, *[ctx.from_task(s) for s in mine[t]], mpt[t]])]
         return jobs + self._pt_size_jobs(ctx)
+
+    def _mpt_pretrain(self, ctx: Context, targets: list[str]) -> list[Path]:
+        """Start each target's MPT: on the union of its sources' pools, every label once per epoch for
+        ``ptft.mpt_epochs`` epochs (the paper's premise: MPT sees more data than any one source), or under
+        the budget's first split; with ``ptft.mpt_loss`` and ``ptft.mpt_batch_size``."""
+        tc, p = ctx.run.cfg.transfer, ctx.run.cfg.transfer.ptft
+        assert isinstance(ctx.data, TransferData)
+        batch = p.mpt_batch_size or tc.budget.batch_size
+        budget = tc.budget.model_copy(update={"loss": p.mpt_loss, "batch_size": batch})
+        subsets = {t: ctx.data.subset(self.mpt_sources[t]) for t in targets}
+        if p.mpt_epochs:
+            runs = {t: all_labels_run(subsets[t], budget, p.mpt_epochs) for t in targets}
+            self.split = (0, p.mpt_epochs)  # N differs per target: all of its sources' pool labels
+            self.label = f"{MPT} all x{p.mpt_epochs}"
+        else:
+            runs = {t: (budget, tc.budget.resolved()[0]) for t in targets}
+            self.split = tc.budget.resolved()[0]
+            self.label = f"{MPT} {self.split[0]}x{self.split[1]}"
+        dirs: list[Path] = []
+        cfg = ctx.run.cfg
+        for t in targets:  # each target's budget may differ (its own sampling), so one submission each
+            b, split = runs[t]
+            got, pending = submit_subsets(ctx.store_ref, [(subsets[t], split)], cfg.model, b, cfg.seed,
+                                          ctx.run.artifacts / "subset-models", tc.num_cpus, tc.num_gpus)
+            ctx.pending |= pending
+            dirs += got
+        self.mpt_dirs = dict(zip(targets, dirs))
+        return dirs
 
     def _pt_size_jobs(self, ctx: Context) -> list[Job]:
         """Each swept source pretrained alone on each size, fine-tuned at the largest fine-tuning size
@@ -135,18 +163,34 @@ class PTFTStudy(Study):
                 "mpt_vs_best_pairwise": paired_difference(fix_g[label], fix_g[best]),
                 "mpt_beats_best_pairwise": bool(fix_g[label].mean() > fix_g[best].mean()),
                 "mpt_beats_every_pairwise": bool(all(fix_g[label].mean() > fix_g[s].mean() for s in mine[t])),
-                "pairs_beating_scratch": int(sum(fix_g[s].mean() > 0 for s in mine[t])), "pairs": len(mine[t])}
+                "pairs_beating_scratch": int(sum(fix_g[s].mean() > 0 for s in mine[t])), "pairs": len(mine[t]),
+                "fold_gain": {s: g.tolist() for s, g in fix_g.items()}, "data_volume": self._volume(ctx, t)}
         ind = [e for e in per_target.values() if not e["ood"]]
         return {"targets": targets, "sources": sources, "ood": list(tc.ood), "split": list(self.split), "mpt": label,
                 "mpt_added_layers": tc.ptft.mpt_added_layers, "task_groups": dict(tc.task_groups),
                 "size": largest, "sizes": list(tc.sizes), "folds": folds, "auc_gain": auc_gain.tolist(),
                 "label_std": {t: float(np.nanstd(ctx.data.table.labels(t))) for t in targets},
+                "paper_transform": {t: _paper_transform(ctx, t).to_dict() for t in targets},
+                "mpt_loss": tc.ptft.mpt_loss, "mpt_epochs": tc.ptft.mpt_epochs,
+                "mpt_batch_size": tc.ptft.mpt_batch_size or tc.budget.batch_size,
+                "finetune_batch_size": tc.finetune.batch_size,
                 "fixed_gain": fixed_gain.tolist(), "per_target": per_target,
                 "pt_size_sweep": self._sweep_summary(done, curves, largest, folds),
                 "pairs_beating_scratch": sum(e["pairs_beating_scratch"] for e in per_target.values()),
                 "pairs": sum(e["pairs"] for e in per_target.values()),
                 "mpt_beats_best_pairwise": sum(e["mpt_beats_best_pairwise"] for e in ind),
                 "in_distribution_targets": len(ind)}
+
+    def _volume(self, ctx: Context, target: str) -> dict[str, dict[str, int]]:
+        """Labelled structures and sample-visits (labels x epochs trained) of the target's MPT and of each of
+        its pairwise sources' per-task models: the paper's premise is that MPT sees the most."""
+        m = subset_model(self.mpt_dirs[target]).metrics
+        out = {self.label: {"labels": int(m["labels_available"]), "samples_seen": int(m["samples_seen"])}}
+        for s in self.mine[target]:
+            r = read_manifest(Path(ctx.model_dirs[s])).get("metrics", {})
+            n = int(r.get("n_train", 0))
+            out[s] = {"labels": n, "samples_seen": n * int(r.get("epochs_run", 0))}
+        return out
 
     def _sweep_summary(self, done: Done, curves: Curves, largest: int, folds: int) -> list[dict[str, Any]]:
         """Per (source, target): the gain over scratch at the largest fine-tuning size (%, per fold and
@@ -167,7 +211,7 @@ class PTFTStudy(Study):
 
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
         figures: dict[str, Path] = {}
-        md = ptft_markdown(out, result, figures) + sweeps_markdown(result)
+        md = ptft_markdown(out, result, figures) + verdict_lines(result) + sweeps_markdown(result)
         shown = {t: {k: e["curves"][k] for k in ("scratch", e["best_pairwise"], result["mpt"])}
                  for t, e in result["per_target"].items()}
         figures |= curve_figures(out, "ptft", shown, ctx.data.units)
@@ -186,17 +230,32 @@ class PTFTStudy(Study):
                 rows[f"{t}@{size}"] = {("mpt" if r == result["mpt"] else r): x[str(size)]
                                        for r, x in e["per_size"].items()}
                 rows[f"{t}@{size}/std"] = {r: x | {"mean": x["mean"] / scale, "std": x["std"] / scale}
+                                           | ({"values": [v / scale for v in x["values"]]} if "values" in x else {})
                                            for r, x in rows[f"{t}@{size}"].items()}
+                fitted = result.get("paper_transform", {}).get(t)
+                if fitted:  # the paper's units (paper 004: standardised, then min-max; fitted on the training split)
+                    k = LabelTransform.from_dict(fitted).mae_scale()
+                    rows[f"{t}@{size}/paper"] = {r: x | {"mean": x["mean"] * k, "std": x["std"] * k}
+                                                 | ({"values": [v * k for v in x["values"]]} if "values" in x else {})
+                                                 for r, x in rows[f"{t}@{size}"].items()}
             rows[t] = rows[f"{t}@{result['size']}"]
         return rows
+
+
+def _paper_transform(ctx: Context, task: str) -> LabelTransform:
+    """``ptft.paper_transform`` fitted on the task's pretraining pool (training-split rows only)."""
+    assert isinstance(ctx.data, TransferData)
+    y = ctx.data.table.labels(task)[ctx.data.rows[task]["pool"]]
+    return LabelTransform.fit(ctx.run.cfg.transfer.ptft.paper_transform, y, "transfer.ptft.paper_transform")
 
 
 def _per_size(curves: Curves, target: str, label: str, sizes: list[int]) -> dict[str, dict[str, Any]]:
     """Test MAE per fine-tuning size: mean, std (numpy's) and number of folds."""
     out = {}
     for n in sizes:
-        v = np.array([c["test_mae"] for c in curves[(target, label)]["cells"] if c["size"] == n])
-        out[str(n)] = {"mean": float(v.mean()), "std": float(v.std()), "seeds": int(v.size)}
+        cells = sorted((c for c in curves[(target, label)]["cells"] if c["size"] == n), key=lambda c: c["fold"])
+        v = np.array([c["test_mae"] for c in cells])
+        out[str(n)] = {"mean": float(v.mean()), "std": float(v.std()), "seeds": int(v.size), "values": v.tolist()}
     return out
 
 
@@ -206,6 +265,9 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
         return f"{g[0]:.1f}" if r["folds"] == 1 else f"{g[0]:.1f} ± {g[1]:.1f}"
 
     n, e = r["split"]
+    volume = (f"every label of the union of its sources' pools x {e} epochs" if r.get("mpt_epochs")
+              else f"budget {n} samples x {e} epochs")
+    loss = f"masked {'L1' if r.get('mpt_loss') == 'l1' else 'MSE'} loss, batch {r.get('mpt_batch_size', '?')}"
     paths["ptft_gain"] = out / "ptft_gain_matrix.png"
     plots.plot_gain_heatmap(paths["ptft_gain"], r["sources"], np.array(r["fixed_gain"]) / 100,
                             f"PT-FT gain (%) at {r['size']} training points", targets=r["targets"],
@@ -216,7 +278,8 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
     md = ["## Pre-train / fine-tune: pairwise sources and multi-property pretraining", "",
           f"Gain: relative test-MAE improvement over scratch at {r['size']} fine-tuning points (%), mean over "
           f"{r['folds']} fold(s) (random samplings of the training split). MPT: one model pretrained on all other "
-          f"in-distribution tasks at once, budget {n} samples x {e} epochs, masked loss{head}. Out-of-distribution "
+          f"in-distribution tasks at once, {volume}, {loss}{head}; fine-tuning batch "
+          f"{r.get('finetune_batch_size', '?')}. Out-of-distribution "
           f"targets (never a source): {', '.join(r['ood']) or 'none'}" + (f"; task groups ({groups}): an OOD target "
                                                                            "takes no source sharing a group with it"
                                                                            if groups else "") + ".",
@@ -233,14 +296,56 @@ def ptft_markdown(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[
         md.append(f"| {t}{' (OOD)' if x['ood'] else ''} | {x['best_pairwise']} ({gain(x['best_pairwise_gain'])}) | "
                   f"{gain(x['mpt_gain'])} | {diff} | {'yes' if d['differ'] else 'no'} | "
                   f"{'yes' if x['mpt_beats_every_pairwise'] else 'no'} |")
-    md += ["", f"MPT beats the best pairwise source on {r['mpt_beats_best_pairwise']} of "
-               f"{r['in_distribution_targets']} in-distribution targets."]
+    if r["in_distribution_targets"]:
+        md += ["", f"MPT beats the best pairwise source on {r['mpt_beats_best_pairwise']} of "
+                   f"{r['in_distribution_targets']} in-distribution targets."]
+    md += volume_lines(r)
+    if r.get("paper_transform"):
+        names = " then ".join(LabelTransform.from_dict(next(iter(r["paper_transform"].values()))).names)
+        md += ["", f"Beside paper 004's tables, MAEs are in its units: the labels' {names} (its section 2), fitted on "
+                   "each target's training split, so an MAE is multiplied by (rows `<target>@<size>/paper`): "
+               + ", ".join(f"{t} {LabelTransform.from_dict(v).mae_scale():.4g}"
+                           for t, v in r["paper_transform"].items())
+               + "."]
     for t, x in r["per_target"].items():
         if x["ood"]:
             md.append(f"MPT for {t} pretrained on: {', '.join(x['mpt_sources'])}"
                       + (f" (left out by task group: {', '.join(x['excluded_by_group'])})" if x["excluded_by_group"]
                          else "") + ".")
     return [*md, ""]
+
+
+def verdict_lines(r: dict[str, Any]) -> list[str]:
+    """Paper 004's claims on our folds, by the verdict rule: each named pair's PT-FT beats scratch (its Fig. 4),
+    MPT beats scratch and MPT beats the best pairwise source (Fig. 6c in distribution, Table 1 on the OOD
+    target); gains at the largest fine-tuning size, paired by fold."""
+    if not any("fold_gain" in x for x in r["per_target"].values()):
+        return []
+    mpt, found = r["mpt"], []
+    for t, x in r["per_target"].items():
+        g = {k: np.array(v) for k, v in x["fold_gain"].items()}
+        tag = " (OOD)" if x["ood"] else ""
+        found += [paired(f"{t}{tag}: MPT beats scratch", g[mpt]),
+                  paired(f"{t}{tag}: MPT beats the best pairwise source ({x['best_pairwise']}, chosen on these folds)",
+                         g[mpt] - g[x["best_pairwise"]])]
+        if not x["ood"]:
+            found += [paired(f"{t}: PT-FT from {s} beats scratch", g[s]) for s in g if s != mpt]
+    return ["## Verdicts against paper 004", "", RULE + " Differences: test-MAE gain over scratch at "
+            f"{r['size']} fine-tuning points (%), per fold.", "", f"Verdicts: {tally(found)}.", "",
+            *[f"- {v.line()}" for v in found], ""]
+
+
+def volume_lines(r: dict[str, Any]) -> list[str]:
+    """How much data MPT saw against each pairwise source, per target (labelled structures; sample-visits)."""
+    if not any("data_volume" in x for x in r["per_target"].values()):
+        return []
+    md = ["", "Data seen in pretraining: labelled structures (sample-visits = labels x epochs trained).", "",
+          "| target | MPT | " + " | ".join(r["sources"]) + " |", "|---" * (len(r["sources"]) + 2) + "|"]
+    for t, x in r["per_target"].items():
+        v = x["data_volume"]
+        cell = {k: f"{e['labels']:,} ({e['samples_seen']:,})" for k, e in v.items()}
+        md.append(f"| {t} | {cell[r['mpt']]} | " + " | ".join(cell.get(s, "-") for s in r["sources"]) + " |")
+    return md
 
 
 def sweeps_markdown(r: dict[str, Any]) -> list[str]:
