@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.markup import escape
 
 from tasksim_ray.data import probes
 from tasksim_ray.data.outliers import handle_outliers
@@ -57,8 +57,8 @@ def stage_tasks(run: Run) -> Stage:
     lines = stage.manifest.get("outliers")
     if lines is None:  # a table cached before the check: check it now (it only reads)
         lines = handle_outliers(TaskTable.in_folder(stage.path), "keep", cfg.data.outlier_z)[1]
-    for line in lines:
-        run.console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in lines:  # one 'warning:' line each on stderr, as every library warning
+        logging.getLogger("tasksim_ray.outliers").warning(line)
     return stage
 
 
