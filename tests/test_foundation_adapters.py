@@ -349,6 +349,8 @@ def test_the_foundation_study_fine_tunes_a_scale_shift_mace_file(tmp_path: Path)
         "transfer.foundation": ["mace_mp"],
         "transfer.foundation_files": {"mace_mp": {"backbone": "mace", "params": {"foundation_file": str(tmp_path / "mp.pt")}}},
         "transfer.penalty_grid": {"full + L2-SP + BSS": {"l2sp": [1e-3], "bss": [1e-3]}},
+        "transfer.methods": ["scratch", "variants"], "transfer.variant_models": {}, "transfer.foundation_scratch": False,
+        "transfer.probe": False, "transfer.lr_grid": [],
         "transfer.paper_tables": [{"table": "003/table1", "study": "foundation", "aliases": {"jdft2d": task},
                                    "methods": {"mace_ri": "scratch", "mace_mp0": both}}]})
     out = run_transfer(cfg, ["foundation"], Console(quiet=True))

@@ -59,6 +59,7 @@ class FitOptions:
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None
     schedule: Literal["none", "cosine"] = "none"
     eta_min: float = 0.0
+    warmup_epochs: int = 0  # every group's lr ramps linearly over these first epochs, (epoch + 1) / (warmup + 1)
     penalty: Callable[[Tensor | None], Tensor] | None = None  # receives the batch's features (None under DDP)
     on_epoch_start: Callable[[int], None] | None = None
     on_epoch_end: Callable[[dict[str, float]], None] | None = None  # the epoch's record: metrics, reports
@@ -217,10 +218,12 @@ class Trainer:
                                                       >= patience and self.epoch > 0)
 
     def _set_lr(self) -> None:
-        if self.opts.schedule == "cosine":
-            frac = (1 + math.cos(math.pi * self.epoch / self.opts.max_epochs)) / 2
+        if self.opts.schedule == "cosine" or self.opts.warmup_epochs:
+            cosine = self.opts.schedule == "cosine"
+            frac = (1 + math.cos(math.pi * self.epoch / self.opts.max_epochs)) / 2 if cosine else 1.0
+            warm = min(1.0, (self.epoch + 1) / (self.opts.warmup_epochs + 1))
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-                group["lr"] = self.opts.eta_min + (base - self.opts.eta_min) * frac
+                group["lr"] = warm * (self.opts.eta_min + (base - self.opts.eta_min) * frac if cosine else base)
 
     def run_epoch(self) -> dict[str, float]:
         """One pass over the training data and a validation pass; returns the epoch's record."""
