@@ -204,3 +204,26 @@ def test_ridge_probe_chooses_alpha_on_validation() -> None:
     noise = rng.normal(size=300)
     flat = ridge_probe(x[tr], noise[tr], x[va], noise[va], x[te])
     assert flat.alpha >= 1e3 and set(flat.val_mae_per_alpha) == set(ALPHAS)
+
+
+def test_a_binary_target_trains_with_the_logistic_loss_and_is_scored_by_roc_auc() -> None:
+    """A constructed 0/1 target (does the molecule have more than 4 heavy atoms?) trains on logits with
+    the logistic loss (validation log-loss drives early stopping) and is scored by ROC-AUC and accuracy."""
+    from tasksim_ray.training.loop import FitOptions, predict
+    from tasksim_ray.training.objectives import binary_scores, roc_auc
+
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert np.isnan(roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+    graphs, _ = _graphs_and_y()
+    y = np.array([float(g.num_nodes > 4) for g in graphs])
+    assert 0 < y.sum() < len(y)
+    model = _pretrained()
+    opts = FitOptions(40, None, 4, 1e-2, objective="binary")
+    result = fit(model, graphs, y, graphs, y, opts, seed=0, mean=0.0, std=1.0)
+    logits = predict(model, graphs, 64, torch.device("cpu"))
+    scores = binary_scores(logits, y)
+    assert scores["test_auc"] > 0.9 and scores["test_acc"] > 0.8 and scores["test_mae"] == 1 - scores["test_auc"]
+    loss = float(np.mean(np.logaddexp(0, logits) - y * logits))
+    assert result.best_val_mae == pytest.approx(loss, rel=1e-4)  # the validation log-loss of the kept weights
+    with pytest.raises(ValueError, match="objective binary: training labels must be 0 or 1"):
+        fit(_pretrained(), graphs, y + 0.5, graphs, y, opts, seed=0, mean=0.0, std=1.0)

@@ -135,3 +135,39 @@ def test_bad_study_config_is_one_line_naming_the_key() -> None:
         parse_config({"transfer": {"methods": ["scratch", "variants"]}})
     with pytest.raises(TasksimError, match=r"key 'data.split': split.seeds are kfold test folds: each in \[0, 5\)"):
         parse_config({"data": {"split": {"kind": "kfold", "seeds": [5]}}})
+
+
+@pytest.mark.ray
+@pytest.mark.usefixtures("ray_local")
+def test_a_constructed_binary_target_is_scored_by_roc_auc_everywhere(tmp_path: Path) -> None:
+    """A 0/1 column (here: exfoliation energy above the median, built from the tiny file) trains with the
+    logistic loss and is scored by ROC-AUC and accuracy in the cells, the tables and the paired verdicts."""
+    import gzip
+    import json
+
+    table = json.loads(gzip.decompress(TINY.read_bytes()))
+    energies = np.array([r["exfoliation_en"] for r in table["data"]])
+    for r in table["data"]:
+        r["is_high"] = float(r["exfoliation_en"] > np.median(energies))
+    table["columns"].append("is_high")
+    path = tmp_path / "constructed_binary.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(table).encode()))
+    cfg = load_config(REPO / "configs" / "foundation_ft.yaml", SETTINGS | {
+        "workdir": str(tmp_path / "run"), "data.path": str(path),
+        "data.files": {"constructed_binary": {"targets": ["is_high"]}}, "data.split.seeds": [0, 1],
+        "transfer.tasks": ["is_high"], "transfer.lr_grid": [1e-3], "transfer.variants": {"full": {}},
+        "transfer.penalty_grid": {}, "transfer.variant_models": {}, "transfer.paper_tables": []})
+    out = run_transfer(cfg, ["foundation"], Console(quiet=True))
+    r = out["studies"]["foundation"]
+    e = r["targets"]["is_high"]
+    assert e["binary"] and e["units"] == "1 - ROC-AUC"
+    for arm in r["methods"]:
+        assert all(0 <= v <= 1 for v in e[arm]["auc"]["values"] + e[arm]["acc"]["values"])
+        assert e[arm]["values"] == pytest.approx([1 - v for v in e[arm]["auc"]["values"]])
+    assert e["mean predictor"]["auc"]["values"] == [0.5, 0.5]
+    g = r["paired"]["is_high"]["chgnet: full vs chgnet: scratch"]
+    auc_ft, auc_rs = (np.array(e[m]["auc"]["values"]) for m in ("chgnet: full", "chgnet: scratch"))
+    assert g["values"] == pytest.approx((100 * (auc_ft - auc_rs) / auc_rs).tolist())  # the paper's (MP-0 - RI) / RI
+    cells = [c for c in r["cells"] if c["recipe"] == "chgnet: full [lr=0.001]"]
+    assert cells and all({"test_auc", "test_acc"} <= set(c) for c in cells)
+    assert "Binary targets: ROC-AUC and accuracy" in Path(out["paths"]["markdown"]).read_text()

@@ -450,6 +450,9 @@ class TransferConfig(_Strict):
     """Where transferred models come from."""
     standardize: Literal["train", "train_val"] = "train"
     """Labels are standardised on `train`, or on `train_val` (the published MoE code)."""
+    objective: Literal["auto", "regression", "binary"] = "auto"
+    """Methods and foundation studies: `binary` trains every target with the logistic loss and scores it by ROC-AUC
+    and accuracy (labels must be 0/1); `auto` does so for a target whose labels are all 0 or 1."""
     # sources: fine-tune from each published source in turn (the per-source transfer a recommendation is scored on);
     # variants: fine-tune each ``foundation`` model with each of ``variants`` (the foundation fine-tuning study)
     methods: list[Literal["scratch", "finetune", "moe", "sources", "variants"]] = Field(

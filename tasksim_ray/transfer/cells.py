@@ -38,6 +38,7 @@ from tasksim_ray.training.finetune import (finetune_options, graph_features, lay
                                            standardise_head)
 from tasksim_ray.training.loop import FitOptions, fit, predict
 from tasksim_ray.training.pretrain import model_hparams
+from tasksim_ray.training.objectives import binary_scores
 from tasksim_ray.training.probe import ALPHAS, ridge_probe
 
 
@@ -81,9 +82,13 @@ class CellData:
     content_key: str
     seed: int | None = None
     standardize: Literal["train", "train_val"] = "train"
+    objective: Literal["regression", "binary"] = "regression"  # binary: 0/1 labels, logistic loss, ROC-AUC
 
     def mean_std(self) -> tuple[float, float]:
-        """Train mean and std, or (published) train+val mean and sample std."""
+        """Train mean and std, or (published) train+val mean and sample std; 0 and 1 for a binary target
+        (the model's output is a logit)."""
+        if self.objective == "binary":
+            return 0.0, 1.0
         if self.standardize == "train_val":
             seen = np.concatenate([self.y_train, self.y_val])
             return float(np.mean(seen)), float(np.std(seen, ddof=1)) or 1.0
@@ -116,8 +121,9 @@ class CellSettings:
 
 
 def cell_key(cell: CellData, recipe: Recipe, settings: CellSettings) -> str:
+    binary = ["binary"] if cell.objective == "binary" else []  # regression cells keep their keys
     return artifact_key("cell", cell.target, cell.content_key, cell.size, cell.fold, recipe.key,
-                       settings.key_for(recipe), settings.seed)
+                       settings.key_for(recipe), settings.seed, *binary)
 
 
 def finetune_setup(directory: Path, finetune: FinetuneConfig, seed: int,
@@ -134,6 +140,14 @@ def test_mae(model: torch.nn.Module, graphs: list, cell: CellData, mean: float, 
     """MAE on the cell's test molecules, in the target's units."""
     pred = predict(model, [graphs[i] for i in cell.test_pos], 256, device) * std + mean
     return float(np.mean(np.abs(pred - cell.y_test)))
+
+
+def test_scores(pred: np.ndarray, cell: CellData, threshold: float = 0.0) -> dict[str, float]:
+    """The cell's test scores from its predictions: MAE, or for a binary target ROC-AUC, accuracy
+    and 1 - ROC-AUC as ``test_mae`` (``threshold``: the score above which a prediction is 1)."""
+    if cell.objective == "binary":
+        return binary_scores(pred, cell.y_test, threshold)
+    return {"test_mae": float(np.mean(np.abs(pred - cell.y_test)))}
 
 
 def _head(moe: MoEConfig, model_cfg: ModelConfig, dim: int, n_experts: int) -> torch.nn.Module | list[torch.nn.Module]:
@@ -208,7 +222,7 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     if recipe.kind in ("probe", "mean"):
         return _baseline_cell(store, cell, recipe, device)
     model, opts = _build(recipe, settings, seed, device, store)
-    opts = replace(opts, stage=recipe.kind, task=cell.target)
+    opts = replace(opts, stage=recipe.kind, task=cell.target, objective=cell.objective)
     mean, std = cell.mean_std()
     names = [Path(c).name for c in recipe.checkpoints]
     if recipe.published and model.tails is None:  # every expert layer frozen: train on the stored features
@@ -216,8 +230,7 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
         feats = torch.stack([store[f"feat/{n}"] for n in names], dim=1)
         result = fit(model, feats[cell.train_pos], cell.y_train, feats[cell.val_pos], cell.y_val, opts, seed,
                      mean, std, device)
-        pred = predict(model, feats[cell.test_pos], 256, device) * std + mean
-        mae = float(np.mean(np.abs(pred - cell.y_test)))
+        scores = test_scores(predict(model, feats[cell.test_pos], 256, device) * std + mean, cell)
     else:
         graphs = unpack_graphs(store)
         if recipe.published:
@@ -236,9 +249,9 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
                     "fold": cell.fold, "test_mae": float("nan"), "val_mae": float("inf"), "best_epoch": -1,
                     "epochs_run": 0, "seconds": 0.0, "diverged": str(exc),
                     "n": [len(cell.train_pos), len(cell.val_pos), len(cell.test_pos)]}
-        mae = test_mae(model, graphs, cell, mean, std, device)
+        scores = test_scores(predict(model, [graphs[i] for i in cell.test_pos], 256, device) * std + mean, cell)
     out = {"target": cell.target, "recipe": recipe.label, "kind": recipe.kind, "size": cell.size,
-           "fold": cell.fold, "test_mae": mae, "val_mae": result.best_val_mae, "best_epoch": result.best_epoch,
+           "fold": cell.fold, **scores, "val_mae": result.best_val_mae, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "seconds": round(result.seconds, 3),
            "n": [len(cell.train_pos), len(cell.val_pos), len(cell.test_pos)]}
     if isinstance(model, MixtureOfExperts):
@@ -254,7 +267,8 @@ def _baseline_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recip
     encoder (``probe``: ridge on its standardised graph features, alpha chosen on validation)."""
     start = time.perf_counter()
     out: dict[str, Any] = {"best_epoch": -1, "epochs_run": 0}
-    if recipe.kind == "mean":
+    threshold = 0.5 if cell.objective == "binary" else 0.0  # these predict the label itself, not a logit
+    if recipe.kind == "mean":  # binary: the positive rate (ROC-AUC 0.5, accuracy of the majority class)
         test_pred = np.full(len(cell.y_test), np.mean(cell.y_train))
         val_mae = float(np.mean(np.abs(np.mean(cell.y_train) - cell.y_val)))
     else:
@@ -266,7 +280,7 @@ def _baseline_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recip
         test_pred, val_mae = probe.test_pred, probe.val_mae
         out |= {"alpha": probe.alpha, "alpha_edge": probe.edge}
     return out | {"target": cell.target, "recipe": recipe.label, "kind": recipe.kind, "size": cell.size,
-                  "fold": cell.fold, "test_mae": float(np.mean(np.abs(test_pred - cell.y_test))), "val_mae": val_mae,
+                  "fold": cell.fold, **test_scores(test_pred, cell, threshold), "val_mae": val_mae,
                   "seconds": round(time.perf_counter() - start, 3),
                   "n": [len(cell.train_pos), len(cell.val_pos), len(cell.test_pos)]}
 

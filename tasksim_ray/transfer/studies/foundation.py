@@ -46,7 +46,8 @@ from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import mean_se
 from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
 from tasksim_ray.transfer.data import SplitData, stage_split_data
-from tasksim_ray.transfer.foundation_report import paired_improvements, paired_markdown
+from tasksim_ray.transfer.foundation_report import (add_binary_scores, binary_markdown, paired_improvements,
+                                                    paired_markdown)
 from tasksim_ray.transfer.grid import (chosen_points, convergence, convergence_markdown, grid_markdown, grid_points,
                                        keep_chosen, point_label, select_grid)
 from tasksim_ray.transfer.studies.methods import MethodsStudy
@@ -165,7 +166,8 @@ class FoundationStudy(MethodsStudy):
         run = Run(cfg, console)
         tasks = stage_tasks(run)
         ensure_ray(cfg.ray)
-        data = SplitData.load(stage_split_data(run, tasks), tasks, cfg.transfer.standardize)
+        data = SplitData.load(stage_split_data(run, tasks), tasks, cfg.transfer.standardize,
+                              cfg.transfer.objective)
         tc = cfg.transfer
         settings = CellSettings(cfg.model, tc.finetune, tc.moe, cfg.seed, tc.scratch)
         return Context(run, data, ray.put(data.store()), settings, foundation_dirs(run, data.table))
@@ -243,19 +245,21 @@ class FoundationStudy(MethodsStudy):
                                        "s_per_cell": float(np.mean([c["seconds"] for c in mine]))}
         result |= {"cells": done.cells, "grid": search, "depth_profile": self.profile,
                    "convergence": convergence(chosen)}
+        add_binary_scores(result, chosen)
         return result | {"paired": paired_improvements(result)}
 
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
         section = super().render(out, result, ctx)
-        section.markdown += (paired_markdown(result["paired"], result["seeds"])
+        section.markdown += (binary_markdown(result) + paired_markdown(result["paired"], result["seeds"])
                              + _finetuning(out, result, section.figures) + convergence_markdown(result)
                              + grid_markdown(result) + _drift_beside_paper(result))
         return section
 
     def paper_rows(self, result: dict[str, Any]) -> dict[str, Any]:
-        """Per task, each method's test MAE over split seeds (mean, std, seeds): MACE-RI is our
-        scratch and MACE-MP-0 a fine-tuned recipe, by ``transfer.paper_tables``' ``methods``."""
-        return {t: {m: e[m] for m in result["methods"]} for t, e in result["targets"].items()}
+        """Per task, each method's test MAE over split seeds (mean, std, seeds), or for a binary target its
+        ROC-AUC: MACE-RI is our scratch and MACE-MP-0 a fine-tuned recipe, by ``transfer.paper_tables``'
+        ``methods``."""
+        return {t: {m: e[m].get("auc", e[m]) for m in result["methods"]} for t, e in result["targets"].items()}
 
 
 def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[str]:
