@@ -80,6 +80,8 @@ class FinetuneConfig(_Strict):
             raise ValueError("finetune.layers must list parameter-name patterns when strategy is 'layers'")
         if self.regularizers and self.regularizer.kind != "none":
             raise ValueError("finetune: give regularizer or regularizers, not both")
+        if self.keep_readout and self.feature_norm:
+            raise ValueError("finetune: keep_readout reads the encoder's own features; feature_norm would rescale them")
         kinds = [r.kind for r in self.regularizers]
         if "none" in kinds or len(set(kinds)) < len(kinds):
             raise ValueError(f"finetune.regularizers: each of l2sp, bss at most once, got {kinds}")

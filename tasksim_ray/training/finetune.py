@@ -92,6 +92,16 @@ def add_head_layers(model: nn.Module, n: int) -> None:
     setattr(model, owner, deepen_head(model.head, model.embedding_dim, n))
 
 
+def use_pretrained_readout(model: nn.Module) -> None:
+    """Replace the fresh head by one that starts from the backbone's own pretrained readout
+    (``pretrained_readout``), for ``finetune.keep_readout``."""
+    build = getattr(model, "pretrained_readout", None)
+    owner = next((name for name, m in model.named_children() if m is model.head), None)
+    if build is None or owner is None:
+        raise TasksimError(f"finetune.keep_readout: {type(model).__name__} has no pretrained readout to keep")
+    setattr(model, owner, build())
+
+
 def penalty_fn(model: nn.Module, regs: list[RegularizerConfig]) -> Callable[[Tensor], Tensor] | None:
     """The summed penalty of the regularisers with a weight above 0 (L2-SP towards the encoder's
     weights as they are now, i.e. the pretrained ones), or None."""

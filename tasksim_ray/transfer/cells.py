@@ -35,7 +35,7 @@ from tasksim_ray.models.moe import MixtureOfExperts, initial_theta, softplus_hea
 from tasksim_ray.models.published import load_published
 from tasksim_ray.training.device import choose_device
 from tasksim_ray.training.finetune import (finetune_options, graph_features, layer_drift, moe_options, scratch_options,
-                                           standardise_head)
+                                           standardise_head, use_pretrained_readout)
 from tasksim_ray.training.loop import FitOptions, fit, predict
 from tasksim_ray.training.pretrain import model_hparams
 from tasksim_ray.training.objectives import binary_scores
@@ -132,6 +132,8 @@ def finetune_setup(directory: Path, finetune: FinetuneConfig, seed: int,
     torch.manual_seed(seed)
     model, _ = load_checkpoint(directory, device)
     model.reset_head(1)
+    if finetune.keep_readout:
+        use_pretrained_readout(model)
     return model, finetune_options(model, finetune, pretrained=True)
 
 
