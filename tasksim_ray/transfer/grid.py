@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import numpy as np
 
 Grid = dict[str, tuple[str, dict[str, float]]]  # grid point label -> (arm, its values by kind)
 
