@@ -149,10 +149,13 @@ BACKBONES: Registry[type] = Registry("backbone", {
     "chgnet": "tasksim_ray.models.chgnet:CHGNetBackbone",
     "mace": "tasksim_ray.models.mace:MACEBackbone",
     "alignn": "tasksim_ray.models.alignn:ALIGNNBackbone",
+    "sevenn": "tasksim_ray.models.sevenn:SevenNetBackbone",
 })
 
 FOUNDATION_MODELS: Registry[FoundationModel] = Registry("foundation model", {
     "chgnet": FoundationModel("chgnet", {"model_name": "0.3.0", "pretrained": True, "freeze": True}, "chgnet"),
+    "sevennet0": FoundationModel("sevenn", {"model_name": "SevenNet_0__11July2024", "pretrained": True,
+                                            "freeze": True}, "sevenn"),
 })
 
 _C = "tasksim_ray.config.metrics"

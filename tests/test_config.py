@@ -70,7 +70,7 @@ def test_unknown_registry_names_are_one_line_errors_listing_the_registered(tmp_p
 @pytest.mark.parametrize("text, message", [
     ("similarity:\n  metrics: [cmd]\nselection:\n  metric: cmd\n", "'cmd' is not a similarity"),
     ("data:\n  targets: [mu, alpha]\nsimilarity:\n  dataset_features:\n    model: gap\n",
-     "'gap' is neither a task (mu, alpha) nor a registered foundation model (chgnet)"),
+     "'gap' is neither a task (mu, alpha) nor a registered foundation model (chgnet, sevennet0)"),
 ])
 def test_selection_and_csi_names_come_from_the_registries(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(TasksimError, match=re.escape(message)):

@@ -162,3 +162,68 @@ def test_moe_trains_only_last_expert_layers_theta_and_head() -> None:
     assert not any(".W_i." in n or ".W_h." in n for n in changed)  # frozen encoder layers
     theta = moe.theta.detach()
     assert float(opts.penalty(torch.zeros(1)).detach()) == pytest.approx(0.01 * (float(theta @ theta) - 1) ** 2)
+
+
+def test_discriminative_rates_warmup_and_standardised_features() -> None:
+    """The head trains at head_lr and the encoder at lr, both ramped up over the warm-up epochs; the
+    standardising layer in front of the head makes the training features zero-mean, unit-std and trains nothing."""
+    from tasksim_ray.training.finetune import graph_features, head_names, standardise_head
+    from tasksim_ray.training.loop import Trainer
+
+    model = _pretrained()
+    graphs, y = _graphs_and_y()
+    feats = graph_features(model, graphs, torch.device("cpu"))
+    standardise_head(model, feats)
+    with torch.no_grad():
+        z = model.head[0](feats)
+    assert torch.allclose(z.mean(0), torch.zeros(z.shape[1]), atol=1e-5)
+    assert torch.allclose(z.std(0)[feats.std(0) > 0], torch.ones(int((feats.std(0) > 0).sum())), atol=1e-4)
+    assert not [n for n in head_names(model) if "mean" in n or "std" in n]  # buffers, not parameters
+    cfg = FinetuneConfig(lr=1e-4, head_lr=1e-2, warmup_epochs=3, max_epochs=5, patience=5, batch_size=4)
+    opts = finetune_options(model, cfg, pretrained=True)
+    trainer = Trainer(model, graphs, y, graphs[:4], y[:4], opts, 0, float(y.mean()), float(y.std()))
+    seen = []
+    for _ in range(5):
+        trainer.run_epoch()
+        seen.append([g["lr"] for g in trainer.optimizer.param_groups])
+    assert seen[0][0] == pytest.approx(1e-2 / 4) and seen[0][1] == pytest.approx(1e-4 / 4)
+    assert seen[2][0] == pytest.approx(1e-2 * 3 / 4) and seen[3][0] == seen[4][0] == pytest.approx(1e-2)
+
+
+def test_ridge_probe_chooses_alpha_on_validation() -> None:
+    """Ridge on train-standardised features: a linear target is recovered with a small alpha; for
+    pure noise validation prefers the largest alpha (the training mean)."""
+    from tasksim_ray.training.probe import ALPHAS, ridge_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)) * np.array([1e-3, 1, 10, 1, 1, 1, 1, 1])  # scales a fresh head would mind
+    y = x @ np.array([500.0, 1, 0.1, 0, 0, 0, 0, 0]) + 3
+    tr, va, te = slice(0, 100), slice(100, 200), slice(200, 300)
+    fit = ridge_probe(x[tr], y[tr], x[va], y[va], x[te])
+    assert fit.alpha <= 1e-1 and np.mean(np.abs(fit.test_pred - y[te])) < 0.05 * np.std(y)
+    noise = rng.normal(size=300)
+    flat = ridge_probe(x[tr], noise[tr], x[va], noise[va], x[te])
+    assert flat.alpha >= 1e3 and set(flat.val_mae_per_alpha) == set(ALPHAS)
+
+
+def test_a_binary_target_trains_with_the_logistic_loss_and_is_scored_by_roc_auc() -> None:
+    """A constructed 0/1 target (does the molecule have more than 4 heavy atoms?) trains on logits with
+    the logistic loss (validation log-loss drives early stopping) and is scored by ROC-AUC and accuracy."""
+    from tasksim_ray.training.loop import FitOptions, predict
+    from tasksim_ray.training.objectives import binary_scores, roc_auc
+
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert np.isnan(roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+    graphs, _ = _graphs_and_y()
+    y = np.array([float(g.num_nodes > 4) for g in graphs])
+    assert 0 < y.sum() < len(y)
+    model = _pretrained()
+    opts = FitOptions(40, None, 4, 1e-2, objective="binary")
+    result = fit(model, graphs, y, graphs, y, opts, seed=0, mean=0.0, std=1.0)
+    logits = predict(model, graphs, 64, torch.device("cpu"))
+    scores = binary_scores(logits, y)
+    assert scores["test_auc"] > 0.9 and scores["test_acc"] > 0.8 and scores["test_mae"] == 1 - scores["test_auc"]
+    loss = float(np.mean(np.logaddexp(0, logits) - y * logits))
+    assert result.best_val_mae == pytest.approx(loss, rel=1e-4)  # the validation log-loss of the kept weights
+    with pytest.raises(ValueError, match="objective binary: training labels must be 0 or 1"):
+        fit(_pretrained(), graphs, y + 0.5, graphs, y, opts, seed=0, mean=0.0, std=1.0)

@@ -349,6 +349,8 @@ def test_the_foundation_study_fine_tunes_a_scale_shift_mace_file(tmp_path: Path)
         "transfer.foundation": ["mace_mp"],
         "transfer.foundation_files": {"mace_mp": {"backbone": "mace", "params": {"foundation_file": str(tmp_path / "mp.pt")}}},
         "transfer.penalty_grid": {"full + L2-SP + BSS": {"l2sp": [1e-3], "bss": [1e-3]}},
+        "transfer.methods": ["scratch", "variants"], "transfer.variant_models": {}, "transfer.foundation_scratch": False,
+        "transfer.probe": False, "transfer.lr_grid": [],
         "transfer.paper_tables": [{"table": "003/table1", "study": "foundation", "aliases": {"jdft2d": task},
                                    "methods": {"mace_ri": "scratch", "mace_mp0": both}}]})
     out = run_transfer(cfg, ["foundation"], Console(quiet=True))
@@ -371,3 +373,18 @@ def test_the_foundation_study_fine_tunes_a_scale_shift_mace_file(tmp_path: Path)
     with torch.no_grad():  # the folder holds the file's weights
         expected = MACEBackbone(foundation_file=str(tmp_path / "mp.pt")).eval().embed_nodes(batch)
         assert torch.allclose(loaded.eval().embed_nodes(batch), expected)
+
+
+def test_chgnet_keeps_its_pretrained_readout_when_asked() -> None:
+    """finetune.keep_readout: the head starts from CHGNet's own readout MLP (its hidden layers' pretrained
+    weights, a fresh output layer) and trains with the head."""
+    from tasksim_ray.training.finetune import use_pretrained_readout
+
+    model = build_model("chgnet", {})
+    use_pretrained_readout(model)
+    own = model.chgnet.mlp.layers
+    assert torch.equal(model.head[0].weight, own[0].weight) and model.head[0].weight is not own[0].weight
+    assert model.head[-1].out_features == 1
+    opts = finetune_options(model, FinetuneConfig(strategy="head", keep_readout=True), pretrained=True)
+    assert opts and {n for n, p in model.named_parameters() if p.requires_grad} == set(head_names(model))
+    assert any(n.startswith("ffn.0.") for n in head_names(model))

@@ -14,7 +14,7 @@ from tasksim_ray.registry import BACKBONES, FOUNDATION_MODELS, STUDIES
 
 # FinetuneConfig fields added after cells were cached: left out of its dump at their defaults, so the
 # cells of recipes that do not use them keep their cache keys
-_LATER_FIELDS = ("regularizers", "added_layers")
+_LATER_FIELDS = ("regularizers", "added_layers", "head_lr", "warmup_epochs", "feature_norm", "keep_readout")
 
 
 class RegularizerConfig(_Strict):
@@ -56,7 +56,17 @@ class FinetuneConfig(_Strict):
     """Hidden layers (the encoder's width, ReLU) added between the encoder and the fresh head, training with the
     head (the ALIGNN PT/FT paper's MPT fine-tuning adds 2)."""
     lr: float = Field(default=1e-3, gt=0)
-    """Learning rate."""
+    """Learning rate (of the encoder when `head_lr` is set)."""
+    head_lr: float | None = Field(default=None, gt=0)
+    """Discriminative learning rates: the head's learning rate, the encoder's being `lr` (null: `lr` for all)."""
+    warmup_epochs: int = Field(default=0, ge=0)
+    """Every learning rate ramps linearly from 1/(warmup_epochs+1) of its value over this many epochs (0: off)."""
+    feature_norm: bool = False
+    """Standardise the graph features at the encoder/head boundary: a fixed affine layer, fitted on the training
+    crystals' features of the starting encoder, in front of the head (every arm alike, scratch included)."""
+    keep_readout: bool = False
+    """Start the head from the pretrained model's own readout (its hidden layers; a fresh output layer) where the
+    backbone has one (`pretrained_readout`), instead of a fresh MLP."""
     max_epochs: int = Field(default=40, ge=1)
     """Most epochs per cell."""
     patience: int = Field(default=8, ge=1)
@@ -70,6 +80,8 @@ class FinetuneConfig(_Strict):
             raise ValueError("finetune.layers must list parameter-name patterns when strategy is 'layers'")
         if self.regularizers and self.regularizer.kind != "none":
             raise ValueError("finetune: give regularizer or regularizers, not both")
+        if self.keep_readout and self.feature_norm:
+            raise ValueError("finetune: keep_readout reads the encoder's own features; feature_norm would rescale them")
         kinds = [r.kind for r in self.regularizers]
         if "none" in kinds or len(set(kinds)) < len(kinds):
             raise ValueError(f"finetune.regularizers: each of l2sp, bss at most once, got {kinds}")
@@ -88,10 +100,18 @@ class FinetuneConfig(_Strict):
         return list(self.regularizers) or ([self.regularizer] if self.regularizer.kind != "none" else [])
 
     def with_weights(self, weights: dict[str, float]) -> FinetuneConfig:
-        """This recipe with its regularisers' weights replaced (kind -> weight), for a grid point."""
+        """This recipe at a grid point: its regularisers' weights replaced (kind -> weight) and, for the
+        learning-rate grid, ``lr`` (the head's too, at the same ratio, when ``head_lr`` is set)."""
+        update: dict[str, Any] = {}
+        if "lr" in weights:
+            update["lr"] = weights["lr"]
+            if self.head_lr is not None:
+                update["head_lr"] = self.head_lr * weights["lr"] / self.lr
         regs = [r.model_copy(update={"weight": weights.get(r.kind, r.weight)}) for r in self.penalties()]
-        return self.model_validate(self.model_dump() | {"regularizer": RegularizerConfig().model_dump(),
-                                                        "regularizers": [r.model_dump() for r in regs]})
+        if not regs:
+            return self.model_copy(update=update)
+        return self.model_validate(self.model_dump() | update | {"regularizer": RegularizerConfig().model_dump(),
+                                                                 "regularizers": [r.model_dump() for r in regs]})
 
 
 class BudgetConfig(_Strict):
@@ -451,6 +471,9 @@ class TransferConfig(_Strict):
     """Where transferred models come from."""
     standardize: Literal["train", "train_val"] = "train"
     """Labels are standardised on `train`, or on `train_val` (the published MoE code)."""
+    objective: Literal["auto", "regression", "binary"] = "auto"
+    """Methods and foundation studies: `binary` trains every target with the logistic loss and scores it by ROC-AUC
+    and accuracy (labels must be 0/1); `auto` does so for a target whose labels are all 0 or 1."""
     # sources: fine-tune from each published source in turn (the per-source transfer a recommendation is scored on);
     # variants: fine-tune each ``foundation`` model with each of ``variants`` (the foundation fine-tuning study)
     methods: list[Literal["scratch", "finetune", "moe", "sources", "variants"]] = Field(
@@ -479,6 +502,20 @@ class TransferConfig(_Strict):
     penalty_grid: dict[str, dict[Literal["l2sp", "bss"], list[float]]] = Field(default_factory=dict)
     """Per variant, the weights searched for each of its regularisers (kind -> weights): every combination trains,
     and per task and split seed the one with the lowest validation MAE is reported under the variant's name."""
+    lr_grid: list[float] = Field(default_factory=list)
+    """Foundation study: learning rates every arm without a `penalty_grid` (scratch included) trains with; per arm,
+    task and split seed the one with the lowest validation MAE is its result (`head_lr` keeps its ratio to `lr`)."""
+    grid_seeds: Literal["all", "first"] = "all"
+    """`all`: the grids (`lr_grid`, `penalty_grid`) train on every split seed; `first`: on the first split seed
+    only, and the other seeds train each arm at the point validation chose there (per arm and task)."""
+    variant_models: dict[str, list[str]] = Field(default_factory=dict)
+    """Foundation study: a variant that runs on only these foundation models (by variant name; default: every one)."""
+    foundation_scratch: bool | list[str] = False
+    """Foundation study: each foundation model's own architecture from random initialisation too (`<name>:
+    scratch`), the baseline its fine-tuning is paired with (true: every model; a list: these)."""
+    probe: bool = False
+    """Foundation study: a linear probe of each foundation model (frozen encoder, graph features standardised on
+    the training split, ridge with its alpha chosen on validation) beside the other arms."""
     foundation_files: dict[str, FoundationFileConfig] = Field(default_factory=dict)
     """Foundation models from files the user brings, by name; name them in `foundation` too."""
     paper_tables: list[PaperTableConfig] = Field(default_factory=list)
@@ -519,6 +556,9 @@ class TransferConfig(_Strict):
             if kinds is None or not set(grid) <= set(kinds) or any(not w for w in grid.values()):
                 raise ValueError(f"transfer.penalty_grid '{name}': grid its variant's regularisers ({kinds}) with at "
                                  "least one weight each")
+        for name, models in self.variant_models.items():
+            if name not in variants or (stray := [m for m in models if m not in self.foundation]):
+                raise ValueError(f"transfer.variant_models '{name}': name a variant and transfer.foundation models")
         self._check_groups()
         return self
 

@@ -13,6 +13,7 @@ CHGNet's extensive crystal feature as is.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from pathlib import Path
 
@@ -79,6 +80,14 @@ class CHGNetBackbone(CrystalBackbone):
         with torch.set_grad_enabled(torch.is_grad_enabled() and
                                     any(p.requires_grad for p in self.chgnet.parameters())):
             return self.chgnet(graphs, task="e", return_atom_feas=True, return_crystal_feas=True)
+
+    def pretrained_readout(self) -> torch.nn.Sequential:
+        """A head that starts from CHGNet's own energy readout: a copy of its MLP's hidden layers (pretrained
+        weights) and a fresh output layer. CHGNet 0.3.0 reads energies atom by atom and averages them; this head
+        reads the averaged features (``crystal_fea`` / atoms), so it starts near, not at, CHGNet's readout."""
+        layers = list(copy.deepcopy(self.chgnet.mlp.layers))
+        out = layers[-1]
+        return torch.nn.Sequential(*layers[:-1], torch.nn.Linear(out.in_features, 1)).to(out.weight.device)
 
     def embed_nodes(self, batch: Batch) -> Tensor:
         """CHGNet's ``atom_fea``, shape (n_atoms, 64)."""

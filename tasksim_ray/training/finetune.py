@@ -5,7 +5,11 @@ A backbone lists its encoder layer groups from input to output (``ENCODER_LAYERS
 ``last`` (the last encoder group and the head), ``layers`` (the head plus parameters whose names
 match glob patterns). Gradual unfreezing starts from the head and unfreezes the strategy's encoder
 groups top-down, one every ``gradual_unfreeze`` epochs; layer-wise learning-rate decay gives the
-group d levels below the head ``lr * llrd**d``. Regularisers: L2-SP on the transferred weights
+group d levels below the head ``lr * llrd**d``. Discriminative rates: the head at ``head_lr``, the
+encoder at ``lr`` (a pretrained encoder's weights are large and need small steps, a fresh head
+large ones); ``warmup_epochs`` ramps every rate up; ``feature_norm`` puts a fixed standardising
+layer in front of the head (a pretrained encoder's features can be orders of magnitude smaller
+than a fresh head expects: CHGNet's readout norm gains average 0.1). Regularisers: L2-SP on the transferred weights
 and batch spectral shrinkage on the graph features, alone or summed. ``added_layers`` grows the
 fresh head by hidden layers before it (MPT fine-tuning in the ALIGNN PT/FT paper adds two).
 """
@@ -88,6 +92,16 @@ def add_head_layers(model: nn.Module, n: int) -> None:
     setattr(model, owner, deepen_head(model.head, model.embedding_dim, n))
 
 
+def use_pretrained_readout(model: nn.Module) -> None:
+    """Replace the fresh head by one that starts from the backbone's own pretrained readout
+    (``pretrained_readout``), for ``finetune.keep_readout``."""
+    build = getattr(model, "pretrained_readout", None)
+    owner = next((name for name, m in model.named_children() if m is model.head), None)
+    if build is None or owner is None:
+        raise TasksimError(f"finetune.keep_readout: {type(model).__name__} has no pretrained readout to keep")
+    setattr(model, owner, build())
+
+
 def penalty_fn(model: nn.Module, regs: list[RegularizerConfig]) -> Callable[[Tensor], Tensor] | None:
     """The summed penalty of the regularisers with a weight above 0 (L2-SP towards the encoder's
     weights as they are now, i.e. the pretrained ones), or None."""
@@ -121,7 +135,7 @@ def finetune_options(model: nn.Module, cfg: FinetuneConfig, pretrained: bool) ->
 
     def make_optimizer(m: nn.Module) -> torch.optim.Optimizer:
         decay = cfg.llrd if (pretrained and cfg.llrd) else 1.0
-        param_groups = [{"params": [params[n] for n in heads], "lr": cfg.lr}]
+        param_groups = [{"params": [params[n] for n in heads], "lr": cfg.head_lr or cfg.lr}]
         for depth, (_, names) in enumerate(reversed(groups), start=1):
             param_groups.append({"params": [params[n] for n in names], "lr": cfg.lr * decay ** depth})
         return torch.optim.Adam(param_groups)
@@ -135,7 +149,42 @@ def finetune_options(model: nn.Module, cfg: FinetuneConfig, pretrained: bool) ->
 
     penalty = penalty_fn(model, cfg.penalties()) if pretrained else None
     return FitOptions(cfg.max_epochs, cfg.patience, cfg.batch_size, cfg.lr, make_optimizer=make_optimizer,
-                      penalty=penalty, on_epoch_start=on_epoch)
+                      penalty=penalty, on_epoch_start=on_epoch, warmup_epochs=cfg.warmup_epochs)
+
+
+class Standardize(nn.Module):
+    """A fixed affine map (x - mean) / std: fitted once, never trained (buffers, no parameters)."""
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+@torch.no_grad()
+def graph_features(model: nn.Module, inputs: list, device: torch.device, batch_size: int = 64) -> Tensor:
+    """The model's graph features (``embed``) of ``inputs`` in eval mode, (n, dim) on the CPU."""
+    from torch_geometric.loader import DataLoader
+
+    model.eval()
+    return torch.cat([model.embed(b.to(device)).cpu() for b in DataLoader(list(inputs), batch_size=batch_size)])
+
+
+def standardise_head(model: nn.Module, train_features: Tensor) -> None:
+    """Put a ``Standardize`` fitted on ``train_features`` (each feature's mean and std over the
+    training crystals; std floored at 1e-6 of the largest) in front of the model's head."""
+    mean, std = train_features.mean(0), train_features.std(0)
+    std = torch.clamp(std, min=max(float(std.max()) * 1e-6, 1e-12))
+    owner = next((name for name, m in model.named_children() if m is model.head), None)
+    if owner is None:
+        raise TasksimError(f"finetune.feature_norm: {type(model).__name__}'s head is not one of its modules")
+    head = model.head
+    device = next(head.parameters()).device
+    layers = list(head) if isinstance(head, nn.Sequential) else [head]
+    setattr(model, owner, nn.Sequential(Standardize(mean, std), *layers).to(device))
 
 
 def _with_schedule(opts: FitOptions, build: Callable[[nn.Module], torch.optim.Optimizer],

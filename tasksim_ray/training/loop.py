@@ -60,6 +60,8 @@ class FitOptions:
     schedule: Literal["none", "cosine"] = "none"
     eta_min: float = 0.0
     loss: Literal["mse", "l1"] = "mse"  # on standardised labels, missing ones masked
+    warmup_epochs: int = 0  # every group's lr ramps linearly over these first epochs, (epoch + 1) / (warmup + 1)
+    objective: Literal["regression", "binary"] = "regression"  # binary: 0/1 labels, logistic loss on the logits
     penalty: Callable[[Tensor | None], Tensor] | None = None  # receives the batch's features (None under DDP)
     on_epoch_start: Callable[[int], None] | None = None
     on_epoch_end: Callable[[dict[str, float]], None] | None = None  # the epoch's record: metrics, reports
@@ -74,7 +76,7 @@ class FitOptions:
 
 @dataclass
 class TrainResult:
-    best_val_mae: float  # one task: MAE in its units; several: mean standardised MAE
+    best_val_mae: float  # one task: MAE in its units (binary: log-loss); several: mean standardised MAE
     best_epoch: int
     epochs_run: int
     n_train: int
@@ -202,6 +204,10 @@ class Trainer:
         # with every label present the masked loss equals the plain one, which is fewer ops per step
         self.loss = (masked_l1 if opts.loss == "l1" else
                      masked_mse if np.isnan(y_std).any() else F.mse_loss)
+        if opts.objective == "binary":  # labels stay 0/1 (the caller passes mean 0, std 1); the model gives logits
+            if not np.isin(as_matrix(y_train)[~np.isnan(as_matrix(y_train))], (0.0, 1.0)).all():
+                raise ValueError("objective binary: training labels must be 0 or 1")
+            self.loss = F.binary_cross_entropy_with_logits
         self.optimizer = (opts.make_optimizer(self.net) if opts.make_optimizer else
                           torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=opts.lr,
                                            weight_decay=opts.weight_decay))
@@ -219,10 +225,12 @@ class Trainer:
                                                       >= patience and self.epoch > 0)
 
     def _set_lr(self) -> None:
-        if self.opts.schedule == "cosine":
-            frac = (1 + math.cos(math.pi * self.epoch / self.opts.max_epochs)) / 2
+        if self.opts.schedule == "cosine" or self.opts.warmup_epochs:
+            cosine = self.opts.schedule == "cosine"
+            frac = (1 + math.cos(math.pi * self.epoch / self.opts.max_epochs)) / 2 if cosine else 1.0
+            warm = min(1.0, (self.epoch + 1) / (self.opts.warmup_epochs + 1))
             for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-                group["lr"] = self.opts.eta_min + (base - self.opts.eta_min) * frac
+                group["lr"] = warm * (self.opts.eta_min + (base - self.opts.eta_min) * frac if cosine else base)
 
     def run_epoch(self) -> dict[str, float]:
         """One pass over the training data and a validation pass; returns the epoch's record."""
@@ -253,7 +261,11 @@ class Trainer:
         pred = predict_batches(self.net, self.val_batches, self.device)
         if not np.isfinite(pred).all():  # a NaN prediction would pass as a missing label in the masked MAE
             self._diverged("validation prediction", float(pred[~np.isfinite(pred)].flat[0]))
-        mae = masked_mae(pred * self.std + self.mean, self.y_val)
+        if self.opts.objective == "binary":  # early stopping and the grid read the validation log-loss
+            logits, y = as_matrix(pred)[:, 0], self.y_val[:, 0]
+            mae = np.array([float(np.mean(np.logaddexp(0, logits) - y * logits))])
+        else:
+            mae = masked_mae(pred * self.std + self.mean, self.y_val)
         score = float(np.nanmean(mae / self.std))
         record = {"epoch": self.epoch, "train_loss": total / max(n_batches, 1), "val_score": score,
                   **({"val_mae": float(mae[0])} if len(mae) == 1 else {})}

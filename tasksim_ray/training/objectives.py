@@ -3,13 +3,14 @@
 A multi-task loss that tolerates missing labels, and the two regularisers that keep a fine-tuned model close to what
 it learned in pretraining: L2-SP (Li et al. 2018) pulls the transferred weights towards their pretrained values, and
 batch spectral shrinkage (BSS, Chen et al. 2019) damps the feature directions that carry little signal and are the ones
-most likely to transfer negatively.
+most likely to transfer negatively. A 0/1 target trains with the logistic loss and is scored by ROC-AUC and accuracy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -82,3 +83,25 @@ def bss_penalty(features: Tensor, k: int) -> Tensor:
         raise ValueError(f"k must be at least 1, got {k}")
     singular = torch.linalg.svdvals(features)  # descending
     return singular[max(singular.numel() - k, 0) :].pow(2).sum()
+
+
+def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """ROC-AUC of ``scores`` for 0/1 labels ``y``: the Mann-Whitney probability that a positive outranks
+    a negative (ties count one half); NaN when one class is absent."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, dtype=float)
+    pos, n_pos = y == 1, int((y == 1).sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores, dtype=float))
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_scores(scores: np.ndarray, y: np.ndarray, threshold: float = 0.0) -> dict[str, float]:
+    """What a 0/1 target is scored by: ROC-AUC, accuracy (score above ``threshold`` = 1) and the
+    error the tables sort by, 1 - ROC-AUC (lower is better, as an MAE)."""
+    auc = roc_auc(scores, y)
+    acc = float(np.mean((np.asarray(scores) > threshold) == (np.asarray(y) == 1)))
+    return {"test_auc": auc, "test_acc": acc, "test_mae": 1.0 - auc}

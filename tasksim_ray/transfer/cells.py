@@ -12,6 +12,8 @@ so a run killed halfway resumes with only the missing cells.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 from torch_geometric.data import Data
 
 from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig, ScratchConfig
-from tasksim_ray.errors import TasksimError
+from tasksim_ray.errors import TasksimError, TrainingDiverged
 from tasksim_ray.featurize.graphstore import unpack_graphs
 from tasksim_ray.infra.cache import Artifacts, artifact_key, stable_hash
 from tasksim_ray.infra.jobs import Job, JsonResults, run_jobs
@@ -32,9 +34,12 @@ from tasksim_ray.models.heads import mlp_head
 from tasksim_ray.models.moe import MixtureOfExperts, initial_theta, softplus_head
 from tasksim_ray.models.published import load_published
 from tasksim_ray.training.device import choose_device
-from tasksim_ray.training.finetune import finetune_options, layer_drift, moe_options, scratch_options
+from tasksim_ray.training.finetune import (finetune_options, graph_features, layer_drift, moe_options, scratch_options,
+                                           standardise_head, use_pretrained_readout)
 from tasksim_ray.training.loop import FitOptions, fit, predict
 from tasksim_ray.training.pretrain import model_hparams
+from tasksim_ray.training.objectives import binary_scores
+from tasksim_ray.training.probe import ALPHAS, ridge_probe
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,11 @@ class Recipe:
     the experts, or published extractor files when ``published``, identified by ``fingerprints``);
     ``theta`` an optional similarity row that initialises the MoE gate."""
 
-    kind: Literal["scratch", "finetune", "moe"]
+    kind: Literal["scratch", "finetune", "moe", "probe", "mean"]
     label: str
     checkpoints: tuple[str, ...] = ()
     theta: tuple[float, ...] | None = None
-    finetune: FinetuneConfig | None = None  # a fine-tuning variant; None: the config's ``finetune``
+    finetune: FinetuneConfig | None = None  # a fine-tuning variant (or scratch's lr); None: the config's ``finetune``
     moe: MoEConfig | None = None  # a mixture's own settings; None: the config's ``moe``
     published: bool = False
     fingerprints: tuple[Any, ...] = ()
@@ -77,9 +82,13 @@ class CellData:
     content_key: str
     seed: int | None = None
     standardize: Literal["train", "train_val"] = "train"
+    objective: Literal["regression", "binary"] = "regression"  # binary: 0/1 labels, logistic loss, ROC-AUC
 
     def mean_std(self) -> tuple[float, float]:
-        """Train mean and std, or (published) train+val mean and sample std."""
+        """Train mean and std, or (published) train+val mean and sample std; 0 and 1 for a binary target
+        (the model's output is a logit)."""
+        if self.objective == "binary":
+            return 0.0, 1.0
         if self.standardize == "train_val":
             seen = np.concatenate([self.y_train, self.y_val])
             return float(np.mean(seen)), float(np.std(seen, ddof=1)) or 1.0
@@ -102,16 +111,19 @@ class CellSettings:
         if recipe.kind == "moe" or recipe.published:
             ft = (recipe.finetune or self.finetune).strategy if recipe.kind == "finetune" else None
             return [self.model.model_dump(), self.moe_for(recipe).model_dump(), loop, ft]
+        if recipe.kind in ("probe", "mean"):
+            return [recipe.kind, list(ALPHAS)]
         if recipe.kind == "scratch":
-            return [self.model.model_dump(), self.finetune.model_dump(include={"lr", "max_epochs", "patience",
-                                                                              "batch_size"}),
+            return [self.model.model_dump(), (recipe.finetune or self.finetune).model_dump(include={
+                "lr", "max_epochs", "patience", "batch_size", "head_lr", "warmup_epochs", "feature_norm"}),
                     self.scratch.model_dump()]
         return (recipe.finetune or self.finetune).model_dump()
 
 
 def cell_key(cell: CellData, recipe: Recipe, settings: CellSettings) -> str:
+    binary = ["binary"] if cell.objective == "binary" else []  # regression cells keep their keys
     return artifact_key("cell", cell.target, cell.content_key, cell.size, cell.fold, recipe.key,
-                       settings.key_for(recipe), settings.seed)
+                       settings.key_for(recipe), settings.seed, *binary)
 
 
 def finetune_setup(directory: Path, finetune: FinetuneConfig, seed: int,
@@ -120,6 +132,8 @@ def finetune_setup(directory: Path, finetune: FinetuneConfig, seed: int,
     torch.manual_seed(seed)
     model, _ = load_checkpoint(directory, device)
     model.reset_head(1)
+    if finetune.keep_readout:
+        use_pretrained_readout(model)
     return model, finetune_options(model, finetune, pretrained=True)
 
 
@@ -128,6 +142,14 @@ def test_mae(model: torch.nn.Module, graphs: list, cell: CellData, mean: float, 
     """MAE on the cell's test molecules, in the target's units."""
     pred = predict(model, [graphs[i] for i in cell.test_pos], 256, device) * std + mean
     return float(np.mean(np.abs(pred - cell.y_test)))
+
+
+def test_scores(pred: np.ndarray, cell: CellData, threshold: float = 0.0) -> dict[str, float]:
+    """The cell's test scores from its predictions: MAE, or for a binary target ROC-AUC, accuracy
+    and 1 - ROC-AUC as ``test_mae`` (``threshold``: the score above which a prediction is 1)."""
+    if cell.objective == "binary":
+        return binary_scores(pred, cell.y_test, threshold)
+    return {"test_mae": float(np.mean(np.abs(pred - cell.y_test)))}
 
 
 def _head(moe: MoEConfig, model_cfg: ModelConfig, dim: int, n_experts: int) -> torch.nn.Module | list[torch.nn.Module]:
@@ -158,9 +180,15 @@ def _build(recipe: Recipe, settings: CellSettings, seed: int, device: torch.devi
     if recipe.kind == "finetune" and not recipe.published:
         return finetune_setup(Path(recipe.checkpoints[0]), recipe.finetune or settings.finetune, seed, device)
     torch.manual_seed(seed)
+    if recipe.kind == "scratch" and recipe.checkpoints:  # a foundation model's architecture, randomly initialised
+        spec = json.loads((Path(recipe.checkpoints[0]) / "config.json").read_text())
+        if "pretrained" not in spec["hparams"]:
+            raise TasksimError(f"{spec['backbone']}: no 'pretrained' switch; give its scratch arm as model.backbone")
+        model = build_model(spec["backbone"], spec["hparams"] | {"pretrained": False, "freeze": False})
+        return model, scratch_options(model, recipe.finetune or settings.finetune, settings.scratch)
     if recipe.kind == "scratch":
         model = build_model(settings.model.backbone, model_hparams(settings.model))
-        return model, scratch_options(model, settings.finetune, settings.scratch)
+        return model, scratch_options(model, recipe.finetune or settings.finetune, settings.scratch)
     moe, ft = settings.moe_for(recipe), settings.finetune
     theta = initial_theta(len(recipe.checkpoints), moe.init, np.array(recipe.theta) if recipe.theta is not None else None,
                           seed)
@@ -193,8 +221,10 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     torch.set_num_threads(num_threads)
     device = choose_device()
     seed = cell.seed if cell.seed is not None else settings.seed + 1000 * cell.fold
+    if recipe.kind in ("probe", "mean"):
+        return _baseline_cell(store, cell, recipe, device)
     model, opts = _build(recipe, settings, seed, device, store)
-    opts = replace(opts, stage=recipe.kind, task=cell.target)
+    opts = replace(opts, stage=recipe.kind, task=cell.target, objective=cell.objective)
     mean, std = cell.mean_std()
     names = [Path(c).name for c in recipe.checkpoints]
     if recipe.published and model.tails is None:  # every expert layer frozen: train on the stored features
@@ -202,17 +232,28 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
         feats = torch.stack([store[f"feat/{n}"] for n in names], dim=1)
         result = fit(model, feats[cell.train_pos], cell.y_train, feats[cell.val_pos], cell.y_val, opts, seed,
                      mean, std, device)
-        pred = predict(model, feats[cell.test_pos], 256, device) * std + mean
-        mae = float(np.mean(np.abs(pred - cell.y_test)))
+        scores = test_scores(predict(model, feats[cell.test_pos], 256, device) * std + mean, cell)
     else:
         graphs = unpack_graphs(store)
         if recipe.published:
             graphs = _with_atom_ids(store, graphs)
-        result = fit(model, [graphs[i] for i in cell.train_pos], cell.y_train, [graphs[i] for i in cell.val_pos],
-                     cell.y_val, opts, seed, mean, std, device)
-        mae = test_mae(model, graphs, cell, mean, std, device)
+        if (recipe.finetune or settings.finetune).feature_norm and recipe.kind in ("scratch", "finetune"):
+            standardise_head(model.to(device), graph_features(model, [graphs[i] for i in cell.train_pos], device))
+        try:
+            result = fit(model, [graphs[i] for i in cell.train_pos], cell.y_train, [graphs[i] for i in cell.val_pos],
+                         cell.y_val, opts, seed, mean, std, device)
+        except TrainingDiverged as exc:
+            if recipe.label == recipe.label.split(" [")[0]:  # not a grid point: the run stops, loudly
+                raise
+            # a grid point whose learning rate or penalty is too strong: recorded, never chosen (infinite
+            # validation MAE); the grid table shows it
+            return {"target": cell.target, "recipe": recipe.label, "kind": recipe.kind, "size": cell.size,
+                    "fold": cell.fold, "test_mae": float("nan"), "val_mae": float("inf"), "best_epoch": -1,
+                    "epochs_run": 0, "seconds": 0.0, "diverged": str(exc),
+                    "n": [len(cell.train_pos), len(cell.val_pos), len(cell.test_pos)]}
+        scores = test_scores(predict(model, [graphs[i] for i in cell.test_pos], 256, device) * std + mean, cell)
     out = {"target": cell.target, "recipe": recipe.label, "kind": recipe.kind, "size": cell.size,
-           "fold": cell.fold, "test_mae": mae, "val_mae": result.best_val_mae, "best_epoch": result.best_epoch,
+           "fold": cell.fold, **scores, "val_mae": result.best_val_mae, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "seconds": round(result.seconds, 3),
            "n": [len(cell.train_pos), len(cell.val_pos), len(cell.test_pos)]}
     if isinstance(model, MixtureOfExperts):
@@ -220,6 +261,30 @@ def run_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe, set
     if recipe.kind == "finetune" and not recipe.published:  # how far each layer group moved from the source
         out["drift"] = layer_drift(model, load_checkpoint(Path(recipe.checkpoints[0]), device)[0])
     return out
+
+
+def _baseline_cell(store: dict[str, torch.Tensor], cell: CellData, recipe: Recipe,
+                   device: torch.device) -> dict[str, Any]:
+    """No training loop: predicting the training mean (``mean``), or the linear probe of a frozen
+    encoder (``probe``: ridge on its standardised graph features, alpha chosen on validation)."""
+    start = time.perf_counter()
+    out: dict[str, Any] = {"best_epoch": -1, "epochs_run": 0}
+    threshold = 0.5 if cell.objective == "binary" else 0.0  # these predict the label itself, not a logit
+    if recipe.kind == "mean":  # binary: the positive rate (ROC-AUC 0.5, accuracy of the majority class)
+        test_pred = np.full(len(cell.y_test), np.mean(cell.y_train))
+        val_mae = float(np.mean(np.abs(np.mean(cell.y_train) - cell.y_val)))
+    else:
+        model, _ = load_checkpoint(Path(recipe.checkpoints[0]), device)
+        graphs = unpack_graphs(store)
+        feats = [graph_features(model, [graphs[i] for i in pos], device).double().numpy()
+                 for pos in (cell.train_pos, cell.val_pos, cell.test_pos)]
+        probe = ridge_probe(feats[0], cell.y_train, feats[1], cell.y_val, feats[2])
+        test_pred, val_mae = probe.test_pred, probe.val_mae
+        out |= {"alpha": probe.alpha, "alpha_edge": probe.edge}
+    return out | {"target": cell.target, "recipe": recipe.label, "kind": recipe.kind, "size": cell.size,
+                  "fold": cell.fold, **test_scores(test_pred, cell, threshold), "val_mae": val_mae,
+                  "seconds": round(time.perf_counter() - start, 3),
+                  "n": [len(cell.train_pos), len(cell.val_pos), len(cell.test_pos)]}
 
 
 def run_cells(store_ref: ray.ObjectRef, jobs: list[tuple[CellData, Recipe]], settings: CellSettings,

@@ -306,11 +306,12 @@ class SplitData:
     rows: dict[str, dict[str, Any]]
     store_rows: np.ndarray
     standardize: str
+    mode: str = "auto"  # transfer.objective
 
     @classmethod
-    def load(cls, stage: Stage, tasks: Stage, standardize: str) -> SplitData:
+    def load(cls, stage: Stage, tasks: Stage, standardize: str, objective: str = "auto") -> SplitData:
         return cls(stage, TaskTable.in_folder(tasks.path), json.loads((stage.path / "task_rows.json").read_text()),
-                   np.load(stage.path / "rows.npy"), standardize)
+                   np.load(stage.path / "rows.npy"), standardize, objective)
 
     targets = TransferData.targets
     sources = TransferData.sources
@@ -322,9 +323,20 @@ class SplitData:
         """Store positions of every row the task uses, sorted."""
         return self._pos(sorted({r for s in self.rows[task]["splits"] for p in s for r in p}))
 
+    def objective(self, target: str) -> str:
+        """``binary`` for a target whose labels are all 0 or 1 (or every target, ``transfer.objective:
+        binary``, which refuses other labels in one line), else ``regression``."""
+        lab = self.table.labels(target)
+        lab = lab[~np.isnan(lab)]
+        zero_one = bool(len(lab)) and bool(np.isin(lab, (0.0, 1.0)).all())
+        if self.mode == "binary" and not zero_one:
+            raise TasksimError(f"transfer.objective binary: task '{target}' has labels other than 0 and 1")
+        return "binary" if (self.mode == "binary" or (self.mode == "auto" and zero_one)) else "regression"
+
     def cell(self, target: str, index: int, seed: int) -> CellData:
         tr, va, te = self.rows[target]["splits"][index]
         lab = self.table.labels(target)
         key = self.table.fingerprint(target, tr, va, te)
         return CellData(target, seed, None, self._pos(tr), lab[tr], self._pos(va), lab[va], self._pos(te), lab[te],
-                        key, seed=seed, standardize=self.standardize)  # type: ignore[arg-type]
+                        key, seed=seed, standardize=self.standardize,  # type: ignore[arg-type]
+                        objective=self.objective(target))  # type: ignore[arg-type]

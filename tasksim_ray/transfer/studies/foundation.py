@@ -16,7 +16,6 @@ score a user has for free.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import ray
 import torch
 from torch_geometric.data import Batch, Data
 
-from tasksim_ray.config import PipelineConfig
+from tasksim_ray.config import FinetuneConfig, PipelineConfig
 from tasksim_ray.data.tasks import TaskTable
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.featurize.graphstore import unpack_graphs
@@ -45,8 +44,12 @@ from tasksim_ray.stages.data import stage_tasks
 from tasksim_ray.stages.published import stage_foundation_model
 from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import mean_se
-from tasksim_ray.transfer.cells import CellSettings, Recipe
+from tasksim_ray.transfer.cells import CellSettings, Recipe, run_cells
 from tasksim_ray.transfer.data import SplitData, stage_split_data
+from tasksim_ray.transfer.foundation_report import (add_binary_scores, binary_markdown, paired_improvements,
+                                                    paired_markdown)
+from tasksim_ray.transfer.grid import (chosen_points, convergence, convergence_markdown, grid_markdown, grid_points,
+                                       keep_chosen, point_label, select_grid)
 from tasksim_ray.transfer.studies.methods import MethodsStudy
 from tasksim_ray.transfer.study import SCRATCH, Context, Done, Job, Section
 
@@ -163,30 +166,45 @@ class FoundationStudy(MethodsStudy):
         run = Run(cfg, console)
         tasks = stage_tasks(run)
         ensure_ray(cfg.ray)
-        data = SplitData.load(stage_split_data(run, tasks), tasks, cfg.transfer.standardize)
+        data = SplitData.load(stage_split_data(run, tasks), tasks, cfg.transfer.standardize,
+                              cfg.transfer.objective)
         tc = cfg.transfer
         settings = CellSettings(cfg.model, tc.finetune, tc.moe, cfg.seed, tc.scratch)
         return Context(run, data, ray.put(data.store()), settings, foundation_dirs(run, data.table))
 
     def recipes(self, ctx: Context) -> dict[str, Recipe]:
-        """Scratch, and per foundation model ``<name>: finetune`` and ``<name>: <variant>`` recipes; a
-        gridded variant is one recipe per weight combination, ``<name>: <variant> [l2sp=.., bss=..]``."""
+        """Scratch, and per foundation model ``<name>: finetune`` and ``<name>: <variant>`` recipes (with
+        ``transfer.probe``, the mean predictor and ``<name>: linear probe``); a gridded arm is one recipe
+        per grid point, ``<name>: <variant> [lr=.., l2sp=.., bss=..]`` (``transfer.lr_grid`` grids every
+        trained arm, scratch included, over the same learning rates)."""
         tc = ctx.run.cfg.transfer
-        recipes = {"scratch": SCRATCH} if "scratch" in tc.methods else {}
-        self.grid: dict[str, tuple[str, dict[str, float]]] = {}  # grid point label -> (variant label, weights)
+        lrs = {"lr": tc.lr_grid} if tc.lr_grid else {}
+        self.grid: dict[str, tuple[str, dict[str, float]]] = {}  # grid point label -> (arm label, values)
+        recipes: dict[str, Recipe] = {"mean predictor": Recipe("mean", "mean predictor")} if tc.probe else {}
+
+        def add(kind: str, arm: str, checkpoints: tuple[str, ...], ft: FinetuneConfig | None,
+                grid: dict[str, list[float]]) -> None:
+            for values in grid_points(grid):
+                label = point_label(arm, values)
+                config = (ft or tc.finetune).with_weights(values) if values else ft
+                recipes[label] = (SCRATCH if label == "scratch" else
+                                  Recipe(kind, label, checkpoints, finetune=config))  # type: ignore[arg-type]
+                if values:
+                    self.grid[label] = (arm, values)
+
+        if "scratch" in tc.methods:
+            add("scratch", "scratch", (), None, lrs)
         for name, d in ctx.model_dirs.items():
+            if tc.foundation_scratch is True or name in (tc.foundation_scratch or []):
+                add("scratch", f"{name}: scratch", (d,), None, lrs)
+            if tc.probe:
+                recipes[f"{name}: linear probe"] = Recipe("probe", f"{name}: linear probe", (d,))
             if "finetune" in tc.methods:
-                recipes[f"{name}: finetune"] = Recipe("finetune", f"{name}: finetune", (d,))
-            if "variants" not in tc.methods:
-                continue
-            for v, ft in tc.variant_configs().items():
-                for weights in grid_points(tc.penalty_grid.get(v)):
-                    label = f"{name}: {v}" + (" [" + ", ".join(f"{k}={w:g}" for k, w in weights.items()) + "]"
-                                              if weights else "")
-                    recipes[label] = Recipe("finetune", label, (d,), finetune=ft.with_weights(weights) if weights
-                                            else ft)
-                    if weights:
-                        self.grid[label] = (f"{name}: {v}", weights)
+                add("finetune", f"{name}: finetune", (d,), None, lrs)
+            if "variants" in tc.methods:
+                for v, ft in tc.variant_configs().items():
+                    if name in tc.variant_models.get(v, [name]):
+                        add("finetune", f"{name}: {v}", (d,), ft, tc.penalty_grid.get(v) or lrs)
         return recipes
 
     def arms(self, ctx: Context) -> dict[str, dict[str, list[Recipe]]]:
@@ -195,8 +213,16 @@ class FoundationStudy(MethodsStudy):
         return {t: {label: [r] for label, r in recipes.items()} for t in ctx.data.targets}
 
     def plan(self, ctx: Context) -> list[Job]:
+        """Every arm's cells; with ``grid_seeds: first`` the first split seed's cells train here, first,
+        and the other seeds keep only each gridded arm's point chosen on its validation split."""
         jobs = super().plan(ctx)
         self.profile = depth_profile(ctx)  # before any training: what a user has for free
+        tc, first = ctx.run.cfg.transfer, ctx.run.cfg.data.split.seeds[0]
+        if self.grid and tc.grid_seeds == "first":
+            tuning = [(c, r) for c, r in jobs if c.fold == first]
+            cells = run_cells(ctx.store_ref, tuning, ctx.settings, ctx.run.artifacts / "cells", tc.num_cpus,
+                              tc.num_gpus)
+            jobs = keep_chosen(jobs, self.grid, first, chosen_points(cells, self.grid))
         return jobs
 
     def summarise(self, ctx: Context, done: Done) -> dict[str, Any]:
@@ -217,48 +243,23 @@ class FoundationStudy(MethodsStudy):
                                        "s_per_epoch": float(np.mean([c["seconds"] / max(c["epochs_run"], 1)
                                                                      for c in mine])),
                                        "s_per_cell": float(np.mean([c["seconds"] for c in mine]))}
-        return result | {"cells": done.cells, "grid": search, "depth_profile": self.profile}
+        result |= {"cells": done.cells, "grid": search, "depth_profile": self.profile,
+                   "convergence": convergence(chosen)}
+        add_binary_scores(result, chosen)
+        return result | {"paired": paired_improvements(result)}
 
     def render(self, out: Path, result: dict[str, Any], ctx: Context) -> Section:
         section = super().render(out, result, ctx)
-        section.markdown += _finetuning(out, result, section.figures) + _grid_markdown(result) + _drift_beside_paper(
-            result)
+        section.markdown += (binary_markdown(result) + paired_markdown(result["paired"], result["seeds"])
+                             + _finetuning(out, result, section.figures) + convergence_markdown(result)
+                             + grid_markdown(result) + _drift_beside_paper(result))
         return section
 
     def paper_rows(self, result: dict[str, Any]) -> dict[str, Any]:
-        """Per task, each method's test MAE over split seeds (mean, std, seeds): MACE-RI is our
-        scratch and MACE-MP-0 a fine-tuned recipe, by ``transfer.paper_tables``' ``methods``."""
-        return {t: {m: e[m] for m in result["methods"]} for t, e in result["targets"].items()}
-
-
-def grid_points(grid: dict[str, list[float]] | None) -> list[dict[str, float]]:
-    """Every combination of the grid's weights (kind -> weight); ``[{}]`` without a grid."""
-    if not grid:
-        return [{}]
-    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-
-
-def select_grid(cells: list[dict[str, Any]], grid: dict[str, tuple[str, dict[str, float]]]
-                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Cells with each gridded variant's points replaced, per (task, split seed), by the point with
-    the lowest validation MAE (relabelled as the variant); and per variant and task the search: each
-    point's validation and test MAE per seed and the weights chosen per seed."""
-    out = [c for c in cells if c["recipe"] not in grid]
-    search: dict[str, Any] = {}
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    for c in cells:
-        if c["recipe"] in grid:
-            groups.setdefault((grid[c["recipe"]][0], c["target"], c["fold"]), []).append(c)
-    for (variant, target, seed), points in groups.items():
-        best = min(points, key=lambda c: c["val_mae"])
-        out.append(best | {"recipe": variant, "grid_point": grid[best["recipe"]][1]})
-        entry = search.setdefault(variant, {}).setdefault(target, {"points": {}, "chosen": {}})
-        entry["chosen"][str(seed)] = grid[best["recipe"]][1]
-        for c in points:
-            p = entry["points"].setdefault(c["recipe"], {"weights": grid[c["recipe"]][1], "val_mae": {},
-                                                         "test_mae": {}})
-            p["val_mae"][str(seed)], p["test_mae"][str(seed)] = c["val_mae"], c["test_mae"]
-    return out, search
+        """Per task, each method's test MAE over split seeds (mean, std, seeds), or for a binary target its
+        ROC-AUC: MACE-RI is our scratch and MACE-MP-0 a fine-tuned recipe, by ``transfer.paper_tables``'
+        ``methods``."""
+        return {t: {m: e[m].get("auc", e[m]) for m in result["methods"]} for t, e in result["targets"].items()}
 
 
 def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[str]:
@@ -278,15 +279,18 @@ def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[st
             md.append(f"| {m} | " + " | ".join(f"{v:.4g}" for v in x["values"])
                       + f" | {x['mean']:.4g} ± {x['se']:.2g} | {gain} |")
         md.append("")
-    drift = {t: {m: e[m]["drift"] for m in methods if "drift" in e[m]} for t, e in r["targets"].items()}
-    drift = {t: d for t, d in drift.items() if d}
-    if drift:
+    models = sorted({m.split(": ", 1)[0] for e in r["targets"].values() for m in methods if "drift" in e[m]})
+    for model in models:  # one figure and table per foundation model: their layer groups differ
+        drift = {t: {m: e[m]["drift"] for m in methods if "drift" in e[m] and m.startswith(f"{model}: ")}
+                 for t, e in r["targets"].items()}
+        drift = {t: d for t, d in drift.items() if d}
         groups = list(next(iter(next(iter(drift.values())).values())))
-        paths["layer_drift"] = out / "layer_drift.png"
-        plots.plot_layer_drift(paths["layer_drift"], groups, {t: {m: list(g.values()) for m, g in d.items()}
-                                                              for t, d in drift.items()},
-                               "Weight drift from the pretrained weights per layer group (mean over seeds)")
-        md += ["### Weight drift ||w - w0|| / ||w0|| per encoder layer group (mean over seeds)", ""]
+        name = "layer_drift" if len(models) == 1 else f"layer_drift_{model}"
+        paths[name] = out / f"{name}.png"
+        plots.plot_layer_drift(paths[name], groups, {t: {m: list(g.values()) for m, g in d.items()}
+                                                     for t, d in drift.items()},
+                               f"{model}: weight drift from the pretrained weights per layer group (mean over seeds)")
+        md += [f"### {model}: weight drift ||w - w0|| / ||w0|| per encoder layer group (mean over seeds)", ""]
         for t, d in drift.items():
             md += [f"| {t}: group | " + " | ".join(d) + " |", "|---" * (len(d) + 1) + "|"]
             md += [f"| {g} | " + " | ".join(f"{x[g]:.3g}" for x in d.values()) + " |" for g in groups]
@@ -306,26 +310,6 @@ def _finetuning(out: Path, r: dict[str, Any], paths: dict[str, Path]) -> list[st
         md += [f"| {layer} | " + " | ".join(f"{x['mean'][i]:.3f} ± {x['se'][i]:.2g}" for x in per_task.values()) + " |"
                for i, layer in enumerate(prof["layers"])]
         md.append("")
-    return md
-
-
-def _grid_markdown(r: dict[str, Any]) -> list[str]:
-    """Per gridded variant and task: each weight combination's validation and test MAE (mean over split
-    seeds) and how often validation chose it."""
-    md: list[str] = []
-    for variant, per_task in r.get("grid", {}).items():
-        md += [f"## Penalty weights of {variant}: the search on the validation split", "",
-               "Every combination trained per split seed; per seed the lowest validation MAE is the variant's "
-               "result above. Validation / test MAE, mean over seeds; chosen: in how many seeds.", ""]
-        for t, e in per_task.items():
-            md += [f"| {t}: weights | validation MAE | test MAE | chosen |", "|---|---|---|---|"]
-            for p in e["points"].values():
-                w = p["weights"]
-                n = sum(c == w for c in e["chosen"].values())
-                val, test = np.mean(list(p["val_mae"].values())), np.mean(list(p["test_mae"].values()))
-                md.append(f"| {', '.join(f'{k} {v:g}' for k, v in w.items())} | {val:.4g} | {test:.4g} | "
-                          f"{n} of {len(e['chosen'])} |")
-            md.append("")
     return md
 
 

@@ -98,7 +98,7 @@ class MethodsStudy(Study):
         run = Run(cfg, console)
         tasks = stage_tasks(run)
         stage = stage_split_data(run, tasks)
-        data = SplitData.load(stage, tasks, tc.standardize)
+        data = SplitData.load(stage, tasks, tc.standardize, tc.objective)
         used = _files_used(cfg, data.targets)
         folder = Path(tc.sources.path or "")
         trains_last = {f for name, arm in arm_configs(cfg).items() for f in used[name]
