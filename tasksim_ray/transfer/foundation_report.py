@@ -3,8 +3,8 @@ initialisation, paired by split seed with a 95% t interval, and the linear probe
 predictor (does the frozen representation carry the target at all?).
 
 Improvement = 100 (baseline - recipe) / baseline per seed (for a higher-is-better score, recipe -
-baseline over baseline); the interval is the t interval of its mean over seeds (analysis.paired_difference).
-A recipe is "better" when the whole interval is above zero, "worse" when below, else "undecided".
+baseline over baseline); the interval and outcome come from the verdict rule (papers.verdict.paired):
+a recipe is "better" when the whole interval is above zero, "worse" when below, else "undecided".
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tasksim_ray.transfer.analysis import paired_difference
+from tasksim_ray.papers.verdict import paired
 
 
 def baseline_of(arm: str, arms: list[str]) -> str | None:
@@ -26,9 +26,10 @@ def baseline_of(arm: str, arms: list[str]) -> str | None:
 
 def _gain(base: np.ndarray, x: np.ndarray, higher_is_better: bool) -> dict[str, Any]:
     g = 100 * ((x - base) if higher_is_better else (base - x)) / np.abs(base)
-    d = paired_difference(g, np.zeros_like(g))
-    verdict = "better" if d["ci"][0] > 0 else "worse" if d["ci"][1] < 0 else "undecided"
-    return {"mean": d["mean"], "ci": d["ci"], "values": g.tolist(), "verdict": verdict}
+    v = paired("recipe beats its baseline", g.tolist())
+    ci = list(v.ci) if v.ci else [float("nan"), float("nan")]
+    verdict = {"agrees": "better", "disagrees": "worse"}.get(v.outcome, "undecided")
+    return {"mean": v.estimate, "ci": ci, "values": g.tolist(), "verdict": verdict}
 
 
 def add_binary_scores(result: dict[str, Any], cells: list[dict[str, Any]]) -> None:
