@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first, so nothing below pulls the CUDA wheels
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	# SevenNet-0's package without its numpy < 2 pin (it runs on numpy 2; see pyproject's crystals extra)
+	$(BIN)/pip install --quiet --no-deps sevenn==0.10.0
 	touch $(STAMP)
 
 venv: $(STAMP)
