@@ -84,7 +84,8 @@ def main() -> None:
     chance = np.full_like(y, y[train].mean())
 
     results: dict[str, Any] = {
-        "smoke": args.smoke, "task": TASK, "target": TARGET, "units": ds.units[TARGET], "model": MODEL, "split_seed": args.seed,
+        "smoke": args.smoke, "task": TASK, "target": TARGET, "units": ds.units[TARGET], "model": MODEL,
+        "split_seed": args.seed,
         "graph_settings": info.graph, "n_rows": len(y), "n_train": len(train), "n_test": len(test),
         "train_mean": float(y[train].mean()),
         "test": {"cgcnn": scores(pred[test], y[test]), "chance": scores(chance[test], y[test])},

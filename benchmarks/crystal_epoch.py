@@ -3,7 +3,7 @@ run side by side, beside the machine's own matrix-multiply rate.
 
 Compares, in one run and on the same inputs, the code at ``--before`` (ee08072: the selected
 experts' last convolutions one after another in a Python loop) with the working tree (the k
-convolutions as one: stacked weights, the bond term one matmul over the shared bond features, the
+convolutions as one: stacked weights, the bond term one matmul over the distinct bond rows, the
 per-bond work over all k experts in cache-sized edge chunks with a written-out backward pass,
 ``models.cgcnn.stacked_convs``). Each version runs in its own process, the old one from a ``git
 archive`` of that commit, through the same entry point, ``transfer.cells.run_cell``, with the
@@ -303,7 +303,8 @@ def main() -> None:
     print(f"target (k = 18 after <= {TARGET[2]:g} x k = 4 before, {TARGET[0]}, {TARGET[1]} threads): {verdict}: "
           f"{target}")
     print(f"load average {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}")
-    result = {"smoke": args.smoke, "epochs": args.epochs, "before": args.before, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+    result = {"smoke": args.smoke, "epochs": args.epochs, "before": args.before,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
               "command": " ".join(["python", "benchmarks/crystal_epoch.py", *sys.argv[1:]]), **summary,
               "machine_rates": rates, "cells": timings, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},

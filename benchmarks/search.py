@@ -80,7 +80,8 @@ def main() -> None:
     fifo, asha = runs["fifo"], runs["asha"]
     gap = asha["best_val_mae"] / fifo["best_val_mae"] - 1
     share = asha["epochs"] / fifo["epochs"]
-    result = {"smoke": args.smoke, "config": str(config.relative_to(REPO)), "runs": runs, "asha_vs_fifo_best_gap": round(gap, 4), "asha_epoch_share": round(share, 4),
+    result = {"smoke": args.smoke, "config": str(config.relative_to(REPO)), "runs": runs,
+              "asha_vs_fifo_best_gap": round(gap, 4), "asha_epoch_share": round(share, 4),
               "target_met": bool(gap <= 0.02 and share <= 0.40), "load_avg_start": load,
               "load_avg_end": os.getloadavg()}
     for s, r in runs.items():

@@ -349,7 +349,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"engine: ensure_vectors {en['ensure_vectors_s']:.2f} s, matrix {en['matrix_s']:.2f} s;"
           f" ray.init {r['ray_init_s']:.2f} s")
     print(f"ensure_vectors profile: {en['profile']}")
-    print(f"ranking floor {r['ranking_floor']['floor_s']:.2f} s; engine / floor {r['ranking_floor']['engine_over_floor']}")
+    floor = r["ranking_floor"]
+    print(f"ranking floor {floor['floor_s']:.2f} s; engine / floor {floor['engine_over_floor']}")
     if "large" in r:
         lg = r["large"]
         print(f"large: ensure_vectors {lg['ensure_vectors_s']:.1f} s ({lg['ensure_vectors_per_task_s']:.1f} s/task),"

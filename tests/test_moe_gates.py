@@ -203,7 +203,8 @@ def test_bond_terms_once_per_distinct_bond_equal_the_per_edge_bond_terms(monkeyp
             weights = torch.randn_like(got)
             (got * weights).sum().backward()
             (expected * weights).sum().backward()
-            for (name, p), q in zip([x for c in convs for x in c.named_parameters()], [x for c in ref for x in c.parameters()]):
+            params = [x for c in convs for x in c.named_parameters()]
+            for (name, p), q in zip(params, [x for c in ref for x in c.parameters()]):
                 torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
                 with torch.no_grad():
                     p -= 0.01 * p.grad

@@ -205,7 +205,8 @@ class Workspace:
 class _GatedEdgeSum(torch.autograd.Function):
     """S_i = sum_j sigmoid(f_ij) * softplus(c_ij) with [f, c] = BN1(W [v_i, v_j, u_ij] + b), for k
     convolutions side by side: atoms h (atoms, k, a), channels expert-major (k * 2a), the edges in
-    chunks that stay in cache, the atom terms W_i v_i and W_j v_j once per atom.
+    chunks that stay in cache, the atom terms W_i v_i and W_j v_j once per atom, the bond term
+    W_u u + b once per distinct bond row (``bonds``; ``bond_of_edge`` picks each edge's).
 
     The backward pass is written out. A message's derivatives with respect to f and c do not depend
     on the incoming gradient, so the forward pass keeps them (``local``) with the normalised
@@ -334,7 +335,8 @@ def stacked_convs(convs: list[ConvLayer], h: Tensor, edge_index: Tensor, edge_at
 
     The same maths as k ``ConvLayer`` calls (BatchNorm with batch statistics in training, running
     ones in eval, each expert's running statistics updated as its own layer would), with the k
-    weight matrices stacked: the bond term is one matmul over the shared bond features, and the
+    weight matrices stacked: the bond term is one matmul over the distinct bond feature rows (a
+    crystal's symmetry repeats its distances: 9-17% of a batch's edges are distinct), and the
     per-bond work runs over all k experts in cache-sized chunks. Gradients reach each layer's own
     parameters through the stacking. ``workspace`` holds what a training step keeps for its
     backward pass (give the same one every step; None: fresh memory)."""
