@@ -238,8 +238,10 @@ def summarise(timings: dict[str, Any], inputs: dict[str, Any], rates: dict[int, 
     task, t, ratio = TARGET
     if t in threads and task in inputs and {4, 18} <= set(cases):
         after, before = table[f"{task} | k=18"][f"after {t}"], table[f"{task} | k=4"][f"before {t}"]
+        cpu_after, cpu_before = cpu[f"{task} | k=18"][f"after {t}"], cpu[f"{task} | k=4"][f"before {t}"]
+        # the CPU seconds' ratio beside: on a machine other jobs share, wall time waits for the CPU
         target = {"k18_after_s": after, "k4_before_s": before, "ratio": round(after / before, 3), "limit": ratio,
-                  "met": after <= ratio * before}
+                  "met": after <= ratio * before, "cpu_ratio": round(cpu_after / cpu_before, 3)}
     else:
         target = {"note": f"not measured: needs {task}, k = 4 and 18, at {t} threads"}
     return {"epoch_s": table, "epoch_cpu_s": cpu, "max_train_loss_diff": drift,
