@@ -184,6 +184,9 @@ def test_bond_terms_once_per_distinct_bond_equal_the_per_edge_bond_terms(monkeyp
     rows, index = distinct_rows(batch.edge_attr)
     assert torch.equal(rows[index], batch.edge_attr)
     assert len(rows) == len(torch.unique(batch.edge_attr, dim=0)) < batch.num_edges / 2  # crystals repeat distances
+    tiny = torch.tensor([[1.0, 1e-30], [1.0, 2e-30], [1.0, 1e-30]])  # equal projections, different rows
+    tiny_rows, tiny_index = distinct_rows(tiny)
+    assert torch.equal(tiny_rows[tiny_index], tiny) and len(tiny_rows) == 2
     convs = [CGCNN(atom_fea_len=16, n_conv=1).convs[0] for _ in range(3)]
     ref = copy.deepcopy(convs)
     h = torch.randn(batch.num_nodes, 3, 16)
