@@ -69,7 +69,8 @@ def _run(name: str, tmp: Path) -> dict[str, Any]:
     if RUNS[name][1]:
         cmd += ["--data", str(SHARED)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    # from the repository root: configs name their data relative to it
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     return {"rc": proc.returncode, "log": (proc.stdout + proc.stderr)[-3000:], "seconds": time.perf_counter() - start,
             "json": json.loads(out.read_text()) if out.is_file() else None}
 
