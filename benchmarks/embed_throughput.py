@@ -181,7 +181,10 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: loops, script and hosts (GPU fractions) on the GPU; the reference is the CUDA loop")
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/embed_throughput[_cuda].json")
+    p.add_argument("--smoke", action="store_true", help="seconds: 40 probes x 2 models, hidden 16, the test molecules")
     args = p.parse_args()
+    if args.smoke:
+        args.cases, args.hidden, args.depth, args.data = "40x2", 16, 2, FALLBACK
     suffix = "_cuda" if args.device == "cuda" else ""
     args.out = args.out or ROOT / "benchmarks" / "results" / f"embed_throughput{suffix}.json"
     data = args.data or (SHARED if SHARED.is_file() else FALLBACK)
@@ -207,7 +210,7 @@ def main() -> None:
               "data": str(data.relative_to(ROOT.parent) if data.is_relative_to(ROOT.parent) else data),
               "settings": {"hidden_dim": args.hidden, "depth": args.depth, "batch_size": args.batch_size,
                            "hosts": args.hosts, "ray_num_cpus": 2, "cpu_count": os.cpu_count(),
-                           "device": args.device},
+                           "device": args.device, "smoke": args.smoke},
               "ray_init_s": ray_init_s, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "versions": {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__},
               "targets": TARGETS, "cases": rows}

@@ -29,6 +29,7 @@ from tasksim_ray.config import DataConfig, FinetuneConfig, ModelConfig, MoEConfi
 from tasksim_ray.data.molecules import load_moleculenet
 from tasksim_ray.featurize.molecule import featurize_many
 from tasksim_ray.models.dmpnn import DMPNN
+from tasksim_ray.models.heads import mlp_head
 from tasksim_ray.models.moe import MixtureOfExperts, initial_theta
 from tasksim_ray.training.finetune import finetune_options, moe_options
 from tasksim_ray.training.loop import FitOptions, fit, predict
@@ -51,12 +52,14 @@ def _timed(device: torch.device, fn: Callable[[], float]) -> dict[str, float]:
     return {"seconds": round(time.perf_counter() - start, 3), "test_mae": round(float(mae), 5)}
 
 
-def run(device: torch.device, hidden: int, epochs: int) -> dict[str, dict[str, float]]:
+def run(device: torch.device, hidden: int, epochs: int, n: int = 600) -> dict[str, dict[str, float]]:
+    """Every step on ``device``; the first ``n`` molecules split 2/3 train, 1/6 validation, 1/6 test."""
     table = load_moleculenet(DataConfig(source="moleculenet", path=str(DATA), targets=["mu", "alpha"]))
-    graphs, _ = featurize_many(table.frame["smiles"].tolist())
-    mu, alpha = table.labels("mu"), table.labels("alpha")
+    graphs, _ = featurize_many(table.frame["smiles"].tolist()[:n])
+    mu, alpha = table.labels("mu")[:n], table.labels("alpha")[:n]
     idx = np.random.default_rng(0).permutation(len(graphs))
-    tr, va, te = idx[:400], idx[400:500], idx[500:]
+    n_tr, n_va = 2 * n // 3, n // 6
+    tr, va, te = idx[:n_tr], idx[n_tr:n_tr + n_va], idx[n_tr + n_va:]
 
     def sub(rows: np.ndarray) -> list:
         return [graphs[i] for i in rows]
@@ -105,21 +108,22 @@ def run(device: torch.device, hidden: int, epochs: int) -> dict[str, dict[str, f
 
     def multitask() -> float:
         model = new_model(2)
-        y = np.full((800, 2), np.nan)
-        y[:400, 0], y[400:, 1] = mu[tr], alpha[tr]
-        sampler = BudgetSampler([np.arange(400), np.arange(400, 800)], 400, seed=0)
+        y = np.full((2 * n_tr, 2), np.nan)
+        y[:n_tr, 0], y[n_tr:, 1] = mu[tr], alpha[tr]
+        sampler = BudgetSampler([np.arange(n_tr), np.arange(n_tr, 2 * n_tr)], n_tr, seed=0)
         y_val = np.stack([mu[va], alpha[va]], 1)
         fit(model, sub(tr) + sub(tr), y, sub(va), y_val, FitOptions(epochs, None, 50, 1e-3, sampler=sampler), 0,
             np.array([m_mu, m_al]), np.array([s_mu, s_al]), device)
         return float(np.mean(np.abs(predict(model, sub(te), 256, device)[:, 1] * s_al + m_al - alpha[te])))
 
-    out["multi-task (mu+alpha, 400 x E)"] = _timed(device, multitask)
+    out[f"multi-task (mu+alpha, {n_tr} x E)"] = _timed(device, multitask)
 
     def mixture() -> float:
         experts = [new_model(), new_model()]
         experts[0].load_state_dict(state)
-        moe = MixtureOfExperts(experts, 2, initial_theta(2, "uniform", None, 0).to(device),
-                               ModelConfig(ffn_hidden_dim=hidden)).to(device)
+        head = mlp_head(hidden, hidden, ModelConfig().ffn_layers, 0.0, 1)  # as transfer.cells builds it
+        moe = MixtureOfExperts(initial_theta(2, "uniform", None, 0).to(device), 2, head, hidden,
+                               experts=experts).to(device)
         opts = moe_options(moe, MoEConfig(k=2), epochs, epochs, 50)
         fit(moe, sub(tr), alpha[tr], sub(va), alpha[va], opts, 0, m_al, s_al, device)
         return test_mae(moe, alpha, m_al, s_al)
@@ -132,14 +136,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hidden", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="seconds: 120 molecules, hidden 16, 1 epoch")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default: $OUT/transfer_cell.json, else benchmarks/results/)")
     args = parser.parse_args()
+    n = 120 if args.smoke else 600
+    if args.smoke:
+        args.hidden, args.epochs = 16, 1
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    results: dict[str, Any] = {"hidden": args.hidden, "epochs": args.epochs, "torch": torch.__version__,
+    results: dict[str, Any] = {"hidden": args.hidden, "epochs": args.epochs, "molecules": n, "smoke": args.smoke,
+                               "torch": torch.__version__,
                                "host": platform.node(), "cpu_threads": torch.get_num_threads(),
                                "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                                "load_avg": os.getloadavg()}
     for device in devices:
-        results[device.type] = run(device, args.hidden, args.epochs)
+        results[device.type] = run(device, args.hidden, args.epochs, n)
     steps = list(results["cpu"])
     print(f"{'step':34s} " + " ".join(f"{d.type + ' s':>9s} {d.type + ' MAE':>10s}" for d in devices))
     for step in steps:
@@ -147,8 +158,10 @@ def main() -> None:
                                         f"{results[d.type][step]['test_mae']:10.4f}" for d in devices))
     text = json.dumps(results, indent=2)
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "transfer_cell.json").write_text(text)
+    out = args.out or out_dir / "transfer_cell.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from torch_geometric.utils import scatter
 from tasksim_ray.config import FinetuneConfig, ModelConfig, MoEConfig, ScratchConfig
 from tasksim_ray.featurize.crystal import structure_to_graph
 from tasksim_ray.featurize.graphstore import pack_graphs
-from tasksim_ray.models.cgcnn import CGCNN, stacked_convs
+from tasksim_ray.models import cgcnn as cgcnn_module
+from tasksim_ray.models.cgcnn import CGCNN, distinct_rows, stacked_convs
 from tasksim_ray.models.moe import MixtureOfExperts, initial_theta, top_k_gates
 from tasksim_ray.models.published import extractor_features, load_published
 from tasksim_ray.training.finetune import scratch_options
@@ -171,6 +172,47 @@ def test_stacked_convolutions_keep_each_layers_train_and_eval_semantics() -> Non
     for c, r in zip(convs, ref):
         torch.testing.assert_close(c.bn1.running_var, r.bn1.running_var)
         torch.testing.assert_close(c.bn2.running_mean, r.bn2.running_mean)
+
+
+def test_bond_terms_once_per_distinct_bond_equal_the_per_edge_bond_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stacked convolutions compute W_u u + b once per distinct bond row and gather it per
+    edge; against the same kernel with every edge its own row (the bond matmul over every edge, as
+    before), outputs and every parameter's gradient agree to 1e-5, over training steps and an eval pass."""
+    torch.manual_seed(0)
+    graphs, _ = crystals()
+    batch = Batch.from_data_list(graphs)
+    rows, index = distinct_rows(batch.edge_attr)
+    assert torch.equal(rows[index], batch.edge_attr)
+    assert len(rows) == len(torch.unique(batch.edge_attr, dim=0)) < batch.num_edges / 2  # crystals repeat distances
+    tiny = torch.tensor([[1.0, 1e-30], [1.0, 2e-30], [1.0, 1e-30]])  # equal projections, different rows
+    tiny_rows, tiny_index = distinct_rows(tiny)
+    assert torch.equal(tiny_rows[tiny_index], tiny) and len(tiny_rows) == 2
+    convs = [CGCNN(atom_fea_len=16, n_conv=1).convs[0] for _ in range(3)]
+    ref = copy.deepcopy(convs)
+    h = torch.randn(batch.num_nodes, 3, 16)
+    every_edge = cgcnn_module.distinct_rows
+
+    def run(layers: list, per_edge: bool) -> torch.Tensor:
+        monkeypatch.setattr(cgcnn_module, "distinct_rows", (lambda x: (x, torch.arange(len(x)))) if per_edge
+                            else every_edge)
+        return stacked_convs(layers, h, batch.edge_index, batch.edge_attr)
+
+    for training in (True, True, False):
+        for c in convs + ref:
+            c.train(training)
+        got, expected = run(convs, False), run(ref, True)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        if training:
+            weights = torch.randn_like(got)
+            (got * weights).sum().backward()
+            (expected * weights).sum().backward()
+            params = [x for c in convs for x in c.named_parameters()]
+            for (name, p), q in zip(params, [x for c in ref for x in c.parameters()]):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
+                with torch.no_grad():
+                    p -= 0.01 * p.grad
+                    q -= 0.01 * q.grad
+                p.grad = q.grad = None
 
 
 @needs_extractors

@@ -52,7 +52,7 @@ KIND_VERSIONS: dict[str, int] = {
     "tasks": 1, "preprocess": 1, "featurize": 1, "probe": 1, "model": 1, "subset-model": 1, "embedding": 1,
     "dataset_features": 1, "similarity": 1, "rsa-vector": 1, "published-models": 1,
     "published-model": 1, "foundation-model": 1, "transfer-data": 1, "transfer-split-data": 1,
-    "expert-features": 1, "layer-features": 1, "cell": 1,
+    "expert-features": 1, "layer-features": 1, "cell": 2,
 }
 
 

@@ -205,7 +205,8 @@ class Workspace:
 class _GatedEdgeSum(torch.autograd.Function):
     """S_i = sum_j sigmoid(f_ij) * softplus(c_ij) with [f, c] = BN1(W [v_i, v_j, u_ij] + b), for k
     convolutions side by side: atoms h (atoms, k, a), channels expert-major (k * 2a), the edges in
-    chunks that stay in cache, the atom terms W_i v_i and W_j v_j once per atom.
+    chunks that stay in cache, the atom terms W_i v_i and W_j v_j once per atom, the bond term
+    W_u u + b once per distinct bond row (``bonds``; ``bond_of_edge`` picks each edge's).
 
     The backward pass is written out. A message's derivatives with respect to f and c do not depend
     on the incoming gradient, so the forward pass keeps them (``local``) with the normalised
@@ -215,10 +216,10 @@ class _GatedEdgeSum(torch.autograd.Function):
     atom terms."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, edge_attr: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
-                centre: Tensor, nbr: Tensor, running: tuple[Tensor, Tensor] | None, eps: float,
+    def forward(ctx, h: Tensor, bonds: Tensor, weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor,
+                centre: Tensor, nbr: Tensor, bond_of_edge: Tensor, running: tuple[Tensor, Tensor] | None, eps: float,
                 workspace: Workspace | None) -> tuple[Tensor, Tensor, Tensor]:
-        (n_atoms, k, a), n_edges, width = h.shape, len(edge_attr), len(bias)
+        (n_atoms, k, a), n_edges, width = h.shape, len(centre), len(bias)
         centres = _Centres(centre, n_atoms)
         chunks = centres.chunks(width)
         keep = workspace is not None
@@ -230,14 +231,16 @@ class _GatedEdgeSum(torch.autograd.Function):
             cols = slice(i * 2 * a, (i + 1) * 2 * a)
             torch.mm(h[:, i], weight[i, :, :a].t(), out=terms[0][:, cols])
             torch.mm(h[:, i], weight[i, :, a:2 * a].t(), out=terms[1][:, cols])
+        # the bond term W_u u + b once per distinct bond row (a crystal repeats its distances), gathered per edge
         w_bond = weight[:, :, 2 * a:].reshape(width, -1)
+        per_bond = torch.addmm(bias, bonds, w_bond.t())
 
         rows = chunks[0].stop - chunks[0].start
         temp = h.new_empty(3, rows, width)  # per-chunk scratch: y, then the messages and their partial sums
         partial = h.new_empty(len(chunks), 2, width)  # per-chunk sums, added up in float64 at the end
 
         def pre_activation(s: slice) -> Tensor:
-            g = torch.addmm(bias, edge_attr[s], w_bond.t(), out=None if kept is None else kept[0, s])
+            g = torch.index_select(per_bond, 0, bond_of_edge[s], **({} if kept is None else {"out": kept[0, s]}))
             centres.add_to(g, terms[0], s)
             return g.add_(terms[1].index_select(0, nbr[s]))
 
@@ -274,7 +277,7 @@ class _GatedEdgeSum(torch.autograd.Function):
                 centres.sum_into(per_atom[0], d, s)
                 centres.sum_into(per_atom[1], torch.mul(d, xhat, out=temp[2, :n]), s)
         if keep:
-            ctx.save_for_backward(h, edge_attr, gamma, invstd, centre, nbr, kept, per_atom, terms)
+            ctx.save_for_backward(h, bonds, gamma, invstd, centre, nbr, bond_of_edge, kept, per_atom, terms)
         ctx.training = running is None
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
@@ -284,8 +287,8 @@ class _GatedEdgeSum(torch.autograd.Function):
         if not ctx.saved_tensors:
             raise RuntimeError("stacked CGCNN convolutions: the forward pass ran without a workspace, "
                                "so it kept nothing to differentiate")
-        h, edge_attr, gamma, invstd, centre, nbr, kept, per_atom, d_terms = ctx.saved_tensors
-        (n_atoms, k, a), n_edges = h.shape, len(edge_attr)
+        h, bonds, gamma, invstd, centre, nbr, bond_of_edge, kept, per_atom, d_terms = ctx.saved_tensors
+        (n_atoms, k, a), n_edges = h.shape, len(centre)
         centres = _Centres(centre, n_atoms)
         grad = grad_out.view(n_atoms, k, 1, a)  # one row per centre atom, shared by f and c
         # sum of dy and of dy * xhat over the edges, from the per-atom sums (their memory is free after)
@@ -295,7 +298,7 @@ class _GatedEdgeSum(torch.autograd.Function):
             shift, slope = -scale * sums[0] / n_edges, -scale * sums[1] / n_edges
         scaled = torch.mul(grad, scale.view(k, 2, a), out=per_atom[0].view(n_atoms, k, 2, a))
         d_terms.zero_()  # the atom terms' memory, now their gradients
-        d_bond = grad_out.new_zeros(edge_attr.shape[1], len(gamma))
+        d_per_bond = grad_out.new_zeros(len(bonds), len(gamma))  # summed per distinct bond row
         chunks = centres.chunks(len(gamma))
         d_bias = grad_out.new_empty(len(chunks), len(gamma))  # per chunk, added up in float64
         for i, s in enumerate(chunks):
@@ -303,13 +306,28 @@ class _GatedEdgeSum(torch.autograd.Function):
             centres.mul_to(dy.view(len(dy), k, 2, a), scaled, s)
             if ctx.training:
                 dy.add_(shift).addcmul_(xhat, slope)
-            d_bond.addmm_(edge_attr[s].t(), dy)
+            d_per_bond.index_add_(0, bond_of_edge[s], dy)
             torch.sum(dy, 0, out=d_bias[i])
             centres.sum_into(d_terms[0], dy, s)
             d_terms[1].index_add_(0, nbr[s], dy)
         d_weight = torch.cat([torch.stack([d_terms[j][:, i * 2 * a:(i + 1) * 2 * a].t() @ h[:, i] for i in range(k)])
-                              for j in (0, 1)] + [d_bond.t().reshape(k, 2 * a, -1)], 2)
-        return None, None, d_weight, d_bias.double().sum(0).float(), sums[1], sums[0], *[None] * 5
+                              for j in (0, 1)] + [(d_per_bond.t() @ bonds).reshape(k, 2 * a, -1)], 2)
+        return None, None, d_weight, d_bias.double().sum(0).float(), sums[1], sums[0], *[None] * 6
+
+
+def distinct_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct rows of ``x`` and each row's index among them: ``rows[index] == x`` exactly.
+    Rows are grouped by a float64 projection on a fixed random vector and each checked against its
+    group's first row element by element: a row that differs from it only where the projection
+    cannot see (a Gaussian bond feature of 1e-30) becomes a row of its own."""
+    key = x.double() @ torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, index = torch.unique(key, return_inverse=True)
+    first = torch.full((int(index.max()) + 1 if len(x) else 0,), len(x), dtype=torch.long)
+    first.scatter_reduce_(0, index, torch.arange(len(x)), reduce="amin")
+    differs = torch.nonzero((x.index_select(0, first[index]) != x).any(1)).flatten()
+    index[differs] = len(first) + torch.arange(len(differs))
+    first = torch.cat([first, differs])
+    return x.index_select(0, first), index
 
 
 def stacked_convs(convs: list[ConvLayer], h: Tensor, edge_index: Tensor, edge_attr: Tensor,
@@ -318,7 +336,8 @@ def stacked_convs(convs: list[ConvLayer], h: Tensor, edge_index: Tensor, edge_at
 
     The same maths as k ``ConvLayer`` calls (BatchNorm with batch statistics in training, running
     ones in eval, each expert's running statistics updated as its own layer would), with the k
-    weight matrices stacked: the bond term is one matmul over the shared bond features, and the
+    weight matrices stacked: the bond term is one matmul over the distinct bond feature rows (a
+    crystal's symmetry repeats its distances: 9-17% of a batch's edges are distinct), and the
     per-bond work runs over all k experts in cache-sized chunks. Gradients reach each layer's own
     parameters through the stacking. ``workspace`` holds what a training step keeps for its
     backward pass (give the same one every step; None: fresh memory)."""
@@ -328,9 +347,10 @@ def stacked_convs(convs: list[ConvLayer], h: Tensor, edge_index: Tensor, edge_at
     weight = torch.stack([c.fc_full.weight for c in convs])  # (k, 2a, 2a + b): [centre | neighbour | bond]
     stats = None if training else (torch.cat([b.running_mean for b in bn1]), torch.cat([b.running_var for b in bn1]))
     differentiable = torch.is_grad_enabled() and weight.requires_grad
+    bonds, bond_of_edge = distinct_rows(edge_attr)
     summed, mean, var = _GatedEdgeSum.apply(
-        h, edge_attr, weight, torch.cat([c.fc_full.bias for c in convs]), torch.cat([b.weight for b in bn1]),
-        torch.cat([b.bias for b in bn1]), centre, nbr, stats, bn1[0].eps,
+        h, bonds, weight, torch.cat([c.fc_full.bias for c in convs]), torch.cat([b.weight for b in bn1]),
+        torch.cat([b.bias for b in bn1]), centre, nbr, bond_of_edge, stats, bn1[0].eps,
         (workspace or Workspace()) if differentiable else None)
     if training:
         _count_batch(bn1, mean, var, len(edge_attr))

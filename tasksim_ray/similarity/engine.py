@@ -13,6 +13,7 @@ once as ``memory_budget_gb`` allows (20,000 probes means 2e8 entries per task).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,28 +31,38 @@ from tasksim_ray.similarity.rsa import (
     comparison_vector,
     doubled_centred_ranks,
     n_pairs,
+    ranking_bytes,
     rdm_upper,
     rsa_matrix,
 )
 
 VECTOR_KIND, VECTOR_FILE = "rsa-vector", "vector.npy"
-RANK_BYTES_PER_ENTRY = 24  # triangle (8) + sort order (8) + ranks (4) + tie mask (1) + chunk slack
 
 
 def _build_vector(emb: np.ndarray, comparison: Comparison, root: str, key: str) -> float:
     """Write one task's comparison vector as the artifact ``<root>/<key>/`` (its squared norm in the
-    manifest) and return that norm. Runs as a 1-CPU Ray task: Ray sets OMP_NUM_THREADS to
-    match, which BLAS honours."""
+    manifest, with the seconds of each step: ``seconds``) and return that norm. Runs as a 1-CPU Ray
+    task: Ray sets OMP_NUM_THREADS to match, which BLAS honours."""
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return round(clock[-1] - clock[-2], 4)
+
     upper = rdm_upper(emb)
+    seconds = {"rdm": lap()}
     vec = doubled_centred_ranks(upper) if comparison == "spearman" else comparison_vector(upper, comparison)
     del upper
+    seconds["rank"] = lap()
     norm2 = 0.0
     for lo in range(0, vec.size, CHUNK):  # chunked: a float64 copy of 2e8 entries would be 1.6 GB
         part = vec[lo:lo + CHUNK].astype(np.float64)
         norm2 += float(np.dot(part, part))
-    with Artifacts(Path(root), VECTOR_KIND).build(key, norm2=norm2) as tmp:
+    seconds["norm"] = lap()
+    with Artifacts(Path(root), VECTOR_KIND).build(key, norm2=norm2, seconds=seconds) as tmp:
         with writing(tmp / VECTOR_FILE):
             np.save(tmp / VECTOR_FILE, vec)
+        seconds["write"] = lap()  # the manifest (sha256 of the file) comes after: in the job, not here
     return norm2
 
 
@@ -94,7 +105,7 @@ class RSAEngine:
         ``rsa-vector:<task>`` on the dashboard, ``tasks`` giving each key's task)."""
         check_embeddings(embs)
         m = next(iter(embs.values())).shape[0]
-        need = RANK_BYTES_PER_ENTRY * n_pairs(m) + (64 << 20)
+        need = ranking_bytes(n_pairs(m)) + (64 << 20)
         parallel = max(1, min(int(self.memory_budget // max(need, 1)), int(ray.cluster_resources().get("CPU", 1))))
         reservable = int(ray.cluster_resources().get("memory", need))  # never ask for more than exists
         memory = min(need, int(self.memory_budget), reservable)
