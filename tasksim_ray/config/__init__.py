@@ -36,17 +36,15 @@ from tasksim_ray.config.stages import (
     StorageConfig,
     TrainConfig,
 )
-from tasksim_ray.config.transfer import (
+from tasksim_ray.config.studies import (
     DEFAULT_VARIANTS,
     BudgetConfig,
-    FinetuneConfig,
     MoEConfig,
     RecipeConfig,
-    RegularizerConfig,
     ScratchConfig,
     SourcesConfig,
-    TransferConfig,
 )
+from tasksim_ray.config.transfer import FinetuneConfig, RegularizerConfig, TransferConfig
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import BACKBONES, FOUNDATION_MODELS, METRICS
 

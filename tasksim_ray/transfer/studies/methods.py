@@ -15,7 +15,7 @@ import numpy as np
 import ray
 
 from tasksim_ray.config import PipelineConfig, RecipeConfig
-from tasksim_ray.config.transfer import for_target
+from tasksim_ray.config.studies import for_target
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.progress import Console
 from tasksim_ray.infra.runtime import ensure_ray
