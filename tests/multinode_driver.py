@@ -1,10 +1,11 @@
 """The driver of tests/test_multinode.py: one phase of a tiny run on a multi-node Ray cluster.
 
-Runs as its own process (``python -m tests.multinode_driver ADDRESS WORKDIR PHASE LOG``) so the
+Runs as its own process (``python -m tests.multinode_driver ADDRESS WORKDIR PHASE LOG OUT``) so the
 test can kill a worker node under it. ``pipeline`` runs ``tasksim run``'s pipeline, ``cells`` the
 learning-curve cells of one target; either way every pretraining job and every cell appends a
 ``start`` and an ``end`` line (job key, node id) to LOG, so the test sees where each job ran, what
-the killed node was running, and how often each job ran. Prints one JSON line of what it made.
+the killed node was running, and how often each job ran. Writes what it made as JSON to OUT (not
+stdout: Ray prints its own retry notices there, after the driver's last line).
 """
 
 from __future__ import annotations
@@ -67,4 +68,4 @@ def main(address: str, workdir: Path, phase: str, log: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4])))
+    Path(sys.argv[5]).write_text(json.dumps(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4])))

@@ -66,8 +66,10 @@ def _run_killing_one(cluster: Any, workdir: Path, phase: str, log: Path) -> tupl
     """Run a phase; once a job is running on a worker node, kill that node (and add a fresh one, so
     the cluster keeps its size). Returns (driver output, what was killed)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out_file = log.with_suffix(".json")
     driver = subprocess.Popen([sys.executable, "-m", "tests.multinode_driver", cluster.address, str(workdir), phase,
-                               str(log)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               str(log), str(out_file)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     workers = {n.node_id: n for n in cluster.worker_nodes}
     killed: dict[str, Any] = {}
     deadline = time.monotonic() + 360  # a phase takes about 40 s alone, minutes on a machine shared with other work
@@ -83,13 +85,13 @@ def _run_killing_one(cluster: Any, workdir: Path, phase: str, log: Path) -> tupl
             cluster.add_node(num_cpus=2)
         time.sleep(0.05)
     try:
-        out, err = driver.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        _, err = driver.communicate(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         driver.kill()
-        out, err = driver.communicate()
+        _, err = driver.communicate()
     assert driver.returncode == 0, err[-3000:]
     assert killed, "no node was killed: the run finished before a job ran on a worker node"
-    return json.loads(out.strip().splitlines()[-1]), killed
+    return json.loads(out_file.read_text()), killed
 
 
 def _runs(log: Path) -> Counter[str]:
