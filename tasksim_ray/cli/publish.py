@@ -26,3 +26,15 @@ def publish(report: ReportArg, dest: DestArg, title: Annotated[str, typer.Option
 
         out = publish_report(report, dest, title, notes)
     console.print(f"Published {report} -> {out}")
+
+
+@app.command(rich_help_panel=PANEL_STAGES)
+def recompare(page: Annotated[Path, typer.Argument(help="a results page written by `tasksim publish`",
+                                                   metavar="PAGE")]) -> None:
+    """Recompute a published page's beside-the-paper tables and verdicts from its stored results by
+    today's rule (no cell reruns), regenerate its README and record the recomputation in run.json."""
+    with user_errors():
+        from tasksim_ray.transfer.recompare import recompare_page
+
+        written = recompare_page(page)
+    console.print(f"Recompared {page}: {', '.join(p.name for p in written)}")

@@ -21,11 +21,11 @@ import yaml
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.infra.cache import write_json_atomic, write_text_atomic
 
-RUN_FILE, CONFIG_FILE = "run.json", "config.yaml"
+RUN_FILE, CONFIG_FILE, NOTES_FILE = "run.json", "config.yaml", "notes.md"
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def _commit() -> str:
+def commit() -> str:
     """The checkout's short commit, with ``+dirty`` when tracked files differ from it; ``unknown``
     outside a git checkout (an installed package)."""
     def git(*args: str) -> str:
@@ -79,7 +79,7 @@ def record_run(report_dir: Path, config: dict[str, Any], started: datetime,
     (the resolved config, every default filled in) into a report folder; returns the record."""
     ended = datetime.now(timezone.utc)
     run = {"date": ended.strftime("%Y-%m-%d"), "started": started.isoformat(timespec="seconds"),
-           "wall_s": round((ended - started).total_seconds(), 1), "commit": _commit(),
+           "wall_s": round((ended - started).total_seconds(), 1), "commit": commit(),
            "command": shlex.join(["tasksim", *sys.argv[1:]]) if Path(sys.argv[0]).name == "tasksim" else None,
            "studies": studies, "machine": machine(), "versions": _versions()}
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def publish_report(report_dir: Path, dest: Path, title: str, notes: Path | None 
         raise TasksimError(f"{report_dir}: no {RUN_FILE}; publish a report folder written by a run "
                            "(<workdir>/report or <workdir>/report/transfer)")
     dest.mkdir(parents=True, exist_ok=True)
-    reports = sorted(p for p in report_dir.glob("*.md") if p.name != "README.md")
+    reports = sorted(p for p in report_dir.glob("*.md") if p.name not in ("README.md", NOTES_FILE))
     for p in sorted(report_dir.iterdir()):
         if p.suffix == ".json" and p.name != RUN_FILE:
             doc = yaml.safe_load(p.read_text())  # JSON is YAML; drop the per-cell records
@@ -121,9 +121,21 @@ def publish_report(report_dir: Path, dest: Path, title: str, notes: Path | None 
             write_json_atomic(dest / p.name, doc)
         elif p.is_file() and p.suffix in (".md", ".png", ".yaml") or p.name == RUN_FILE:
             shutil.copy2(p, dest / p.name)
+    if notes is not None and notes.resolve() != (dest / NOTES_FILE).resolve():
+        shutil.copy2(notes, dest / NOTES_FILE)  # kept, so `tasksim recompare` can regenerate the README
+    return page_readme(dest, title, notes.read_text() if notes is not None else None, reports)
+
+
+def page_readme(dest: Path, title: str, notes: str | None, reports: list[Path],
+                recompared: dict[str, str] | None = None) -> Path:
+    """``dest/README.md``: the title, the notes, a line when the page's comparisons were recomputed
+    after the run (``tasksim recompare``), then each report with its headings one level down."""
     body = [f"# {title}", ""]
     if notes is not None:
-        body += [notes.read_text().strip(), ""]
+        body += [notes.strip(), ""]
+    if recompared is not None:
+        body += [f"*Beside-the-paper tables and verdicts recomputed from the stored results on {recompared['date']} "
+                 f"at commit `{recompared['commit']}` (`tasksim recompare`); the measurements are the run's below.*", ""]
     for p in reports:
         text = p.read_text().strip().splitlines()
         body += [line.replace("# ", "## ", 1) if line.startswith("# ") else line for line in text] + [""]

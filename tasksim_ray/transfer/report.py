@@ -15,6 +15,7 @@ from tasksim_ray.transfer import plots
 from tasksim_ray.transfer.analysis import CurveSummary, SimGain
 
 if TYPE_CHECKING:
+    from tasksim_ray.config.studies import PaperTableConfig
     from tasksim_ray.transfer.study import Context, Study
 
 _SUMMARY_FIELDS = set(CurveSummary.__dataclass_fields__)
@@ -105,7 +106,7 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context, stud
     paths: dict[str, Path] = {}
     for study in studies:
         section = study.render(out, results[study.name], ctx)
-        md += section.markdown + beside_papers(study, results[study.name], ctx, first=study is studies[0])
+        md += section.markdown + beside_papers(study, results[study.name], tc.paper_tables, first=study is studies[0])
         paths |= section.figures
     # one JSON and one summary per run of studies, named by them, so `tasksim moe` does not erase the matrix
     name = "_".join(results)
@@ -116,13 +117,13 @@ def write_transfer_report(out: Path, results: dict[str, Any], ctx: Context, stud
     return paths
 
 
-def beside_papers(study: Study, result: dict[str, Any], ctx: Context, first: bool) -> list[str]:
-    """Each of ``transfer.paper_tables`` that names this study (or none, for the first): the paper's
-    numbers beside ours, cell by cell (markdown), also kept in the study's JSON (``paper_comparison``)."""
+def beside_papers(study: Study, result: dict[str, Any], refs: list[PaperTableConfig], first: bool) -> list[str]:
+    """Each of ``refs`` (``transfer.paper_tables``) that names this study (or none, for the first): the
+    paper's numbers beside ours, cell by cell (markdown), also kept in the study's JSON (``paper_comparison``)."""
     from tasksim_ray.papers import side_by_side
 
     md: list[str] = []
-    for ref in ctx.run.cfg.transfer.paper_tables:
+    for ref in refs:
         if ref.study != study.name and not (ref.study is None and first):
             continue
         rows = study.paper_rows(result)
