@@ -238,6 +238,10 @@ class TrainConfig(_Strict):
     """CPUs each per-task training job asks Ray for."""
     num_gpus: float = Field(default=0.0, ge=0)
     """GPUs (fractions allowed) each per-task training job asks Ray for."""
+    label_transform: list[Literal["standardise", "min-max", "log", "log1p"]] = Field(default_factory=list)
+    """Steps applied to each task's labels before training, in order (`tasksim_ray.data.transforms`), fitted on its
+    training split, stored with its model and inverted for every reported MAE: e.g. `[log1p]` for a heavy-tailed
+    positive label (matminer's log-scaled variants exist for this reason). The loop standardises after them anyway."""
 
 
 class ProbeConfig(_Strict):

@@ -46,10 +46,11 @@ class TaskModelInfo:
     task: str
     units: str
     target_mean: float | list[float]  # a list for a multi-task model, one entry per task
-    target_std: float | list[float]
+    target_std: float | list[float]  # of the labels after ``label_transform``: prediction * std + mean, then inverted
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = 1
     backbone_version: int = 1
+    label_transform: dict[str, Any] | None = None  # ``data.transforms.LabelTransform.to_dict()``; None: identity
 
 
 def backbone_version(backbone: str) -> int:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from tasksim_ray.data.tasks import TaskTable
+from tasksim_ray.data.transforms import LabelTransform
 from tasksim_ray.errors import TrainingDiverged
 from tasksim_ray.infra.progress import task_progress
 from tasksim_ray.stages import Run, Stage
@@ -27,6 +28,8 @@ def stage_pretrain(run: Run, tasks: Stage, feats: Stage) -> dict[str, Pretrained
         content = table.fingerprint(task, r["train"], r["val"])
         data.append(TaskData(task, units[task], np.array(pos["train"], dtype=int), labels[r["train"]],
                              np.array(pos["val"], dtype=int), labels[r["val"]], content))
+    for d in data if cfg.train.label_transform else []:  # a label a transform cannot take: refused before any job
+        LabelTransform.fit(cfg.train.label_transform, d.y_train, f"train.label_transform, task '{d.task}'")
     store = torch.load(feats.path / "graphs.pt", weights_only=True)
     cached: list[bool] = []
     with run.timed("pretrain") as timing, task_progress(run.console, "pretrain", len(data)) as advance:

@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from tasksim_ray.config import TrainConfig
 from tasksim_ray.errors import TrainingDiverged
 from tasksim_ray.infra.metrics import epoch_done
 from tasksim_ray.training.objectives import masked_l1, masked_mse
+
+if TYPE_CHECKING:
+    from tasksim_ray.data.transforms import LabelTransform
 
 Inputs = Sequence[Data] | Tensor  # graphs, or one precomputed feature row per sample (``batch.feat``)
 
@@ -189,7 +192,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, train: Inputs, y_train: np.ndarray, val: Inputs, y_val: np.ndarray,
                  opts: FitOptions, seed: int, mean: np.ndarray | float, std: np.ndarray | float,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, transform: LabelTransform | None = None) -> None:
         self.device = device or torch.device("cpu")
         torch.manual_seed(seed)
         self.model, self.opts = model.to(self.device), opts
@@ -199,7 +202,11 @@ class Trainer:
         # the validation batches are the same every epoch: collated (and moved) once
         self.val_batches = [b.to(self.device) for b in _batches(val, 256)]
         self.generator = torch.Generator().manual_seed(seed)
-        y_std = (as_matrix(y_train) - self.mean) / self.std
+        # labels in task units; a transform (one task) maps them first, and its inverse maps predictions back,
+        # so every validation MAE stays in task units (``mean``/``std``: of the transformed labels)
+        self.transform = transform
+        y_fit = as_matrix(y_train) if transform is None else as_matrix(transform.forward(y_train))
+        y_std = (y_fit - self.mean) / self.std
         self.batches = TrainBatches(train, y_std, opts.batch_size, opts.sampler, self.generator)
         # with every label present the masked loss equals the plain one, which is fewer ops per step
         self.loss = (masked_l1 if opts.loss == "l1" else
@@ -265,7 +272,8 @@ class Trainer:
             logits, y = as_matrix(pred)[:, 0], self.y_val[:, 0]
             mae = np.array([float(np.mean(np.logaddexp(0, logits) - y * logits))])
         else:
-            mae = masked_mae(pred * self.std + self.mean, self.y_val)
+            pred = pred * self.std + self.mean
+            mae = masked_mae(pred if self.transform is None else self.transform.inverse(pred), self.y_val)
         score = float(np.nanmean(mae / self.std))
         record = {"epoch": self.epoch, "train_loss": total / max(n_batches, 1), "val_score": score,
                   **({"val_mae": float(mae[0])} if len(mae) == 1 else {})}
@@ -317,10 +325,11 @@ class Trainer:
 
 
 def fit(model: nn.Module, train: Inputs, y_train: np.ndarray, val: Inputs, y_val: np.ndarray, opts: FitOptions,
-        seed: int, mean: np.ndarray | float, std: np.ndarray | float, device: torch.device | None = None) -> TrainResult:
+        seed: int, mean: np.ndarray | float, std: np.ndarray | float, device: torch.device | None = None,
+        transform: LabelTransform | None = None) -> TrainResult:
     """Train ``model`` in place until early stopping; ``train``/``val`` are graphs or feature rows,
     ``y_*`` are (n,) or (n, T), NaN = no label."""
-    trainer = Trainer(model, train, y_train, val, y_val, opts, seed, mean, std, device)
+    trainer = Trainer(model, train, y_train, val, y_val, opts, seed, mean, std, device, transform)
     while not trainer.done:
         trainer.run_epoch()
     return trainer.finish()
