@@ -70,10 +70,13 @@ def test_exact_ranks_match_scipy_including_ties_and_signed_zero(monkeypatch: pyt
 
     monkeypatch.setattr(rsa, "PACKED_MAX", packed_max)
     monkeypatch.setattr(rsa, "CHUNK", 7)  # many chunks, and tied runs across chunk borders
+    monkeypatch.setattr(rsa, "STEP", 5)  # the key arithmetic's steps, and their borders
     rng = np.random.default_rng(5)
     cases = [rng.random(3000), np.repeat(rng.random(200), 4), np.array([0.0, -0.0, 1.0, 1.0, -1e-17, 3.0]),
              np.full(9, 2.5), rng.integers(0, 4, 500).astype(float), 1 + rng.random(20000) * 1e-9,
-             np.array([1.0, 1.0, 2.0, 2.0, 2.0, 0.5])]
+             np.array([1.0, 1.0, 2.0, 2.0, 2.0, 0.5]), np.array([5.0]),
+             # a span wider than the packed key's value bits (dropped low bits), infinities and negatives
+             rng.standard_normal(4000) * 10.0 ** rng.uniform(-300, 300, 4000), np.array([np.inf, -np.inf, 0.0, 1.0])]
     for v in cases:
         expected = 2 * rankdata(v) - (v.size + 1)
         assert np.array_equal(doubled_centred_ranks(v).astype(np.int64), expected.astype(np.int64))

@@ -45,12 +45,12 @@ def rdm_upper(emb: np.ndarray, task: str = "", out: np.ndarray | None = None) ->
     rows = max(1, _ROW_BLOCK_BYTES // (8 * m))
     pos = 0
     for i0 in range(0, m - 1, rows):
-        corr = z[i0:i0 + rows] @ z.T
+        corr = z[i0:i0 + rows] @ z[i0 + 1:].T  # the block's rows against the columns right of its first row
         for r in range(corr.shape[0]):
             i = i0 + r
             if i >= m - 1:
                 break
-            seg = corr[r, i + 1:]
+            seg = corr[r, r:]  # columns i + 1 ...
             np.subtract(1.0, seg, out=v[pos:pos + seg.size])
             pos += seg.size
     return v
@@ -72,10 +72,10 @@ def _sortable_keys(v: np.ndarray) -> np.ndarray:
     return bits ^ flip
 
 
-def _repair_runs(order: np.ndarray, high: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Within runs of equal ``high`` key bits, order by the full value; returns the boolean
-    mask of positions (in sorted order) whose value equals the previous one (exact ties)."""
-    same = high[1:] == high[:-1]
+def _repair_runs(order: np.ndarray, same: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Within runs of sorted positions whose packed top bits agree (``same[i]``: position i + 1 agrees
+    with i), order by the full value; returns the boolean mask of positions (in sorted order) whose
+    value equals the previous one (exact ties)."""
     in_run = np.zeros(order.size, dtype=bool)
     in_run[:-1] |= same
     in_run[1:] |= same
@@ -95,23 +95,49 @@ def _repair_runs(order: np.ndarray, high: np.ndarray, v: np.ndarray) -> np.ndarr
 
 PACKED_MAX = 1 << 24  # above this, too few value bits fit beside the index for the packed sort
 CHUNK = 1 << 22
+STEP = 1 << 16  # entries per pass of the key arithmetic: its arrays (512 KiB each) stay in cache
 
 
 def _packed_order_and_ties(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Packs the top bits of each value with its index into one uint64 and sorts that
     (vectorised integer sorting is several times faster than argsort); values can only be
-    misordered or tied where the packed top bits agree, and those short runs are repaired."""
+    misordered or tied where the packed top bits agree, and those short runs are repaired. The key
+    arithmetic runs in cache-sized steps into preallocated arrays: over whole arrays, each of its
+    eight passes would stream (and first fault in) 8 bytes an entry from memory."""
     n = v.size
     idx_bits = max(1, (n - 1).bit_length())
-    keys = _sortable_keys(v)
-    keys >>= np.uint64(idx_bits)
-    keys <<= np.uint64(idx_bits)
-    keys |= np.arange(n, dtype=np.uint64)
+    shift, top = np.uint64(idx_bits), np.uint64(1 << 63)
+    # keep the value bits that vary: keys relative to the smallest, the span's top (64 - idx_bits) bits
+    # (an RDM's values share most exponent bits, so this keeps about 10 more bits of mantissa: fewer runs)
+    span = np.array([v.min(), v.max()] if n else [0.0, 0.0], dtype=np.float64)
+    if np.isnan(span).any():  # NaN has no place in the order: the plain top bits, as they come
+        floor, drop = np.uint64(0), shift
+    else:
+        ends = _sortable_keys(span)
+        floor, drop = ends[0], np.uint64(max(0, int(ends[1] - ends[0]).bit_length() - (64 - idx_bits)))
+    keys = np.empty(n, dtype=np.uint64)
+    base = np.arange(min(n, STEP), dtype=np.uint64)
+    value, flip = np.empty(len(base)), np.empty(len(base), dtype=np.uint64)
+    for lo in range(0, n, STEP):
+        m, k = min(STEP, n - lo), keys[lo:lo + STEP]
+        bits = np.add(v[lo:lo + m], 0.0, out=value[:m]).view(np.uint64)  # -0.0 -> 0.0: they compare equal
+        np.right_shift(bits, np.uint64(63), out=flip[:m])  # sign-aware IEEE-754 order: negatives flip every
+        np.negative(flip[:m], out=flip[:m])  # bit, the rest only the sign bit
+        np.bitwise_or(flip[:m], top, out=flip[:m])
+        np.bitwise_xor(bits, flip[:m], out=k)
+        np.subtract(k, floor, out=k)
+        np.right_shift(k, drop, out=k)
+        np.left_shift(k, shift, out=k)
+        np.bitwise_or(k, np.add(base[:m], np.uint64(lo), out=flip[:m]), out=k)
     keys.sort()
-    high = keys >> np.uint64(idx_bits)
-    keys &= np.uint64((1 << idx_bits) - 1)
+    same = np.empty(max(n - 1, 0), dtype=bool)  # position i + 1's top bits equal position i's
+    for lo in range(0, n - 1, STEP):
+        m = min(STEP, n - 1 - lo)
+        np.equal(np.right_shift(keys[lo + 1:lo + 1 + m], shift, out=flip[:m]),
+                 np.right_shift(keys[lo:lo + m], shift, out=value[:m].view(np.uint64)), out=same[lo:lo + m])
+    np.bitwise_and(keys, np.uint64((1 << idx_bits) - 1), out=keys)
     order = keys.view(np.int64)
-    tie = _repair_runs(order, high, v)
+    tie = _repair_runs(order, same, v)
     return order, tie
 
 
