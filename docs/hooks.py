@@ -129,7 +129,8 @@ def registries_section() -> list[str]:
              f"| `SOURCES` | `data.source` | {', '.join(registry.SOURCES.names())} |",
              f"| `FOUNDATION_MODELS` | `transfer.foundation`, `similarity.dataset_features.model` | "
              f"{', '.join(registry.FOUNDATION_MODELS.names())} |"]
-    lines.append(f"| `STUDIES` | `transfer.studies` | {', '.join(registry.STUDIES.names())} |")
+    lines.append(f"| `STUDIES` | `transfer.studies` (a study's `config`: its section `transfer.<name>`) | "
+                 f"{', '.join(registry.STUDIES.names())} |")
     return [*lines, ""]
 
 

@@ -130,16 +130,23 @@ class StudySpec:
     """A transfer study (``tasksim_ray.transfer.study.Study`` subclass, may be a lazy string), the CLI
     verb that runs it alone (None: only through ``tasksim study``), that verb's one-line help and the
     options it takes (``target``: --target; ``source``: repeatable --source). The CLI builds the
-    verbs from these fields, so listing the commands imports no study."""
+    verbs from these fields, so listing the commands imports no study. ``config`` is the pydantic
+    model of the study's own section of the config, ``transfer.<name>`` (a lazy string may name a
+    model in ``tasksim_ray.config``: config sits below the studies and never imports them)."""
 
     study: type | str
     verb: str | None
     help: str
     options: tuple[Literal["target", "source"], ...] = ()
+    config: type | str | None = None
 
     @property
     def cls(self) -> type:
         return load(self.study) if isinstance(self.study, str) else self.study
+
+    @property
+    def config_model(self) -> type | None:
+        return load(self.config) if isinstance(self.config, str) else self.config
 
 
 # each backbone implements the interface documented in ``tasksim_ray.models``
@@ -173,17 +180,19 @@ METRICS: Registry[MetricSpec] = Registry("metric", {
                         "LogME (row model -> column labels)"),
 })
 
-_S = "tasksim_ray.transfer.studies"
-# what ``tasksim study`` runs (``transfer.studies``); each is one module of tasksim_ray.transfer.studies
+_S, _K = "tasksim_ray.transfer.studies", "tasksim_ray.config.studies"
+# what ``tasksim study`` runs (``transfer.studies``); each is one module of tasksim_ray.transfer.studies, its own
+# config section (``transfer.<name>``) the model named by ``config``
 STUDIES: Registry[StudySpec] = Registry("study", {
     "curves": StudySpec(f"{_S}.curves:CurvesStudy", "curves", "Learning curves of --target: scratch and "
                         "fine-tuned from each --source (default: every other task).", ("target", "source")),
     "matrix": StudySpec(f"{_S}.matrix:MatrixStudy", "transfer-matrix", "Gain of every target from every other "
-                        "task's model, and how well each similarity predicts it."),
+                        "task's model, and how well each similarity predicts it.", config=f"{_K}:MatrixStudyConfig"),
     "subset": StudySpec(f"{_S}.subset:SubsetStudy", "subset-study", "Per target: pretrain on the selected diverse "
-                        "subset vs all other tasks under the budget, then fine-tune."),
+                        "subset vs all other tasks under the budget, then fine-tune.",
+                        config=f"{_K}:SubsetStudyConfig"),
     "moe": StudySpec(f"{_S}.moe:MoEStudy", "moe", "Per target: a mixture of the other tasks' frozen experts with "
-                     "top-k gating."),
+                     "top-k gating.", config=f"{_K}:MoEConfig"),
     "strategies": StudySpec(f"{_S}.strategies:StrategiesStudy", "strategies", "Fine-tuning variants "
                             "(transfer.variants) on --target from each --source, or on transfer.strategy_pairs.",
                             ("target", "source")),
@@ -193,9 +202,10 @@ STUDIES: Registry[StudySpec] = Registry("study", {
                             "transfer.foundation model fine-tuned with each recipe, against random initialisation."),
     "budget": StudySpec(f"{_S}.budget:BudgetStudy", "budget", "Per target: every other task alone, and all of them, "
                         "pretrained under one budget; does the source a similarity picks beat the budget spread "
-                        "over all?"),
+                        "over all?", config=f"{_K}:BudgetConfig"),
     "ptft": StudySpec(f"{_S}.ptft:PTFTStudy", "ptft", "Per target: fine-tuned from each other task's model and from "
-                      "one model pretrained on all of them (MPT); transfer.ood targets are never a source."),
+                      "one model pretrained on all of them (MPT); transfer.ood targets are never a source.",
+                      config=f"{_K}:PTFTConfig"),
 })
 
 # data.source -> a loader ``(DataConfig) -> TaskTable``; the crystal sources share one loader

@@ -9,11 +9,12 @@ in one module per concern (``stages``, ``transfer``, ``search``); everything is 
 from __future__ import annotations
 
 import inspect
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError, model_validator
+from pydantic import ValidationError, create_model, model_validator
 
 from tasksim_ray.config.base import Strict, first_error
 from tasksim_ray.config.search import SearchConfig
@@ -44,7 +45,7 @@ from tasksim_ray.config.studies import (
     ScratchConfig,
     SourcesConfig,
 )
-from tasksim_ray.config.transfer import FinetuneConfig, RegularizerConfig, TransferConfig
+from tasksim_ray.config.transfer import FinetuneConfig, RegularizerConfig, TransferConfig, transfer_model
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import BACKBONES, FOUNDATION_MODELS, METRICS
 
@@ -128,9 +129,19 @@ class PipelineConfig(Strict):
         return Path(self.workdir)
 
 
+@cache
+def _pipeline_model(transfer: type[TransferConfig]) -> type[PipelineConfig]:
+    if transfer is TransferConfig:
+        return PipelineConfig
+    return create_model("PipelineConfig", __base__=PipelineConfig, __module__=__name__,
+                        transfer=(transfer, transfer()))
+
+
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+    """Validate a config; ``transfer`` has a section for every registered study with options, those
+    registered after import (from user code) included."""
     try:
-        cfg = PipelineConfig.model_validate(raw)
+        cfg = _pipeline_model(transfer_model()).model_validate(raw)
     except ValidationError as exc:
         raise TasksimError(f"{source}: {first_error(exc)}") from None
     return with_graph_hparams(cfg, source)

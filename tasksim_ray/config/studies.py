@@ -1,6 +1,8 @@
 """Config of each study's own options (the budget, the subset and matrix studies, the mixture of
-experts and its named recipes, the scratch baseline, sources, PT/FT, foundation files, papers' tables):
-the option models ``TransferConfig`` holds, kept apart from the shared fine-tuning config."""
+experts and its named recipes, the scratch baseline, sources, PT/FT, foundation files, papers' tables),
+kept apart from the shared fine-tuning config. A study's own section (``transfer.budget``, ``.subset``,
+``.matrix``, ``.moe``, ``.ptft``) is named by its ``StudySpec.config`` in ``registry.STUDIES``, from which
+``TransferConfig`` adds it; the rest are keys every study shares."""
 
 from __future__ import annotations
 

@@ -3,26 +3,34 @@ experts and the fine-tuning variants the strategies study compares."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from functools import cache
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 
 from tasksim_ray.config.base import Strict as _Strict
 from tasksim_ray.config.base import first_error as _first_error
 from tasksim_ray.config.studies import (
     DEFAULT_VARIANTS,
-    BudgetConfig,
     FoundationFileConfig,
-    MatrixStudyConfig,
-    MoEConfig,
     PaperTableConfig,
-    PTFTConfig,
     RecipeConfig,
     ScratchConfig,
     SourcesConfig,
-    SubsetStudyConfig,
 )
+from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import FOUNDATION_MODELS, STUDIES
+
+if TYPE_CHECKING:
+    from tasksim_ray.config.studies import BudgetConfig, MatrixStudyConfig, MoEConfig, PTFTConfig, SubsetStudyConfig
 
 # FinetuneConfig fields added after cells were cached: left out of its dump at their defaults, so the
 # cells of recipes that do not use them keep their cache keys
@@ -126,12 +134,21 @@ class FinetuneConfig(_Strict):
                                                                  "regularizers": [r.model_dump() for r in regs]})
 
 
-class TransferConfig(_Strict):
+class TransferBase(_Strict):
     """The transfer experiments: learning curves over (target, recipe, size, fold) cells, or (the
     ``methods`` study) each of ``methods`` per task and split seed on the whole training split.
 
     ``variants`` are fine-tuning recipes compared by the strategies study, each a set of
-    overrides of ``finetune``; ``strategy_pairs`` the (target, source) pairs they run on."""
+    overrides of ``finetune``; ``strategy_pairs`` the (target, source) pairs they run on.
+    Each study with options of its own has its section too, ``transfer.<study>``, from its
+    ``StudySpec.config`` in ``registry.STUDIES`` (``TransferConfig`` adds them)."""
+
+    if TYPE_CHECKING:  # the built-in studies' sections, for the type checker (the registry adds them)
+        budget: BudgetConfig
+        subset: SubsetStudyConfig
+        matrix: MatrixStudyConfig
+        moe: MoEConfig
+        ptft: PTFTConfig
 
     tasks: list[str] | None = None
     """Kept tasks that take part (null: all kept tasks)."""
@@ -145,14 +162,6 @@ class TransferConfig(_Strict):
     """Test molecules per cell (the reported MAE)."""
     finetune: FinetuneConfig = FinetuneConfig()
     """How a target model is trained from a pretrained one, or from scratch."""
-    budget: BudgetConfig = BudgetConfig()
-    """Budgeted multi-task pretraining."""
-    subset: SubsetStudyConfig = SubsetStudyConfig()
-    """The subset study's arms and extra task sets."""
-    matrix: MatrixStudyConfig = MatrixStudyConfig()
-    """The matrix study's fixed similarity and gain thresholds."""
-    moe: MoEConfig = MoEConfig()
-    """The mixture of experts."""
     scratch: ScratchConfig = ScratchConfig()
     """The from-scratch baseline's own optimiser settings."""
     sources: SourcesConfig = SourcesConfig()
@@ -185,8 +194,6 @@ class TransferConfig(_Strict):
     task_groups: dict[str, list[str]] = Field(default_factory=dict)
     """Named groups of tasks (a source database, a dimensionality): an `ood` target takes no source, pairwise or in
     MPT, that shares a group with it."""
-    ptft: PTFTConfig = PTFTConfig()
-    """The PT/FT study's pairs, pretraining-size sweep and MPT fine-tuning head."""
     penalty_grid: dict[str, dict[Literal["l2sp", "bss"], list[float]]] = Field(default_factory=dict)
     """Per variant, the weights searched for each of its regularisers (kind -> weights): every combination trains,
     and per task and split seed the one with the lowest validation MAE is reported under the variant's name."""
@@ -214,7 +221,7 @@ class TransferConfig(_Strict):
     """GPUs (fractions allowed) each transfer cell asks Ray for."""
 
     @model_validator(mode="after")
-    def _sizes_increase(self) -> TransferConfig:
+    def _sizes_increase(self) -> TransferBase:
         if any(b <= a for a, b in zip(self.sizes, self.sizes[1:])) or self.sizes[0] < 2:
             raise ValueError("transfer.sizes must be increasing training-set sizes of at least 2")
         for target, source in self.strategy_pairs:
@@ -281,3 +288,39 @@ class TransferConfig(_Strict):
             except ValidationError as exc:
                 raise ValueError(f"variant '{name}': {_first_error(exc)}") from None
         return out
+
+
+def _sections() -> tuple[tuple[str, type[BaseModel]], ...]:
+    """Each registered study's own section (its ``StudySpec.config``), by study name."""
+    out = []
+    for name in STUDIES.names():
+        model = STUDIES.get(name).config_model
+        if model is None:
+            continue
+        if name in TransferBase.model_fields:
+            raise TasksimError(f"study '{name}': transfer.{name} is a key every study shares; name the study otherwise")
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TasksimError(f"study '{name}': its config must be a pydantic model, got {model!r}")
+        out.append((name, model))
+    return tuple(out)
+
+
+@cache
+def _with_sections(base: type[TransferBase], sections: tuple[tuple[str, type[BaseModel]], ...]) -> type[TransferBase]:
+    """``base`` with one field per study section, defaulting to the model's defaults."""
+    fields: Any = {name: (model, Field(default=model(), description=f"The `{name}` study's own options."))
+                   for name, model in sections}
+    return create_model("TransferConfig", __base__=base, __module__=__name__, __doc__=TransferBase.__doc__, **fields)
+
+
+if TYPE_CHECKING:
+    TransferConfig = TransferBase
+else:  # the sections of the studies registered on import (the built-in ones)
+    TransferConfig = _with_sections(TransferBase, _sections())
+
+
+def transfer_model() -> type[TransferConfig]:
+    """``TransferConfig``, or a subclass with the sections of studies registered (or replaced) since import."""
+    late = tuple((name, model) for name, model in _sections()
+                 if getattr(TransferConfig.model_fields.get(name), "annotation", None) is not model)
+    return _with_sections(TransferConfig, late) if late else TransferConfig

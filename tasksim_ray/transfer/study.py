@@ -109,7 +109,8 @@ class Section:
 class Study:
     """A transfer study. Subclass it, set the class attributes, implement :meth:`plan`,
     :meth:`summarise` and :meth:`render`, and register it: ``STUDIES.register(name, StudySpec(cls,
-    verb, help))``. An instance lives for one run: :meth:`plan` may keep on ``self`` what
+    verb, help))`` (with ``config=Model``, a pydantic model: its own section ``transfer.<name>``,
+    validated and read as ``cfg.transfer.<name>``). An instance lives for one run: :meth:`plan` may keep on ``self`` what
     :meth:`summarise` needs (the pretraining folders it started, the recipes per target).
 
     ``data``: ``curves``, learning-curve cells (sizes x folds) of the pipeline's tasks, whose models
