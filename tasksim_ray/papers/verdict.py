@@ -43,20 +43,21 @@ class Verdict:
     ci: tuple[float, float] | None
     n: int
     paired: bool = True
+    unit: str = "seeds"  # what the n paired differences are over: seeds, folds, targets
 
     def line(self, digits: int = 3) -> str:
         """``claim: outcome (difference d [lo, hi], n seeds, paired)``, the form pages print."""
         if self.ci is None:
-            detail = f"difference {self.estimate:+.{digits}g}, {self.n} seed(s): no interval"
+            detail = f"difference {self.estimate:+.{digits}g}, {self.n} {self.unit}: no interval"
         else:
             lo, hi = self.ci
-            detail = (f"difference {self.estimate:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}], {self.n} seeds, "
-                      f"{'paired' if self.paired else 'Welch'}")
+            detail = (f"difference {self.estimate:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}], {self.n} "
+                      f"{self.unit}, {'paired' if self.paired else 'Welch'}")
         return f"{self.claim}: **{self.outcome}** ({detail})"
 
     def to_dict(self) -> dict[str, object]:
         return {"claim": self.claim, "outcome": self.outcome, "estimate": self.estimate,
-                "ci": list(self.ci) if self.ci else None, "n": self.n, "paired": self.paired}
+                "ci": list(self.ci) if self.ci else None, "n": self.n, "paired": self.paired, "unit": self.unit}
 
 
 def outcome(ci: tuple[float, float] | None) -> Outcome:
@@ -67,18 +68,19 @@ def outcome(ci: tuple[float, float] | None) -> Outcome:
     return "agrees" if lo > 0 else "disagrees" if hi < 0 else "not resolved"
 
 
-def paired(claim: str, diffs: Sequence[float], level: float = LEVEL) -> Verdict:
-    """A verdict on per-seed differences already oriented the paper's way (positive: its direction)."""
+def paired(claim: str, diffs: Sequence[float], level: float = LEVEL, unit: str = "seeds") -> Verdict:
+    """A verdict on per-seed differences already oriented the paper's way (positive: its direction);
+    ``unit`` names what they are over (seeds, folds, targets)."""
     d = np.asarray([x for x in diffs if x is not None and math.isfinite(x)], dtype=float)
     if d.size == 0:
-        return Verdict(claim, "not resolved", float("nan"), None, 0)
+        return Verdict(claim, "not resolved", float("nan"), None, 0, unit=unit)
     mean = float(d.mean())
     if d.size < 2:
-        return Verdict(claim, "not resolved", mean, None, int(d.size))
+        return Verdict(claim, "not resolved", mean, None, int(d.size), unit=unit)
     se = float(d.std(ddof=1) / math.sqrt(d.size))
     half = float(stats.t.ppf(0.5 + level / 2, d.size - 1)) * se
     ci = (mean - half, mean + half)
-    return Verdict(claim, outcome(ci), mean, ci, int(d.size))
+    return Verdict(claim, outcome(ci), mean, ci, int(d.size), unit=unit)
 
 
 def welch(claim: str, a: tuple[float, float | None, int | None], b: tuple[float, float | None, int | None],

@@ -279,15 +279,16 @@ def budget_verdicts(result: dict[str, Any]) -> list[Verdict]:
         if not have:
             continue
         diffs = {t: np.array(g["picked"]) - np.array(g[other]) for t, g in have.items()}
-        found.append(paired(f"over targets: the {pick} alone beats {name}", [d.mean() for d in diffs.values()]))
-        found += [paired(f"{t}: the {pick} alone beats {name}", d) for t, d in diffs.items()]
+        found.append(paired(f"over targets: the {pick} alone beats {name}", [d.mean() for d in diffs.values()],
+                            unit="targets"))
+        found += [paired(f"{t}: the {pick} alone beats {name}", d, unit="folds") for t, d in diffs.items()]
     for split, row in result.get("n_vs_e", {}).items():
         if int(split.split("x")[0]) < result["split"][0] and pick in row and row[pick]["vs_first"]:
             d = row[pick]["vs_first"]
             lo, hi = d["ci"]
             found.append(Verdict(f"over targets: fewer samples for more epochs ({split}) beats "
                                  f"{tag(result['split'])} for the {pick}", outcome((lo, hi)), d["mean"], (lo, hi),
-                                 row[pick]["n"]))
+                                 row[pick]["n"], unit="targets"))
     return found
 
 
