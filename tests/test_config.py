@@ -131,3 +131,11 @@ def test_demo_config_ships_in_the_wheel(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}).stdout
     assert out.startswith(str(tmp_path / "site")) and out.strip().endswith("qm9-demo")
+
+
+@pytest.mark.parametrize("page", sorted(p.parent.name for p in (REPO / "results").glob("*/config.yaml")))
+def test_every_recorded_config_reloads(page: str) -> None:
+    """A results page's config.yaml (the resolved config, every default written out) loads again, so the
+    page's run can be repeated from it."""
+    cfg = load_config(REPO / "results" / page / "config.yaml")
+    assert cfg.name

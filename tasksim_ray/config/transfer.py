@@ -236,7 +236,9 @@ class TransferBase(_Strict):
             if name not in FOUNDATION_MODELS and name not in self.foundation_files:
                 raise ValueError(f"transfer.foundation: {FOUNDATION_MODELS.unknown(name)} (or a key of "
                                  "transfer.foundation_files)")
-        if self.recipes and "methods" in self.model_fields_set:
+        default_methods = type(self).model_fields["methods"].get_default(call_default_factory=True)
+        if self.recipes and "methods" in self.model_fields_set and self.methods != default_methods:
+            # (a run's recorded config writes every default, the unused methods list too: that reloads)
             raise ValueError("transfer: give the methods study's arms as recipes or as methods, not both")
         for name, recipe in self.recipes.items():
             try:
