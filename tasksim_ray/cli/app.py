@@ -81,6 +81,10 @@ def user_errors() -> Iterator[None]:
             if interrupts.received():
                 stopped(interrupts.received())
             fail(TasksimError(os_error_line(exc)))
+        except Exception:
+            if interrupts.received():  # whatever else the unwinding raised (a Ray worker the signal also ended)
+                stopped(interrupts.received())
+            raise
 
 
 def os_error_line(exc: OSError) -> str:
