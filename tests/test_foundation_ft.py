@@ -140,21 +140,16 @@ def test_bad_study_config_is_one_line_naming_the_key() -> None:
 @pytest.mark.ray
 @pytest.mark.usefixtures("ray_local")
 def test_a_constructed_binary_target_is_scored_by_roc_auc_everywhere(tmp_path: Path) -> None:
-    """A 0/1 column (here: exfoliation energy above the median, built from the tiny file) trains with the
+    """A 0/1 task (here: exfoliation energy above the median, derived by ``data.binary``) trains with the
     logistic loss and is scored by ROC-AUC and accuracy in the cells, the tables and the paired verdicts."""
     import gzip
     import json
 
     table = json.loads(gzip.decompress(TINY.read_bytes()))
-    energies = np.array([r["exfoliation_en"] for r in table["data"]])
-    for r in table["data"]:
-        r["is_high"] = float(r["exfoliation_en"] > np.median(energies))
-    table["columns"].append("is_high")
-    path = tmp_path / "constructed_binary.json.gz"
-    path.write_bytes(gzip.compress(json.dumps(table).encode()))
+    median = float(np.median([r["exfoliation_en"] for r in table["data"]]))
     cfg = load_config(REPO / "configs" / "foundation_ft.yaml", SETTINGS | {
-        "workdir": str(tmp_path / "run"), "data.path": str(path),
-        "data.files": {"constructed_binary": {"targets": ["is_high"]}}, "data.split.seeds": [0, 1],
+        "workdir": str(tmp_path / "run"), "data.binary": {"is_high": {"task": TASK, "above": median}},
+        "data.split.seeds": [0, 1],
         "transfer.tasks": ["is_high"], "transfer.lr_grid": [1e-3], "transfer.variants": {"full": {}},
         "transfer.penalty_grid": {}, "transfer.variant_models": {}, "transfer.paper_tables": []})
     out = run_transfer(cfg, ["foundation"], Console(quiet=True))

@@ -2,7 +2,7 @@
 
 A YAML file maps onto :class:`PipelineConfig`; unknown keys and wrong types are rejected with a
 one-line message naming the key, so a typo never silently falls back to a default. Sections live
-in one module per concern (``stages``, ``transfer``, ``search``); everything is importable from
+in one module per concern (``data``, ``stages``, ``transfer``, ``search``); everything is importable from
 ``tasksim_ray.config``.
 """
 
@@ -18,13 +18,11 @@ from pydantic import ValidationError, create_model, model_validator
 
 from tasksim_ray.config.base import Strict, first_error
 from tasksim_ray.config.search import SearchConfig
+from tasksim_ray.config.data import BinaryConfig, CrystalGraphConfig, DataConfig, FileConfig, SplitConfig
 from tasksim_ray.config.stages import (
     BootstrapConfig,
-    CrystalGraphConfig,
-    DataConfig,
     DatasetFeaturesConfig,
     EmbedConfig,
-    FileConfig,
     ModelConfig,
     PreprocessConfig,
     ProbeConfig,
@@ -33,7 +31,6 @@ from tasksim_ray.config.stages import (
     SelectionConfig,
     ServeConfig,
     SimilarityConfig,
-    SplitConfig,
     StorageConfig,
     TrainConfig,
 )
@@ -49,7 +46,7 @@ from tasksim_ray.config.transfer import FinetuneConfig, RegularizerConfig, Trans
 from tasksim_ray.errors import TasksimError
 from tasksim_ray.registry import BACKBONES, FOUNDATION_MODELS, METRICS
 
-__all__ = ["DEFAULT_VARIANTS", "BootstrapConfig", "BudgetConfig", "CrystalGraphConfig", "DataConfig",
+__all__ = ["DEFAULT_VARIANTS", "BinaryConfig", "BootstrapConfig", "BudgetConfig", "CrystalGraphConfig", "DataConfig",
            "DatasetFeaturesConfig", "EmbedConfig", "FileConfig", "FinetuneConfig", "MoEConfig", "ModelConfig",
            "PipelineConfig", "PreprocessConfig", "ProbeConfig", "PublishedConfig", "RayConfig", "RecipeConfig",
            "RegularizerConfig", "ScratchConfig", "SearchConfig", "SelectionConfig", "ServeConfig", "SimilarityConfig",

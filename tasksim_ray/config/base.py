@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tasksim_ray.registry import Registry
 
 
 class Strict(BaseModel):
@@ -19,3 +23,10 @@ def first_error(exc: ValidationError) -> str:
         return f"unknown key '{key}'"
     msg = err["msg"].removeprefix("Value error, ")
     return f"key '{key}': {msg}" if err["loc"] else msg
+
+
+def registered(registry: Registry[Any], name: str) -> str:
+    """``name`` if ``registry`` knows it; else the one-line error listing the registered names."""
+    if name not in registry:
+        raise ValueError(registry.unknown(name))
+    return name

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from tasksim_ray.data import probes
+from tasksim_ray.data.binary import derive_binary
 from tasksim_ray.data.outliers import handle_outliers
 from tasksim_ray.data.preprocess import filter_correlated, given_split, split_molecules
 from tasksim_ray.data.sizes import report_shortfall
@@ -38,22 +39,25 @@ def stage_tasks(run: Run) -> Stage:
     cfg = run.cfg
 
     def build(out: Path) -> dict[str, Any]:
-        table = load_tasks(cfg.data)
+        table, derived = derive_binary(load_tasks(cfg.data), cfg.data.binary)
         if cfg.tasks:
             table = table.subset(cfg.tasks)
         check_table(table)
         table, lines = handle_outliers(table, cfg.data.outliers, cfg.data.outlier_z)
         check_table(table)  # a task left with too few labels after a drop
         table.save(out / TABLE_FILE)
-        return {"n_molecules": len(table.frame), "tasks": table.names, "outliers": lines}
+        return {"n_molecules": len(table.frame), "tasks": table.names, "outliers": lines, "binary": derived}
 
     # splits are not the table; the outlier keys only where they change it (older tables keep their keys)
-    skip = {"split"} | ({"outliers", "outlier_z"} if cfg.data.outliers == "keep" else set())
+    skip = ({"split"} | ({"outliers", "outlier_z"} if cfg.data.outliers == "keep" else set())
+            | (set() if cfg.data.binary else {"binary"}))
     key = [cfg.data.model_dump(exclude=skip), cfg.tasks, _data_fingerprint(run)]
     stage = run.stage("tasks", key, build)
     for t in TaskTable.read_tasks(stage.path / TABLE_FILE):  # cached or not: say which column is which task
         run.console.print(f"tasks: {Path(t.source).name} column '{t.column}' -> task '{t.name}' "
                           f"({t.units or 'no units'})", highlight=False, markup=False)
+    for line in stage.manifest.get("binary", []):
+        run.console.print(line, highlight=False, markup=False)
     lines = stage.manifest.get("outliers")
     if lines is None:  # a table cached before the check: check it now (it only reads)
         lines = handle_outliers(TaskTable.in_folder(stage.path), "keep", cfg.data.outlier_z)[1]
