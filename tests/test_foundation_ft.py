@@ -166,3 +166,19 @@ def test_a_constructed_binary_target_is_scored_by_roc_auc_everywhere(tmp_path: P
     cells = [c for c in r["cells"] if c["recipe"] == "chgnet: full [lr=0.001]"]
     assert cells and all({"test_auc", "test_acc"} <= set(c) for c in cells)
     assert "Binary targets: ROC-AUC and accuracy" in Path(out["paths"]["markdown"]).read_text()
+
+
+def test_the_count_across_tasks_comes_from_each_tasks_paired_verdict() -> None:
+    from tasksim_ray.transfer.foundation_report import across_tasks, paired_improvements, paired_markdown
+
+    def task(ft: list[float]) -> dict:
+        scratch = {"values": [10.0, 10.0, 10.0]}
+        return {"chgnet: scratch": scratch, "chgnet: full": {"values": ft}}
+
+    result = {"methods": ["chgnet: scratch", "chgnet: full"], "targets": {
+        "a": task([8.0, 8.1, 7.9]), "b": task([8.0, 12.0, 9.0]), "c": task([12.0, 12.1, 11.9]), "d": task([7.0, 7.2, 6.9])}}
+    paired = paired_improvements(result)
+    assert across_tasks(paired) == {"chgnet: full vs chgnet: scratch": {"better": ["a", "d"], "undecided": ["b"],
+                                                                        "worse": ["c"]}}
+    text = "\n".join(paired_markdown(paired, [0, 1, 2]))
+    assert "| chgnet: full vs chgnet: scratch | 2 of 4 | 1 of 4 | 1 of 4 | better: a, d; undecided: b; worse: c |" in text

@@ -97,4 +97,26 @@ def paired_markdown(paired: dict[str, Any], seeds: list[int]) -> list[str]:
             md.append(f"| {label} | " + " | ".join(f"{v:.1f}" for v in g["values"])
                       + f" | {g['mean']:.1f} ({g['ci'][0]:.1f}, {g['ci'][1]:.1f}) | {g['verdict']} |")
         md.append("")
-    return md
+    return md + across_tasks_markdown(paired)
+
+
+def across_tasks(paired: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """Per comparison (``recipe vs baseline``), the tasks where it is better, undecided and worse: the
+    paper's claim is about every task, so the count across tasks is the page's summary line."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for t, rows in paired.items():
+        for label, g in rows.items():
+            out.setdefault(label, {"better": [], "undecided": [], "worse": []})[g["verdict"]].append(t)
+    return out
+
+
+def across_tasks_markdown(paired: dict[str, Any]) -> list[str]:
+    if len(paired) < 2:
+        return []
+    md = ["Across tasks (each task's verdict above):", "",
+          "| recipe vs baseline | better | undecided | worse | tasks |", "|---|---|---|---|---|"]
+    for label, v in across_tasks(paired).items():
+        n = sum(len(x) for x in v.values())
+        md.append(f"| {label} | {len(v['better'])} of {n} | {len(v['undecided'])} of {n} | {len(v['worse'])} of {n} | "
+                  + "; ".join(f"{k}: {', '.join(ts)}" for k, ts in v.items() if ts) + " |")
+    return md + [""]
