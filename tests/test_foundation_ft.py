@@ -19,7 +19,8 @@ from .conftest import REPO
 TASK = "jarvis_2d_exfoliation"  # the tiny file's known alias
 TINY = REPO / "tests" / "data" / "crystals" / "tiny_tasks" / "jarvis_dft_2d_exfol_energy.json.gz"
 SETTINGS = {"data.path": str(TINY), "data.files": {}, "data.split.max_train": 10, "data.split.seeds": [0, 1],
-            "transfer.tasks": [TASK], "transfer.foundation": ["chgnet"], "transfer.finetune.max_epochs": 2,
+            "transfer.tasks": [TASK], "transfer.foundation": ["chgnet"], "transfer.foundation_scratch": ["chgnet"],
+            "transfer.variant_models": {"full": ["chgnet"], "full + L2-SP + BSS": ["chgnet"]}, "transfer.finetune.max_epochs": 2,
             "transfer.finetune.patience": 1, "transfer.finetune.warmup_epochs": 1, "transfer.finetune.batch_size": 5,
             "transfer.lr_grid": [1e-4, 1e-3], "transfer.penalty_grid": {"full + L2-SP + BSS": {"l2sp": [1e-4, 1.0],
                                                                                                "bss": [0.1]}}}
