@@ -171,7 +171,8 @@ def results_index() -> str:
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     generated = {"reference/configuration.md": configuration_page(), "reference/cli.md": cli_page(),
                  "results/index.md": results_index()}
-    for page in sorted((ROOT / "results").glob("*/README.md")) + [ROOT / p for p in REPO_PAGES]:
+    pages = sorted((ROOT / "results").glob("*/*.md"))  # a page's README and the generated tables it links
+    for page in [p for p in pages if p.name != "notes.md"] + [ROOT / p for p in REPO_PAGES]:
         generated[str(page.relative_to(ROOT))] = page.read_text(encoding="utf-8")
     for uri, content in generated.items():
         files.append(File.generated(config, uri, content=content))
