@@ -28,36 +28,38 @@ HERE = Path(__file__).resolve().parent
 PAGES = [HERE, HERE.parent / "foundation_ft_n300"]
 
 
-def page_rows(page: Path) -> list[dict[str, Any]]:
-    """One row per (task, comparison) of a page: its training size, the arms' test MAE and best epochs,
-    and the paired gain with its interval and verdict."""
-    n = yaml.safe_load((page / "config.yaml").read_text())["data"]["split"]["max_train"]
+def page_size(page: Path) -> int:
+    """The page's training-set size: its run's ``data.split.max_train``."""
+    return int(yaml.safe_load((page / "config.yaml").read_text())["data"]["split"]["max_train"])
+
+
+def page_rows(page: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (task, comparison) of a page: its training size, the arms' test MAE and best epochs, and the
+    paired gain with its interval and verdict."""
+    n = page_size(page)
     r = json.loads((page / "foundation.json").read_text())["foundation"]
-    rows = []
+    rows = {}
     for task, comparisons in r["paired"].items():
+        conv = r["convergence"].get(task, {})
         for label, g in comparisons.items():
             arm, base = g["arm"], g["baseline"]
-            conv = r["convergence"].get(task, {})
-            rows.append({"page": page.name, "n_train": n, "task": task, "comparison": label,
-                         "arm_mae": r["targets"][task][arm]["mean"], "baseline_mae": r["targets"][task][base]["mean"],
-                         "gain": g["mean"], "ci": g["ci"], "values": g["values"], "verdict": g["verdict"],
-                         "best_epochs": {a: [c["best_epoch"] + 1 for c in conv[a].values()] for a in (arm, base)
-                                         if a in conv}})  # 1-based, as the pages' convergence tables
+            rows[(task, label)] = {
+                "page": page.name, "n_train": n, "task": task, "comparison": label,
+                "arm_mae": r["targets"][task][arm]["mean"], "baseline_mae": r["targets"][task][base]["mean"],
+                "gain": g["mean"], "ci": g["ci"], "values": g["values"], "verdict": g["verdict"],
+                "best_epochs": {a: [c["best_epoch"] + 1 for c in conv[a].values()] for a in (arm, base)
+                                if a in conv}}  # 1-based, as the pages' convergence tables
     return rows
 
 
 def sweep(pages: list[Path]) -> dict[str, Any]:
     """The comparisons every page ran on the same task, ordered by training size, and per comparison the
     smallest N at which the recipe is better than its baseline (None: at no N run)."""
-    rows = [row for p in pages for row in page_rows(p)]
-    sizes = {p.name: row["n_train"] for p in pages for row in rows if row["page"] == p.name}
-    keys = [(r["task"], r["comparison"]) for r in rows if r["page"] == pages[0].name]
-    shared = [k for k in keys if all(any((r["task"], r["comparison"]) == k and r["page"] == p.name for r in rows)
-                                     for p in pages)]
-    table = {f"{t} | {c}": sorted([r for r in rows if (r["task"], r["comparison"]) == (t, c)],
-                                  key=lambda r: r["n_train"]) for t, c in shared}
+    per_page = sorted((page_rows(p) for p in pages), key=lambda rows: next(iter(rows.values()))["n_train"])
+    shared = [k for k in per_page[0] if all(k in rows for rows in per_page)]
+    table = {f"{t} | {c}": [rows[(t, c)] for rows in per_page] for t, c in shared}
     first = {k: next((r["n_train"] for r in v if r["verdict"] == "better"), None) for k, v in table.items()}
-    return {"pages": {p.name: sizes.get(p.name) for p in pages}, "rows": table, "first_n_better": first}
+    return {"pages": {p.name: page_size(p) for p in pages}, "rows": table, "first_n_better": first}
 
 
 def markdown(result: dict[str, Any]) -> str:
